@@ -1,0 +1,236 @@
+/* expert_node/expert.c — the expert role (moerun-expert).
+ *
+ * Holds the routed experts its placement gives it (all MoE layers), batches
+ * the tokens that every decode rank dispatched per (layer, expert), runs them
+ * as one GEMM batch per expert, answers each dispatch with its rows, and
+ * reports per-expert token counts to the coordinator. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/timer.h"
+#include "model/synth.h"
+#include "runtime/placement.h"
+#include "runtime/role.h"
+
+typedef struct expert_state {
+    mr_role role;
+    mr_placement placement;
+    uint64_t *load;          /* (layers, experts) tokens since the last report */
+    bool load_dirty;
+    double last_report;
+    tp_msg *batch;           /* dispatches waiting to be served */
+    int n_batch, cap_batch;
+} expert_state;
+
+static bool holds(void *ctx, int layer, int expert)
+{
+    expert_state *x = ctx;
+    return mr_placement_holds(&x->placement, layer, expert, x->role.rank);
+}
+
+static void send_load_report(expert_state *x)
+{
+    const mr_config *cfg = &x->role.model.cfg;
+    int n_moe = cfg->num_hidden_layers - cfg->first_k_dense_replace;
+    int32_t *layers = malloc(sizeof(int32_t) * (size_t)(n_moe > 0 ? n_moe : 1));
+    if (!layers) return;
+    for (int i = 0; i < n_moe; i++) layers[i] = cfg->first_k_dense_replace + i;
+    Moerun__LoadReport lr = MOERUN__LOAD_REPORT__INIT;
+    lr.n_layers = (size_t)n_moe;
+    lr.layers = layers;
+    lr.n_experts = cfg->n_routed_experts;
+    lr.n_tokens = (size_t)n_moe * cfg->n_routed_experts;
+    lr.tokens = x->load + (size_t)cfg->first_k_dense_replace * cfg->n_routed_experts;
+    Moerun__Frame f = MOERUN__FRAME__INIT;
+    f.body_case = MOERUN__FRAME__BODY_LOAD;
+    f.load = &lr;
+    if (mr_role_send_frame(&x->role, x->role.coordinator, &f) == MR_OK) {
+        memset(x->load, 0, sizeof(uint64_t) * (size_t)cfg->num_hidden_layers * cfg->n_routed_experts);
+        x->load_dirty = false;
+    }
+    free(layers);
+    x->last_report = mr_now();
+}
+
+/* Answer every dispatch of `layer` in the batch with one expert pass. */
+static void serve_layer(expert_state *x, int layer)
+{
+    const mr_config *cfg = &x->role.model.cfg;
+    const int D = cfg->hidden_size;
+    int total = 0;
+    for (int i = 0; i < x->n_batch; i++) {
+        mr_bulk_hdr h;
+        memcpy(&h, x->batch[i].data, sizeof h);
+        if (h.layer == layer) total += h.n_rows;
+    }
+    const float **rows = malloc(sizeof(float *) * (size_t)(total + 1));
+    float **outs = malloc(sizeof(float *) * (size_t)(total + 1));
+    int32_t *experts = malloc(sizeof(int32_t) * (size_t)(total + 1));
+    uint8_t **replies = calloc((size_t)x->n_batch, sizeof(uint8_t *));
+    if (!rows || !outs || !experts || !replies) {
+        MR_ERROR("expert: out of memory for %d rows", total);
+        goto done;
+    }
+    int n = 0;
+    for (int i = 0; i < x->n_batch; i++) {
+        mr_bulk_view v;
+        mr_bulk_view_of(x->batch[i].data, x->batch[i].len, MSG_DISPATCH, D, cfg->num_hidden_layers,
+                        cfg->n_routed_experts, x->batch[i].src, &v); /* validated on receipt */
+        if (v.hdr.layer != layer) continue;
+        replies[i] = malloc(mr_bulk_size(MSG_COMBINE, v.hdr.n_rows, D));
+        if (!replies[i]) goto done;
+        int32_t *slots;
+        float *out_rows;
+        mr_bulk_init(replies[i], MSG_COMBINE, layer, v.hdr.n_rows, D, v.hdr.seq, &slots, NULL,
+                     &out_rows);
+        for (int j = 0; j < v.hdr.n_rows; j++, n++) {
+            slots[j] = v.slots[j];
+            rows[n] = v.rows + (size_t)j * D;
+            outs[n] = out_rows + (size_t)j * D;
+            experts[n] = v.experts[j];
+            x->load[(size_t)layer * cfg->n_routed_experts + v.experts[j]]++;
+        }
+    }
+    double t0 = mr_now();
+    mr_status st = mr_experts_forward(cfg, &x->role.model.weights, mr_kernels_cpu(), layer, n, rows,
+                                      experts, outs);
+    x->role.compute_s += mr_now() - t0;
+    x->role.tokens_processed += (uint64_t)n;
+    x->load_dirty = true;
+    for (int i = 0; i < x->n_batch; i++) {
+        if (!replies[i]) continue;
+        mr_bulk_hdr h;
+        memcpy(&h, replies[i], sizeof h);
+        size_t size = mr_bulk_size(MSG_COMBINE, h.n_rows, D);
+        if (st != MR_OK) { /* an empty answer: the decode rank reports the mismatch */
+            MR_WARN("layer %d dispatch from rank %d: %s", layer, x->batch[i].src, mr_last_error());
+            mr_bulk_hdr empty = h;
+            empty.n_rows = 0;
+            memcpy(replies[i], &empty, sizeof empty);
+            size = mr_bulk_size(MSG_COMBINE, 0, D);
+        }
+        double ts = mr_now();
+        if (tp_send(x->role.tp, x->batch[i].src, MSG_COMBINE, replies[i], size) != MR_OK)
+            MR_WARN("answer to rank %d lost: %s", x->batch[i].src, mr_last_error());
+        x->role.transfer_s += mr_now() - ts;
+    }
+done:
+    for (int i = 0; replies && i < x->n_batch; i++) free(replies[i]);
+    free(replies);
+    free(rows);
+    free(outs);
+    free(experts);
+}
+
+static void serve_batch(expert_state *x)
+{
+    /* layers in increasing order; each layer's dispatches from all ranks together */
+    for (int layer = 0; layer < x->role.model.cfg.num_hidden_layers; layer++) {
+        bool any = false;
+        for (int i = 0; i < x->n_batch && !any; i++) {
+            mr_bulk_hdr h;
+            memcpy(&h, x->batch[i].data, sizeof h);
+            any = h.layer == layer;
+        }
+        if (any) serve_layer(x, layer);
+    }
+    for (int i = 0; i < x->n_batch; i++) tp_msg_free(&x->batch[i]);
+    x->n_batch = 0;
+}
+
+static void handle_message(expert_state *x, tp_msg *m)
+{
+    const mr_config *cfg = &x->role.model.cfg;
+    if (m->type == TP_MSG_PEER_DEAD) {
+        MR_WARN("rank %d is dead", m->src);
+        if (m->src == x->role.coordinator) x->role.shutdown = true;
+    } else if (m->type == MSG_DISPATCH) {
+        mr_bulk_view v;
+        if (mr_bulk_view_of(m->data, m->len, MSG_DISPATCH, cfg->hidden_size, cfg->num_hidden_layers,
+                            cfg->n_routed_experts, m->src, &v) != MR_OK) {
+            MR_WARN("%s", mr_last_error());
+            return;
+        }
+        if (x->n_batch == x->cap_batch) {
+            int cap = x->cap_batch ? 2 * x->cap_batch : 16;
+            tp_msg *grown = realloc(x->batch, sizeof(tp_msg) * (size_t)cap);
+            if (!grown) {
+                MR_ERROR("expert: out of memory");
+                return;
+            }
+            x->batch = grown;
+            x->cap_batch = cap;
+        }
+        x->batch[x->n_batch++] = *m;
+        memset(m, 0, sizeof *m); /* ownership moved to the batch */
+    } else if (m->type == MSG_CONTROL) {
+        Moerun__Frame *f = NULL;
+        if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
+            MR_WARN("%s", mr_last_error());
+            return;
+        }
+        if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) x->role.shutdown = true;
+        else MR_WARN("unexpected control frame %d from rank %d", f->body_case, m->src);
+        mr_frame_free(f);
+    } else {
+        MR_WARN("message of unexpected type %u from rank %d rejected", m->type, m->src);
+    }
+}
+
+static mr_status setup(expert_state *x)
+{
+    int n_expert = 0;
+    int *experts = mr_role_ranks(&x->role, TP_ROLE_EXPERT, &n_expert);
+    mr_config cfg;
+    /* placement needs the config before the weights are loaded */
+    mr_status st = MR_OK;
+    if (x->role.opts.model_dir) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/config.json", x->role.opts.model_dir);
+        st = mr_config_load(path, &cfg);
+    } else {
+        st = mr_synth_preset_config("tiny", &cfg);
+    }
+    if (st == MR_OK)
+        st = x->role.opts.placement_path
+                 ? mr_placement_load(x->role.opts.placement_path, &cfg, experts, n_expert, &x->placement)
+                 : mr_placement_round_robin(&cfg, experts, n_expert, &x->placement);
+    free(experts);
+    MR_TRY(st);
+    MR_TRY(mr_role_load_model(&x->role, holds, x));
+    x->load = calloc((size_t)cfg.num_hidden_layers * cfg.n_routed_experts, sizeof(uint64_t));
+    if (!x->load) return mr_fail(MR_ENOMEM, "expert: out of memory");
+    x->last_report = mr_now();
+    return MR_OK;
+}
+
+int main(int argc, char **argv)
+{
+    expert_state x;
+    memset(&x, 0, sizeof x);
+    mr_status st = mr_role_init(&x.role, "expert", TP_ROLE_EXPERT, argc, argv);
+    if (st == MR_OK) st = setup(&x);
+    tp_msg m;
+    while (st == MR_OK && !x.role.shutdown) {
+        bool got = false;
+        while (!x.role.shutdown && mr_role_next(&x.role, &m)) {
+            got = true;
+            handle_message(&x, &m);
+            tp_msg_free(&m);
+        }
+        if (x.n_batch) serve_batch(&x);
+        if (x.load_dirty && mr_now() - x.last_report > 2.0) send_load_report(&x);
+        if (!got && !x.n_batch && !x.role.shutdown) mr_role_idle(&x.role, 0.5);
+    }
+    if (st == MR_OK && tp_peer_alive(x.role.tp, x.role.coordinator)) {
+        if (x.load_dirty) send_load_report(&x);
+        mr_role_send_stats(&x.role);
+    }
+    for (int i = 0; i < x.n_batch; i++) tp_msg_free(&x.batch[i]);
+    free(x.batch);
+    free(x.load);
+    mr_placement_free(&x.placement);
+    return mr_role_finish(&x.role, st);
+}

@@ -1,0 +1,204 @@
+/* kernels/cpu/kernels_cpu.c — the CPU backend table: norms, RoPE, softmax,
+ * the MoE router and MLA attention. GEMM-shaped work goes to OpenBLAS (or
+ * matmul_cpu.c's weight-streaming kernel for few tokens). This is the
+ * reference every other backend is compared against. */
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
+                        int stride, float eps)
+{
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * stride;
+        float *yr = y + (size_t)r * stride;
+        double sum_sq = 0.0;
+        for (int i = 0; i < dim; i++) sum_sq += (double)xr[i] * xr[i];
+        float inv = (float)(1.0 / sqrt(sum_sq / dim + eps));
+        for (int i = 0; i < dim; i++) yr[i] = xr[i] * inv * weight[i];
+    }
+}
+
+static void cpu_rope(float *x, int n_vecs, int stride, int rope_dim, const float *cos_t,
+                     const float *sin_t)
+{
+    for (int v = 0; v < n_vecs; v++) {
+        float *p = x + (size_t)v * stride;
+        for (int j = 0; j < rope_dim / 2; j++) {
+            float re = p[2 * j], im = p[2 * j + 1];
+            p[2 * j] = re * cos_t[j] - im * sin_t[j];
+            p[2 * j + 1] = re * sin_t[j] + im * cos_t[j];
+        }
+    }
+}
+
+static void cpu_softmax(float *x, int n_rows, int n)
+{
+    for (int r = 0; r < n_rows; r++) {
+        float *row = x + (size_t)r * n;
+        float max = -INFINITY;
+        for (int i = 0; i < n; i++) max = row[i] > max ? row[i] : max;
+        if (max == -INFINITY) { /* fully masked row: defined as all zeros */
+            memset(row, 0, sizeof(float) * (size_t)n);
+            continue;
+        }
+        double sum = 0.0;
+        for (int i = 0; i < n; i++) {
+            row[i] = expf(row[i] - max);
+            sum += row[i];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < n; i++) row[i] *= inv;
+    }
+}
+
+/* Indices of the k largest values of v[0..n) in descending order; ties go
+ * to the lower index (as torch.topk on CPU in practice, and as the spec says).
+ * -inf entries are only chosen when fewer than k finite ones exist. */
+static void top_k_indices(const float *v, int n, int k, int32_t *out)
+{
+    for (int j = 0; j < k; j++) out[j] = -1;
+    for (int i = 0; i < n; i++) {
+        int pos = k;
+        while (pos > 0 && (out[pos - 1] < 0 || v[i] > v[out[pos - 1]])) pos--;
+        if (pos >= k) continue;
+        memmove(out + pos + 1, out + pos, sizeof(int32_t) * (size_t)(k - pos - 1));
+        out[pos] = i;
+    }
+}
+
+static void cpu_moe_gate(const float *logits, const float *bias, int n_tokens,
+                         const mr_gate_params *p, int32_t *expert_ids, float *weights,
+                         float *scratch)
+{
+    const int n_exp = p->n_experts;
+    float *scores = scratch;          /* [E] unbiased */
+    float *sel = scratch + n_exp;     /* [E] selection scores */
+    const bool grouped = p->method != MR_TOPK_GREEDY && p->n_group > 1;
+    const int per_group = n_exp / p->n_group;
+
+    for (int t = 0; t < n_tokens; t++) {
+        const float *lg = logits + (size_t)t * n_exp;
+        if (p->score_func == MR_SCORE_SIGMOID) {
+            for (int e = 0; e < n_exp; e++) scores[e] = 1.0f / (1.0f + expf(-lg[e]));
+        } else {
+            memcpy(scores, lg, sizeof(float) * (size_t)n_exp);
+            cpu_softmax(scores, 1, n_exp);
+        }
+        for (int e = 0; e < n_exp; e++) sel[e] = bias ? scores[e] + bias[e] : scores[e];
+
+        if (grouped) {
+            const int n_group = p->n_group;
+            float *group_score = scratch + 2 * (size_t)n_exp;                  /* [n_group] */
+            int32_t *keep = (int32_t *)(scratch + 2 * (size_t)n_exp + n_group); /* [topk_group] */
+            for (int g = 0; g < n_group; g++) {
+                const float *gs = sel + (size_t)g * per_group;
+                if (bias) { /* sum of the two best in the group */
+                    int32_t best2[2];
+                    int k2 = per_group < 2 ? per_group : 2;
+                    top_k_indices(gs, per_group, k2, best2);
+                    group_score[g] = gs[best2[0]] + (k2 > 1 ? gs[best2[1]] : 0.0f);
+                } else {
+                    float m = -INFINITY;
+                    for (int i = 0; i < per_group; i++) m = gs[i] > m ? gs[i] : m;
+                    group_score[g] = m;
+                }
+            }
+            top_k_indices(group_score, n_group, p->topk_group, keep);
+            for (int g = 0; g < n_group; g++) {
+                bool kept = false;
+                for (int j = 0; j < p->topk_group; j++) kept |= keep[j] == g;
+                if (!kept)
+                    for (int i = 0; i < per_group; i++) sel[(size_t)g * per_group + i] = -INFINITY;
+            }
+        }
+
+        int32_t *ids = expert_ids + (size_t)t * p->top_k;
+        float *w = weights + (size_t)t * p->top_k;
+        top_k_indices(sel, n_exp, p->top_k, ids);
+        double sum = 0.0;
+        for (int j = 0; j < p->top_k; j++) {
+            w[j] = scores[ids[j]];
+            sum += w[j];
+        }
+        bool normalize = p->norm_topk_prob && p->top_k > 1;
+        float scale = p->routed_scaling_factor;
+        if (normalize && p->v2_scaling) scale = 1.0f;
+        for (int j = 0; j < p->top_k; j++) {
+            float v = normalize ? (float)(w[j] / (sum + 1e-20)) : w[j];
+            w[j] = v * scale;
+        }
+    }
+}
+
+/* Rows of `scores` (n_q*H, n_ctx): query i = row/H may see t < ctx_len[i]. */
+static void mask_and_softmax(float *scores, int n_q, int n_heads, int n_ctx,
+                             const int32_t *ctx_len)
+{
+    for (int i = 0; i < n_q; i++) {
+        for (int h = 0; h < n_heads; h++) {
+            float *row = scores + ((size_t)i * n_heads + h) * n_ctx;
+            for (int t = ctx_len[i]; t < n_ctx; t++) row[t] = -INFINITY;
+        }
+    }
+    cpu_softmax(scores, n_q * n_heads, n_ctx);
+}
+
+static void cpu_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int n_heads,
+                             int kv_lora, int rope_dim, const float *ctx, int n_ctx,
+                             const int32_t *ctx_len, float scale, float *out_lat,
+                             float *scratch)
+{
+    const int rows = n_q * n_heads;
+    const int ld_ctx = kv_lora + rope_dim;
+    float *scores = scratch; /* (rows, n_ctx) */
+    /* scores = scale · (q_lat · cᵀ + q_pe · peᵀ) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_ctx, kv_lora, scale, q_lat,
+                kv_lora, ctx, ld_ctx, 0.0f, scores, n_ctx);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_ctx, rope_dim, scale, q_pe,
+                rope_dim, ctx + kv_lora, ld_ctx, 1.0f, scores, n_ctx);
+    mask_and_softmax(scores, n_q, n_heads, n_ctx, ctx_len);
+    /* out_lat = P · c */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kv_lora, n_ctx, 1.0f, scores,
+                n_ctx, ctx, ld_ctx, 0.0f, out_lat, kv_lora);
+}
+
+static void cpu_mla_naive(const float *q, const float *k, const float *v, int n_q, int n_heads,
+                          int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
+                          float *out, float *scratch)
+{
+    /* Per head: scores(n_q, n_ctx) = q_h · k_hᵀ, strided views into (.., H, d). */
+    for (int h = 0; h < n_heads; h++) {
+        float *scores = scratch + (size_t)h * n_q * n_ctx;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n_ctx, qk_dim, scale,
+                    q + (size_t)h * qk_dim, n_heads * qk_dim, k + (size_t)h * qk_dim,
+                    n_heads * qk_dim, 0.0f, scores, n_ctx);
+        for (int i = 0; i < n_q; i++)
+            for (int t = ctx_len[i]; t < n_ctx; t++) scores[(size_t)i * n_ctx + t] = -INFINITY;
+        cpu_softmax(scores, n_q, n_ctx);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, v_dim, n_ctx, 1.0f, scores,
+                    n_ctx, v + (size_t)h * v_dim, n_heads * v_dim, 0.0f,
+                    out + (size_t)h * v_dim, n_heads * v_dim);
+    }
+}
+
+static const mr_kernels cpu_kernels = {
+    .name = "cpu",
+    .matmul = mr_cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .softmax = cpu_softmax,
+    .swiglu = mr_cpu_swiglu,
+    .moe_gate = cpu_moe_gate,
+    .expert_ffn = mr_cpu_expert_ffn,
+    .mla_absorbed = cpu_mla_absorbed,
+    .mla_naive = cpu_mla_naive,
+};
+
+const mr_kernels *mr_kernels_cpu(void)
+{
+    return &cpu_kernels;
+}

@@ -1,0 +1,109 @@
+/* kernels/kernels.h — the math of moerun behind one backend table.
+ *
+ * struct mr_kernels is a table of function pointers filled by a backend:
+ * kernels/cpu (OpenBLAS + plain C; the reference) and, later, kernels/cuda.
+ * Callers never #ifdef on the backend. Pointers passed to a backend live in
+ * that backend's memory space (host memory for cpu).
+ *
+ * Conventions: row-major; weight matrices are [out, in] as HF stores them,
+ * so a linear layer is y[M,N] = x[M,K] · W[N,K]ᵀ. Shapes are given in
+ * comments as (rows, cols). Every op is thread-compatible (no shared state);
+ * ops that need temporary memory take a caller-owned scratch buffer whose
+ * size in floats the op's comment states.
+ */
+#ifndef MR_KERNELS_H
+#define MR_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../model/config.h"
+
+/* Routed-expert weights as the kernels see them (same layout as mr_mlp). */
+typedef struct mr_expert_w {
+    const float *gate;   /* (inter, D) */
+    const float *up;     /* (inter, D) */
+    const float *down;   /* (D, inter) */
+    int dim;             /* D */
+    int inter;           /* inner size */
+} mr_expert_w;
+
+typedef struct mr_gate_params {
+    int n_experts;            /* E */
+    int n_group;              /* groups for group-limited routing (1 = none) */
+    int topk_group;           /* groups kept */
+    int top_k;                /* experts per token K */
+    mr_score_func score_func; /* sigmoid (V3) | softmax (V2) */
+    mr_topk_method method;    /* noaux_tc | greedy | group_limited_greedy */
+    bool norm_topk_prob;
+    float routed_scaling_factor;
+    bool v2_scaling;          /* HF V2 semantics: scale only when not normalized */
+} mr_gate_params;
+
+typedef struct mr_kernels {
+    const char *name;
+
+    /* y(m,n) = x(m,k) · w(n,k)ᵀ, or y += ... when accumulate. */
+    void (*matmul)(const float *x, const float *w, float *y, int m, int n, int k,
+                   bool accumulate);
+
+    /* y(r,:) = x(r,:) / sqrt(mean(x(r,:)²) + eps) * weight(:). x == y allowed.
+     * Rows are `stride` floats apart in both x and y (stride >= dim). */
+    void (*rmsnorm)(const float *x, const float *weight, float *y, int n_rows, int dim,
+                    int stride, float eps);
+
+    /* Rotate n_vecs vectors of rope_dim floats (vector i at x + i*stride) by the
+     * official interleaved-pair rotation: (x[2j], x[2j+1]) ← complex multiply by
+     * (cos[j], sin[j]), j < rope_dim/2. cos/sin already hold the YaRN mscale. */
+    void (*rope)(float *x, int n_vecs, int stride, int rope_dim, const float *cos,
+                 const float *sin);
+
+    /* In place over each of n_rows rows of n floats: softmax (max-subtracted). */
+    void (*softmax)(float *x, int n_rows, int n);
+
+    /* out(i) = silu(gate(i)) * up(i) for i < n. out may alias gate. */
+    void (*swiglu)(const float *gate, const float *up, float *out, size_t n);
+
+    /* MoE router on precomputed logits(t, E) = x·gate_wᵀ. bias(E) or NULL.
+     * Writes expert_ids(t, K) (by descending selection score, ties → lower id)
+     * and weights(t, K). Exactly the official noaux_tc / V2 gate:
+     *  scores = sigmoid(logits) | softmax(logits); sel = scores (+ bias);
+     *  noaux_tc / group_limited_greedy with n_group > 1: group score = sum of
+     *  top-2 sel (bias present) or max sel (no bias); keep topk_group groups,
+     *  others -inf; top-K of sel; weights = scores at those ids; normalized when
+     *  norm_topk_prob and K > 1 (sum + 1e-20); × routed_scaling_factor (V2: only
+     *  when not normalized). scratch: 2*E + 2*n_group floats. */
+    void (*moe_gate)(const float *logits, const float *bias, int n_tokens,
+                     const mr_gate_params *p, int32_t *expert_ids, float *weights,
+                     float *scratch);
+
+    /* One expert (or dense/shared MLP) on n tokens: out(n,D) = down(silu(gate x)
+     * ⊙ up x), or out += ... when accumulate. x is (n, D).
+     * scratch: 2 * n * inter floats. */
+    void (*expert_ffn)(const mr_expert_w *e, const float *x, int n_tokens, float *out,
+                       bool accumulate, float *scratch);
+
+    /* Absorbed MLA attention of n_q queries of ONE sequence over its latent
+     * context ctx(n_ctx, C+R) (row t = [normalized c_kv (C) | roped k_pe (R)]).
+     * q_lat(n_q, H, C) is q_nope absorbed through kv_b's key rows, q_pe(n_q, H, R)
+     * roped. Query i sees context rows t < ctx_len[i] (causal limit).
+     * out_lat(n_q, H, C) = Σ_t softmax_t(scale·(q_lat·c_t + q_pe·pe_t)) · c_t.
+     * scratch: n_q * H * n_ctx floats. */
+    void (*mla_absorbed)(const float *q_lat, const float *q_pe, int n_q, int n_heads,
+                         int kv_lora, int rope_dim, const float *ctx, int n_ctx,
+                         const int32_t *ctx_len, float scale, float *out_lat,
+                         float *scratch);
+
+    /* Naive MLA attention of n_q queries of one sequence: q(n_q, H, Dqk),
+     * k(n_ctx, H, Dqk), v(n_ctx, H, Dv); query i sees rows t < ctx_len[i].
+     * out(n_q, H, Dv). scratch: n_q * H * n_ctx floats. */
+    void (*mla_naive)(const float *q, const float *k, const float *v, int n_q,
+                      int n_heads, int qk_dim, int v_dim, int n_ctx,
+                      const int32_t *ctx_len, float scale, float *out, float *scratch);
+} mr_kernels;
+
+/* The CPU backend (always available). */
+const mr_kernels *mr_kernels_cpu(void);
+
+#endif

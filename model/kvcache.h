@@ -1,0 +1,65 @@
+/* model/kvcache.h — paged latent KV cache (MLA).
+ *
+ * What is cached per token per layer is MLA's compressed latent: the
+ * normalized c_kv (kv_lora_rank floats) followed by the RoPE'd k_pe
+ * (qk_rope_head_dim floats) — latent_dim floats in the engine's compute dtype.
+ *
+ * A pool holds n_blocks fixed-size blocks. One block stores block_tokens
+ * consecutive tokens of one sequence for ALL layers, laid out
+ * (n_layers, block_tokens, latent_dim), so a finished prompt's KV moves as one
+ * contiguous put per block. Blocks come from a free list; releasing a block
+ * that is not in use is an internal error (caught, never corrupts the list).
+ *
+ * A sequence (mr_kv_seq) is a block table owned by its caller; it grows by
+ * whole blocks through mr_kv_seq_reserve and gives them back exactly once in
+ * mr_kv_seq_release. Not thread-safe: one pool per engine/thread.
+ */
+#ifndef MR_KVCACHE_H
+#define MR_KVCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/status.h"
+
+typedef struct mr_kv_pool mr_kv_pool;
+
+typedef struct mr_kv_seq {
+    mr_kv_pool *pool;
+    int32_t *blocks;   /* block table, n_blocks entries */
+    int n_blocks;
+    int cap_blocks;
+} mr_kv_seq;
+
+mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                            mr_kv_pool **out);
+void mr_kv_pool_destroy(mr_kv_pool *pool); /* accepts NULL */
+
+int mr_kv_pool_block_tokens(const mr_kv_pool *pool);
+int mr_kv_pool_free_blocks(const mr_kv_pool *pool);
+int mr_kv_pool_total_blocks(const mr_kv_pool *pool);
+size_t mr_kv_pool_block_bytes(const mr_kv_pool *pool);
+/* Base address of a block (n_layers * block_tokens * latent_dim floats). */
+float *mr_kv_pool_block(mr_kv_pool *pool, int32_t block);
+/* Blocks needed to hold n_tokens. */
+int mr_kv_pool_blocks_for(const mr_kv_pool *pool, int n_tokens);
+
+/* All-or-nothing: take n blocks from the free list into out_blocks, or fail
+ * with MR_ENOMEM ("KV pool exhausted: need N, M free") leaving the pool as is. */
+mr_status mr_kv_pool_alloc(mr_kv_pool *pool, int n, int32_t *out_blocks);
+/* Return blocks; a block not currently allocated → MR_EINTERNAL, the rest
+ * are still returned. */
+mr_status mr_kv_pool_release(mr_kv_pool *pool, int n, const int32_t *blocks);
+
+/* Sequence block tables. */
+void mr_kv_seq_init(mr_kv_seq *seq, mr_kv_pool *pool);
+/* Ensure the table covers positions [0, n_tokens). All-or-nothing. */
+mr_status mr_kv_seq_reserve(mr_kv_seq *seq, int n_tokens);
+/* Give every block back and empty the table (idempotent). */
+mr_status mr_kv_seq_release(mr_kv_seq *seq);
+/* Latent row of (layer, pos); pos must be covered by reserve. */
+float *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos);
+/* Copy rows [0, n_ctx) of `layer` into dst (n_ctx, latent_dim). */
+void mr_kv_seq_gather(const mr_kv_seq *seq, int layer, int n_ctx, float *dst);
+
+#endif

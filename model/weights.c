@@ -1,0 +1,402 @@
+/* model/weights.c — HF DeepSeek-V3 tensor names → mr_weights (fp32).
+ * Contract in weights.h.
+ *
+ * Three passes over a plan (one entry per tensor the config calls for):
+ *   1. resolve: look each name up, check shape/dtype/fp8 scale, mark consumed;
+ *   2. every archive tensor not consumed (and not an MTP layer) is an error;
+ *   3. convert the tensors the filter wants, each read exactly once.
+ * Nothing is converted until the whole checkpoint has been checked.
+ */
+#include "weights.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WT_NAME_MAX 192
+
+typedef struct wt_spec {
+    char name[WT_NAME_MAX];
+    int ndim;                        /* 1 or 2 */
+    int64_t shape[2];
+    float **dst;                     /* receives the fp32 buffer */
+    bool optional;                   /* absent is fine (dst stays NULL) */
+    bool load;                       /* false: check only (filtered expert) */
+    const mr_tensor_info *tensor;    /* resolved; NULL when optional and absent */
+    const mr_tensor_info *scale;     /* F8_E4M3 only: <name>_scale_inv */
+} wt_spec;
+
+typedef struct wt_plan {
+    wt_spec *specs;
+    size_t n_specs;
+    size_t cap_specs;
+    mr_status status;                /* first failure while building */
+} wt_plan;
+
+/* Format a tensor-name prefix; a truncated name fails the plan. */
+static void plan_name(wt_plan *plan, char *dst, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void plan_name(wt_plan *plan, char *dst, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(dst, size, fmt, ap);
+    va_end(ap);
+    if ((len < 0 || (size_t)len >= size) && plan->status == MR_OK)
+        plan->status = mr_fail(MR_EINTERNAL, "weights: tensor name %s... too long", dst);
+}
+
+static wt_spec *plan_add(wt_plan *plan, float **dst, int ndim, int64_t rows, int64_t cols,
+                         const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static wt_spec *plan_add(wt_plan *plan, float **dst, int ndim, int64_t rows, int64_t cols,
+                         const char *fmt, ...)
+{
+    if (plan->status != MR_OK)
+        return NULL;
+    if (plan->n_specs == plan->cap_specs) {
+        size_t cap = plan->cap_specs ? 2 * plan->cap_specs : 256;
+        wt_spec *grown = realloc(plan->specs, cap * sizeof *grown);
+        if (!grown) {
+            plan->status = mr_fail(MR_ENOMEM, "weights: out of memory for the load plan");
+            return NULL;
+        }
+        plan->specs = grown;
+        plan->cap_specs = cap;
+    }
+    wt_spec *spec = &plan->specs[plan->n_specs++];
+    memset(spec, 0, sizeof *spec);
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(spec->name, sizeof spec->name, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= sizeof spec->name)
+        plan->status = mr_fail(MR_EINTERNAL, "weights: tensor name %s... too long", spec->name);
+    spec->ndim = ndim;
+    spec->shape[0] = rows;
+    spec->shape[1] = cols;
+    spec->dst = dst;
+    spec->load = true;
+    return spec;
+}
+
+static void plan_mat(wt_plan *plan, mr_mat *mat, int rows, int cols, bool load,
+                     const char *prefix, const char *name)
+{
+    mat->rows = rows;
+    mat->cols = cols;
+    wt_spec *spec = plan_add(plan, &mat->w, 2, rows, cols, "%s%s.weight", prefix, name);
+    if (spec)
+        spec->load = load;
+}
+
+static void plan_vec(wt_plan *plan, float **dst, int len, const char *prefix, const char *name)
+{
+    plan_add(plan, dst, 1, len, 0, "%s%s", prefix, name);
+}
+
+static void plan_mlp(wt_plan *plan, mr_mlp *mlp, int dim, int inner, bool load,
+                     const char *prefix)
+{
+    plan_mat(plan, &mlp->gate, inner, dim, load, prefix, "gate_proj");
+    plan_mat(plan, &mlp->up, inner, dim, load, prefix, "up_proj");
+    plan_mat(plan, &mlp->down, dim, inner, load, prefix, "down_proj");
+}
+
+static void plan_attention(wt_plan *plan, const mr_config *cfg, mr_layer_weights *layer,
+                           const char *prefix)
+{
+    int dim = cfg->hidden_size, heads = cfg->num_attention_heads;
+    int qk_head = mr_config_qk_head_dim(cfg);
+    char attn[WT_NAME_MAX];
+    plan_name(plan, attn, sizeof attn, "%sself_attn.", prefix);
+    if (cfg->q_lora_rank > 0) {
+        plan_mat(plan, &layer->q_a, cfg->q_lora_rank, dim, true, attn, "q_a_proj");
+        plan_vec(plan, &layer->q_a_norm, cfg->q_lora_rank, attn, "q_a_layernorm.weight");
+        plan_mat(plan, &layer->q_b, heads * qk_head, cfg->q_lora_rank, true, attn, "q_b_proj");
+    } else {
+        plan_mat(plan, &layer->q, heads * qk_head, dim, true, attn, "q_proj");
+    }
+    plan_mat(plan, &layer->kv_a, mr_config_latent_dim(cfg), dim, true, attn,
+             "kv_a_proj_with_mqa");
+    plan_vec(plan, &layer->kv_a_norm, cfg->kv_lora_rank, attn, "kv_a_layernorm.weight");
+    plan_mat(plan, &layer->kv_b, heads * (cfg->qk_nope_head_dim + cfg->v_head_dim),
+             cfg->kv_lora_rank, true, attn, "kv_b_proj");
+    plan_mat(plan, &layer->o, dim, heads * cfg->v_head_dim, true, attn, "o_proj");
+}
+
+/* Allocate the layer/expert arrays of `w` and list every tensor. */
+static mr_status plan_build(const mr_config *cfg, mr_expert_filter filter, void *filter_ctx,
+                            mr_weights *w, wt_plan *plan)
+{
+    int dim = cfg->hidden_size, experts = cfg->n_routed_experts;
+    w->n_layers = cfg->num_hidden_layers;
+    w->n_experts = experts;
+    w->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *w->layers);
+    if (!w->layers)
+        return mr_fail(MR_ENOMEM, "weights: out of memory for %d layers", cfg->num_hidden_layers);
+
+    plan_add(plan, &w->embed, 2, cfg->vocab_size, dim, "model.embed_tokens.weight");
+    for (int l = 0; l < cfg->num_hidden_layers && plan->status == MR_OK; l++) {
+        mr_layer_weights *layer = &w->layers[l];
+        char prefix[WT_NAME_MAX];
+        plan_name(plan, prefix, sizeof prefix, "model.layers.%d.", l);
+        plan_vec(plan, &layer->attn_norm, dim, prefix, "input_layernorm.weight");
+        plan_vec(plan, &layer->ffn_norm, dim, prefix, "post_attention_layernorm.weight");
+        plan_attention(plan, cfg, layer, prefix);
+
+        layer->is_moe = mr_config_layer_is_moe(cfg, l);
+        char mlp[WT_NAME_MAX];
+        plan_name(plan, mlp, sizeof mlp, "%smlp.", prefix);
+        if (!layer->is_moe) {
+            plan_mlp(plan, &layer->dense, dim, cfg->intermediate_size, true, mlp);
+            continue;
+        }
+        plan_mat(plan, &layer->gate, experts, dim, true, mlp, "gate");
+        wt_spec *bias = plan_add(plan, &layer->gate_bias, 1, experts, 0,
+                                 "%sgate.e_score_correction_bias", mlp);
+        if (bias)
+            bias->optional = true;
+        layer->experts = calloc((size_t)experts, sizeof *layer->experts);
+        if (!layer->experts)
+            return mr_fail(MR_ENOMEM, "weights: out of memory for %d experts", experts);
+        for (int e = 0; e < experts; e++) {
+            char expert[WT_NAME_MAX];
+            plan_name(plan, expert, sizeof expert, "%sexperts.%d.", mlp, e);
+            bool load = filter == NULL || filter(filter_ctx, l, e);
+            plan_mlp(plan, &layer->experts[e], dim, cfg->moe_intermediate_size, load, expert);
+        }
+        if (cfg->n_shared_experts > 0) {
+            char shared[WT_NAME_MAX];
+            plan_name(plan, shared, sizeof shared, "%sshared_experts.", mlp);
+            plan_mlp(plan, &layer->shared, dim,
+                     cfg->n_shared_experts * cfg->moe_intermediate_size, true, shared);
+        }
+    }
+    plan_vec(plan, &w->final_norm, dim, "", "model.norm.weight");
+    w->lm_head.rows = cfg->vocab_size;
+    w->lm_head.cols = dim;
+    plan_add(plan, &w->lm_head.w, 2, cfg->vocab_size, dim, "lm_head.weight");
+    return plan->status;
+}
+
+static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
+{
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < size)
+        snprintf(buf + used, size - used, "]");
+}
+
+static mr_status shape_mismatch(const char *what, const mr_tensor_info *t, int ndim,
+                                const int64_t *want)
+{
+    char have_s[96], want_s[96];
+    format_shape(have_s, sizeof have_s, t->ndim, t->shape);
+    format_shape(want_s, sizeof want_s, ndim, want);
+    return mr_fail(MR_EINVAL, "%s: %s %s has shape %s, expected %s", t->file, what, t->name,
+                   have_s, want_s);
+}
+
+static bool shape_equals(const mr_tensor_info *t, int ndim, const int64_t *want)
+{
+    if (t->ndim != ndim)
+        return false;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != want[i])
+            return false;
+    return true;
+}
+
+static void mark(const mr_st_archive *archive, const mr_tensor_info *t, bool *consumed)
+{
+    /* mr_st_find and mr_st_at index the same array. */
+    consumed[t - mr_st_at(archive, 0)] = true;
+}
+
+static mr_status resolve_spec(const mr_config *cfg, const mr_st_archive *archive,
+                              wt_spec *spec, bool *consumed)
+{
+    const mr_tensor_info *t = mr_st_find(archive, spec->name);
+    if (!t) {
+        if (spec->optional)
+            return MR_OK;
+        return mr_fail(MR_EINVAL, "missing tensor %s", spec->name);
+    }
+    if (!shape_equals(t, spec->ndim, spec->shape))
+        return shape_mismatch("tensor", t, spec->ndim, spec->shape);
+    spec->tensor = t;
+    mark(archive, t, consumed);
+    if (t->dtype != MR_DT_F8_E4M3)
+        return MR_OK;
+
+    if (!cfg->fp8)
+        return mr_fail(MR_EINVAL,
+                       "%s: tensor %s is F8_E4M3 but config.json has no quantization_config",
+                       t->file, t->name);
+    if (spec->ndim != 2 || spec->optional)
+        return mr_fail(MR_EINVAL, "%s: tensor %s may not be F8_E4M3 (only 2-D weights are)",
+                       t->file, t->name);
+    char scale_name[WT_NAME_MAX + 16];
+    snprintf(scale_name, sizeof scale_name, "%s_scale_inv", spec->name);
+    const mr_tensor_info *scale = mr_st_find(archive, scale_name);
+    if (!scale)
+        return mr_fail(MR_EINVAL, "missing tensor %s (F8_E4M3 tensor %s needs it)", scale_name,
+                       t->name);
+    int64_t want[2] = {
+        (spec->shape[0] + cfg->weight_block_size[0] - 1) / cfg->weight_block_size[0],
+        (spec->shape[1] + cfg->weight_block_size[1] - 1) / cfg->weight_block_size[1]};
+    if (!shape_equals(scale, 2, want))
+        return shape_mismatch("scale tensor", scale, 2, want);
+    if (scale->dtype != MR_DT_F32)
+        return mr_fail(MR_EINVAL, "%s: tensor %s is %s, expected F32", scale->file, scale->name,
+                       mr_dtype_name(scale->dtype));
+    spec->scale = scale;
+    mark(archive, scale, consumed);
+    return MR_OK;
+}
+
+/* model.layers.N.* with N >= num_hidden_layers: multi-token-prediction layers. */
+static bool is_extra_layer(const char *name, int n_layers)
+{
+    static const char prefix[] = "model.layers.";
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return false;
+    const char *digits = name + sizeof prefix - 1;
+    char *end = NULL;
+    if (*digits < '0' || *digits > '9')
+        return false;
+    errno = 0;
+    unsigned long long layer = strtoull(digits, &end, 10);
+    if (*end != '.')
+        return false;
+    return errno == ERANGE || layer >= (unsigned long long)n_layers;
+}
+
+/* Passes 1 and 2. */
+static mr_status plan_resolve(const mr_config *cfg, const mr_st_archive *archive,
+                              wt_plan *plan)
+{
+    mr_status status = MR_OK;
+    size_t count = mr_st_count(archive);
+    bool *consumed = calloc(count + 1, sizeof *consumed);
+    if (!consumed)
+        return mr_fail(MR_ENOMEM, "weights: out of memory");
+    for (size_t i = 0; i < plan->n_specs; i++) {
+        status = resolve_spec(cfg, archive, &plan->specs[i], consumed);
+        if (status != MR_OK)
+            goto fail;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const mr_tensor_info *t = mr_st_at(archive, i);
+        if (!consumed[i] && !is_extra_layer(t->name, cfg->num_hidden_layers)) {
+            status = mr_fail(MR_EINVAL, "%s: unexpected tensor %s", t->file, t->name);
+            goto fail;
+        }
+    }
+fail:
+    free(consumed);
+    return status;
+}
+
+/* Pass 3 for one tensor. */
+static mr_status load_spec(const mr_config *cfg, const wt_spec *spec, uint64_t *n_bytes)
+{
+    const mr_tensor_info *t = spec->tensor;
+    size_t n = (size_t)t->n_elems;
+    float *buf = malloc((n ? n : 1) * sizeof *buf);
+    if (!buf)
+        return mr_fail(MR_ENOMEM, "out of memory for tensor %s (%zu floats)", t->name, n);
+    mr_status status = t->dtype == MR_DT_F8_E4M3
+        ? mr_st_read_fp8_dequant(t, spec->scale, cfg->weight_block_size[0],
+                                 cfg->weight_block_size[1], buf)
+        : mr_st_read_f32(t, buf);
+    if (status != MR_OK) {
+        free(buf);
+        return status;
+    }
+    *spec->dst = buf;
+    *n_bytes += (uint64_t)n * sizeof *buf;
+    return MR_OK;
+}
+
+mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
+                          mr_expert_filter filter, void *filter_ctx, mr_weights *out)
+{
+    wt_plan plan = {0};
+    mr_weights w;
+    memset(&w, 0, sizeof w);
+    memset(out, 0, sizeof *out);
+
+    mr_status status = plan_build(cfg, filter, filter_ctx, &w, &plan);
+    if (status == MR_OK)
+        status = plan_resolve(cfg, archive, &plan);
+    for (size_t i = 0; i < plan.n_specs && status == MR_OK; i++) {
+        const wt_spec *spec = &plan.specs[i];
+        if (spec->tensor && spec->load)
+            status = load_spec(cfg, spec, &w.n_bytes);
+    }
+    free(plan.specs);
+    if (status != MR_OK) {
+        mr_weights_free(&w);
+        return status;
+    }
+    *out = w;
+    return MR_OK;
+}
+
+mr_status mr_weights_check(const mr_config *cfg, const mr_st_archive *archive)
+{
+    wt_plan plan = {0};
+    mr_weights scratch;
+    memset(&scratch, 0, sizeof scratch);
+    mr_status status = plan_build(cfg, NULL, NULL, &scratch, &plan);
+    if (status == MR_OK)
+        status = plan_resolve(cfg, archive, &plan);
+    free(plan.specs);
+    mr_weights_free(&scratch);
+    return status;
+}
+
+static void free_mlp(mr_mlp *mlp)
+{
+    free(mlp->gate.w);
+    free(mlp->up.w);
+    free(mlp->down.w);
+}
+
+void mr_weights_free(mr_weights *w)
+{
+    if (!w)
+        return;
+    free(w->embed);
+    for (int l = 0; w->layers && l < w->n_layers; l++) {
+        mr_layer_weights *layer = &w->layers[l];
+        free(layer->attn_norm);
+        free(layer->ffn_norm);
+        free(layer->q_a.w);
+        free(layer->q_a_norm);
+        free(layer->q_b.w);
+        free(layer->q.w);
+        free(layer->kv_a.w);
+        free(layer->kv_a_norm);
+        free(layer->kv_b.w);
+        free(layer->o.w);
+        free_mlp(&layer->dense);
+        free(layer->gate.w);
+        free(layer->gate_bias);
+        for (int e = 0; layer->experts && e < w->n_experts; e++)
+            free_mlp(&layer->experts[e]);
+        free(layer->experts);
+        free_mlp(&layer->shared);
+    }
+    free(w->layers);
+    free(w->final_norm);
+    free(w->lm_head.w);
+    memset(w, 0, sizeof *w);
+}

@@ -1,0 +1,85 @@
+/* model/weights.h — a model's weights in the engine's compute dtype (fp32).
+ *
+ * mr_weights_load() walks the HF tensor names of the DeepSeek-V3 release
+ * (model.embed_tokens.weight, model.layers.N.self_attn.q_a_proj.weight,
+ * ..., mlp.experts.E.gate_proj.weight, mlp.shared_experts.*, model.norm.weight,
+ * lm_head.weight), checks every shape against the config, converts F32/BF16/
+ * F16 and dequantizes F8_E4M3 with its `<name>_scale_inv` (block size from
+ * quantization_config.weight_block_size). Multi-token-prediction tensors
+ * (layers >= num_hidden_layers) are ignored; any other tensor the config does
+ * not call for is an error ("unexpected tensor X"), as is a missing one.
+ *
+ * A role that needs only part of the model (a decode rank holds no routed
+ * experts, an expert rank only its placement) passes a filter; experts it
+ * rejects stay unloaded (w == NULL) but are still shape-checked.
+ *
+ * Matrices are row-major [out, in] as HF stores them: y = x · Wᵀ.
+ * Ownership: mr_weights owns every buffer; free with mr_weights_free.
+ */
+#ifndef MR_WEIGHTS_H
+#define MR_WEIGHTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "safetensors.h"
+
+typedef struct mr_mat {
+    float *w;     /* [rows, cols] row-major; NULL when not loaded */
+    int rows;     /* out features */
+    int cols;     /* in features */
+} mr_mat;
+
+typedef struct mr_mlp {
+    mr_mat gate;  /* [inter, D]  (w1) */
+    mr_mat up;    /* [inter, D]  (w3) */
+    mr_mat down;  /* [D, inter]  (w2) */
+} mr_mlp;
+
+typedef struct mr_layer_weights {
+    float *attn_norm;      /* input_layernorm [D] */
+    float *ffn_norm;       /* post_attention_layernorm [D] */
+
+    mr_mat q_a;            /* [q_lora, D]            (q_lora_rank > 0) */
+    float *q_a_norm;       /* [q_lora] */
+    mr_mat q_b;            /* [H*(nope+rope), q_lora] */
+    mr_mat q;              /* [H*(nope+rope), D]     (q_lora_rank == 0) */
+    mr_mat kv_a;           /* [kv_lora+rope, D]  kv_a_proj_with_mqa */
+    float *kv_a_norm;      /* [kv_lora] */
+    mr_mat kv_b;           /* [H*(nope+v), kv_lora] */
+    mr_mat o;              /* [D, H*v] */
+
+    bool is_moe;
+    mr_mlp dense;          /* !is_moe: intermediate_size */
+    mr_mat gate;           /* is_moe: [E, D] router */
+    float *gate_bias;      /* is_moe: e_score_correction_bias [E] or NULL */
+    mr_mlp *experts;       /* is_moe: [E]; unloaded experts have NULL w */
+    mr_mlp shared;         /* is_moe: n_shared*moe_inter (absent when n_shared == 0) */
+} mr_layer_weights;
+
+typedef struct mr_weights {
+    float *embed;          /* [vocab, D] */
+    mr_layer_weights *layers;  /* [num_hidden_layers] */
+    float *final_norm;     /* [D] */
+    mr_mat lm_head;        /* [vocab, D] */
+    int n_layers;
+    int n_experts;
+    uint64_t n_bytes;      /* fp32 bytes held */
+} mr_weights;
+
+/* Return true to load routed expert `expert` of MoE layer `layer`. */
+typedef bool (*mr_expert_filter)(void *ctx, int layer, int expert);
+
+/* filter NULL = load every expert. */
+mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
+                          mr_expert_filter filter, void *filter_ctx, mr_weights *out);
+void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
+
+/* Every check of mr_weights_load (names, missing/unexpected tensors, shapes,
+ * dtypes, fp8 scale shapes) without converting any tensor data; cheap even for
+ * a full-size checkpoint (used by `moerun inspect`). NaN fp8 codes are only
+ * found by a load, since they need the data. */
+mr_status mr_weights_check(const mr_config *cfg, const mr_st_archive *archive);
+
+#endif

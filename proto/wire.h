@@ -1,0 +1,79 @@
+/* proto/wire.h — what travels between ranks after bootstrap.
+ *
+ * Control frames: one protobuf `Moerun__Frame` per transport message of type
+ * MSG_CONTROL. mr_frame_pack() serializes into a malloc'd buffer;
+ * mr_frame_unpack() checks the length against a cap BEFORE unpacking and
+ * rejects garbage (protobuf-c returns NULL) and frames with no body, with a
+ * message naming the sender. Free unpacked frames with mr_frame_free().
+ *
+ * Bulk tensors: an mr_bulk_hdr followed by n_rows int32 slots, for dispatch
+ * kinds n_rows int32 expert ids, then n_rows × dim floats. mr_bulk_view()
+ * validates a received buffer completely (magic, kind, dims, exact length,
+ * expert ids in range) before returning pointers into it; floats are read
+ * through memcpy-safe aligned offsets (header 32 B, int arrays keep 4-byte
+ * alignment, and transport buffers are malloc'd so they are 16-aligned).
+ * See docs/PROTOCOL.md for the flow. Thread-compatible, no global state.
+ */
+#ifndef MR_WIRE_H
+#define MR_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "moerun.pb-c.h"
+
+enum {
+    MSG_CONTROL = 16,
+    MSG_DISPATCH = 17,     /* decode → expert */
+    MSG_COMBINE = 18,      /* expert → decode */
+    MSG_EP_DISPATCH = 19,  /* prefill → prefill */
+    MSG_EP_COMBINE = 20,   /* prefill → prefill */
+};
+
+/* Cap on a control frame (requests carry prompts: 1 MiB holds ~250k ids). */
+#define MR_FRAME_MAX_BYTES (4u << 20)
+
+mr_status mr_frame_pack(const Moerun__Frame *frame, uint8_t **out, size_t *out_len);
+mr_status mr_frame_unpack(const void *data, size_t len, size_t cap, int src_rank,
+                          Moerun__Frame **out);
+void mr_frame_free(Moerun__Frame *frame); /* accepts NULL */
+
+#define MR_BULK_MAGIC 0x4b4c424dU /* "MBLK" */
+
+typedef struct mr_bulk_hdr {
+    uint32_t magic;
+    uint16_t kind;       /* the transport message type it travels as */
+    uint16_t reserved;
+    int32_t layer;
+    int32_t n_rows;
+    int32_t dim;
+    uint32_t reserved2;
+    uint64_t seq;        /* sender's step / iteration number */
+} mr_bulk_hdr;           /* 32 bytes */
+
+typedef struct mr_bulk_view {
+    mr_bulk_hdr hdr;
+    const int32_t *slots;    /* (n_rows) */
+    const int32_t *experts;  /* (n_rows) dispatch kinds only, else NULL */
+    const float *rows;       /* (n_rows, dim) */
+} mr_bulk_view;
+
+static inline int mr_bulk_has_experts(int kind)
+{
+    return kind == MSG_DISPATCH || kind == MSG_EP_DISPATCH;
+}
+
+/* Bytes of a bulk message with n_rows rows of dim floats. */
+size_t mr_bulk_size(int kind, int n_rows, int dim);
+
+/* Write header + arrays into buf (mr_bulk_size bytes); returns pointers to
+ * fill through view (slots/experts/rows are writable there). */
+void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t seq,
+                  int32_t **slots, int32_t **experts, float **rows);
+
+/* Validate a received buffer; n_layers / n_experts bound layer and expert ids. */
+mr_status mr_bulk_view_of(const void *data, size_t len, int expect_kind, int dim, int n_layers,
+                          int n_experts, int src_rank, mr_bulk_view *out);
+
+#endif

@@ -1,0 +1,166 @@
+#include "placement.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REP MR_PLACEMENT_MAX_REPLICAS
+
+static size_t entry(const mr_placement *p, int layer, int expert)
+{
+    return (size_t)layer * p->n_experts + (size_t)expert;
+}
+
+mr_status mr_placement_round_robin(const mr_config *cfg, const int *ranks, int n_ranks,
+                                   mr_placement *out)
+{
+    memset(out, 0, sizeof *out);
+    if (n_ranks <= 0) return mr_fail(MR_EINVAL, "placement: no ranks to place experts on");
+    out->n_layers = cfg->num_hidden_layers;
+    out->n_experts = cfg->n_routed_experts;
+    size_t n = (size_t)out->n_layers * out->n_experts;
+    out->n_replicas = calloc(n ? n : 1, 1);
+    out->ranks = malloc(sizeof(int32_t) * (n ? n : 1) * REP);
+    if (!out->n_replicas || !out->ranks) {
+        mr_placement_free(out);
+        return mr_fail(MR_ENOMEM, "placement: out of memory");
+    }
+    for (int l = 0; l < out->n_layers; l++) {
+        if (!mr_config_layer_is_moe(cfg, l)) continue;
+        for (int e = 0; e < out->n_experts; e++) {
+            out->n_replicas[entry(out, l, e)] = 1;
+            out->ranks[entry(out, l, e) * REP] = ranks[e % n_ranks];
+        }
+    }
+    return MR_OK;
+}
+
+static bool rank_allowed(const int *ranks, int n_ranks, int r)
+{
+    for (int i = 0; i < n_ranks; i++)
+        if (ranks[i] == r) return true;
+    return false;
+}
+
+static mr_status parse_index(const char *path, const char *what, const char *key, int limit,
+                             int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(key, &end, 10);
+    if (!*key || *end || errno || v < 0 || v >= limit)
+        return mr_fail(MR_EINVAL, "%s: %s \"%s\" is not in [0, %d)", path, what, key, limit);
+    *out = (int)v;
+    return MR_OK;
+}
+
+static mr_status apply_file(const char *path, const cJSON *root, const mr_config *cfg,
+                            const int *ranks, int n_ranks, mr_placement *p)
+{
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+    if (!cJSON_IsObject(layers))
+        return mr_fail(MR_EINVAL, "%s: expected an object with key \"layers\"", path);
+    const cJSON *lj;
+    cJSON_ArrayForEach(lj, layers) {
+        int layer = 0;
+        MR_TRY(parse_index(path, "layer", lj->string, cfg->num_hidden_layers, &layer));
+        if (!mr_config_layer_is_moe(cfg, layer))
+            return mr_fail(MR_EINVAL, "%s: layer %d is a dense layer (first_k_dense_replace %d)",
+                           path, layer, cfg->first_k_dense_replace);
+        if (!cJSON_IsObject(lj))
+            return mr_fail(MR_EINVAL, "%s: layers.%s must be an object", path, lj->string);
+        const cJSON *ej;
+        cJSON_ArrayForEach(ej, lj) {
+            int expert = 0;
+            MR_TRY(parse_index(path, "expert", ej->string, cfg->n_routed_experts, &expert));
+            int n = cJSON_GetArraySize(ej);
+            if (!cJSON_IsArray(ej) || n < 1 || n > REP)
+                return mr_fail(MR_EINVAL, "%s: layers.%s.%s must be a list of 1..%d ranks", path,
+                               lj->string, ej->string, REP);
+            size_t at = entry(p, layer, expert);
+            for (int i = 0; i < n; i++) {
+                const cJSON *r = cJSON_GetArrayItem(ej, i);
+                int rank = cJSON_IsNumber(r) ? (int)r->valuedouble : -1;
+                if (!cJSON_IsNumber(r) || r->valuedouble != rank || !rank_allowed(ranks, n_ranks, rank))
+                    return mr_fail(MR_EINVAL, "%s: layers.%s.%s: %s is not an expert rank of this "
+                                   "cluster", path, lj->string, ej->string,
+                                   cJSON_IsNumber(r) ? "rank" : "entry");
+                for (int j = 0; j < i; j++)
+                    if (p->ranks[at * REP + j] == rank)
+                        return mr_fail(MR_EINVAL, "%s: layers.%s.%s lists rank %d twice", path,
+                                       lj->string, ej->string, rank);
+                p->ranks[at * REP + i] = rank;
+            }
+            p->n_replicas[at] = (uint8_t)n;
+        }
+    }
+    return MR_OK;
+}
+
+mr_status mr_placement_load(const char *path, const mr_config *cfg, const int *ranks,
+                            int n_ranks, mr_placement *out)
+{
+    MR_TRY(mr_placement_round_robin(cfg, ranks, n_ranks, out));
+    FILE *fp = fopen(path, "rb");
+    char *text = NULL;
+    cJSON *root = NULL;
+    mr_status st = MR_OK;
+    if (!fp) {
+        st = mr_fail(MR_EIO, "%s: cannot open: %s", path, strerror(errno));
+        goto done;
+    }
+    fseek(fp, 0, SEEK_END);
+    long len = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    if (len < 0 || len > (64 << 20)) {
+        st = mr_fail(MR_EINVAL, "%s: unreasonable size", path);
+        goto done;
+    }
+    text = malloc((size_t)len + 1);
+    if (!text || fread(text, 1, (size_t)len, fp) != (size_t)len) {
+        st = mr_fail(MR_EIO, "%s: read failed", path);
+        goto done;
+    }
+    text[len] = '\0';
+    root = cJSON_Parse(text);
+    if (!root) {
+        st = mr_fail(MR_EINVAL, "%s: not valid JSON", path);
+        goto done;
+    }
+    st = apply_file(path, root, cfg, ranks, n_ranks, out);
+done:
+    if (fp) fclose(fp);
+    free(text);
+    cJSON_Delete(root);
+    if (st != MR_OK) mr_placement_free(out);
+    return st;
+}
+
+void mr_placement_free(mr_placement *p)
+{
+    if (!p) return;
+    free(p->n_replicas);
+    free(p->ranks);
+    memset(p, 0, sizeof *p);
+}
+
+bool mr_placement_holds(const mr_placement *p, int layer, int expert, int rank)
+{
+    size_t at = entry(p, layer, expert);
+    for (int i = 0; i < p->n_replicas[at]; i++)
+        if (p->ranks[at * REP + i] == rank) return true;
+    return false;
+}
+
+int mr_placement_route(const mr_placement *p, int layer, int expert, int slot, const bool *alive)
+{
+    size_t at = entry(p, layer, expert);
+    int live[REP], n_live = 0;
+    for (int i = 0; i < p->n_replicas[at]; i++) {
+        int r = p->ranks[at * REP + i];
+        if (!alive || alive[r]) live[n_live++] = r;
+    }
+    return n_live ? live[slot % n_live] : -1;
+}

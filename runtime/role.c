@@ -1,0 +1,199 @@
+#include "role.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/timer.h"
+#include "mr_build_config.h"
+
+void mr_msgq_push(mr_msgq *q, tp_msg *msg)
+{
+    if (q->count == q->cap) {
+        int cap = q->cap ? q->cap * 2 : 16;
+        tp_msg *items = malloc(sizeof(tp_msg) * (size_t)cap);
+        if (!items) {
+            MR_ERROR("message queue: out of memory");
+            abort();
+        }
+        for (int i = 0; i < q->count; i++) items[i] = q->items[(q->head + i) % q->cap];
+        free(q->items);
+        q->items = items;
+        q->head = 0;
+        q->cap = cap;
+    }
+    q->items[(q->head + q->count) % q->cap] = *msg;
+    q->count++;
+    memset(msg, 0, sizeof *msg);
+}
+
+bool mr_msgq_pop(mr_msgq *q, tp_msg *out)
+{
+    if (q->count == 0) return false;
+    *out = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    return true;
+}
+
+bool mr_msgq_take(mr_msgq *q, bool (*match)(const tp_msg *m, void *ctx), void *ctx, tp_msg *out)
+{
+    for (int i = 0; i < q->count; i++) {
+        tp_msg *m = &q->items[(q->head + i) % q->cap];
+        if (!match(m, ctx)) continue;
+        *out = *m;
+        for (int j = i; j < q->count - 1; j++)
+            q->items[(q->head + j) % q->cap] = q->items[(q->head + j + 1) % q->cap];
+        q->count--;
+        return true;
+    }
+    return false;
+}
+
+void mr_msgq_free(mr_msgq *q)
+{
+    tp_msg m;
+    while (mr_msgq_pop(q, &m)) tp_msg_free(&m);
+    free(q->items);
+    memset(q, 0, sizeof *q);
+}
+
+mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv)
+{
+    memset(r, 0, sizeof *r);
+    r->name = name;
+    r->kind = kind;
+    mr_role_opts_defaults(&r->opts);
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s", name);
+    mr_log_set_tag(tag);
+    if (mr_role_opts_parse(argc, argv, &r->opts) != MR_OK) {
+        fprintf(stderr, "%s: %s\noptions:\n%s", name, mr_last_error(), mr_role_opts_usage());
+        exit(2);
+    }
+    uint64_t hash = 0;
+    MR_TRY(mr_model_fingerprint(r->opts.model_dir, &hash));
+    tp_options to = {
+        .heartbeat_period_s = r->opts.heartbeat_period_s,
+        .heartbeat_timeout_s = r->opts.heartbeat_timeout_s,
+        .max_frame_bytes = 256u << 20,
+        .model_hash = hash,
+        .build_id = "moerun " MR_VERSION,
+    };
+    MR_TRY(tp_init(&argc, &argv, kind, &to, &r->tp));
+    r->rank = tp_rank(r->tp);
+    r->coordinator = tp_rank_of(r->tp, TP_ROLE_COORDINATOR, 0);
+    const tp_peer *me = tp_peer_info(r->tp, r->rank);
+    snprintf(tag, sizeof tag, "%s[%d] rank %d", name, me->role_index, r->rank);
+    mr_log_set_tag(tag);
+    return MR_OK;
+}
+
+mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx)
+{
+    double t0 = mr_now();
+    MR_TRY(mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
+    MR_INFO("model %s loaded in %.2f s (%.1f MB of weights held)", r->model.source, mr_now() - t0,
+            (double)r->model.weights.n_bytes / 1e6);
+    r->cpu_at_start = mr_cpu_seconds();
+    return MR_OK;
+}
+
+bool mr_role_next(mr_role *r, tp_msg *out)
+{
+    if (mr_msgq_pop(&r->deferred, out)) return true;
+    return tp_poll(r->tp, out);
+}
+
+void mr_role_idle(mr_role *r, double timeout_s)
+{
+    double t0 = mr_now();
+    tp_wait(r->tp, timeout_s);
+    r->wait_s += mr_now() - t0;
+}
+
+mr_status mr_role_send_frame(mr_role *r, int dst, const Moerun__Frame *frame)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    MR_TRY(mr_frame_pack(frame, &buf, &len));
+    mr_status st = tp_send(r->tp, dst, MSG_CONTROL, buf, len);
+    free(buf);
+    return st;
+}
+
+mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__FinishReason finish,
+                             const char *error)
+{
+    Moerun__TokenEvent ev = MOERUN__TOKEN_EVENT__INIT;
+    ev.id = (char *)id;
+    ev.token = token;
+    ev.finish = finish;
+    ev.error = (char *)(error ? error : "");
+    Moerun__Frame f = MOERUN__FRAME__INIT;
+    f.body_case = MOERUN__FRAME__BODY_TOKEN;
+    f.token = &ev;
+    return mr_role_send_frame(r, r->coordinator, &f);
+}
+
+mr_status mr_role_send_stats(mr_role *r)
+{
+    int n = tp_size(r->tp);
+    uint64_t *bytes = calloc((size_t)n, sizeof(uint64_t));
+    uint64_t *msgs = calloc((size_t)n, sizeof(uint64_t));
+    if (!bytes || !msgs) {
+        free(bytes);
+        free(msgs);
+        return mr_fail(MR_ENOMEM, "stats: out of memory");
+    }
+    uint64_t rejected = 0;
+    for (int p = 0; p < n; p++) {
+        if (p == r->rank) continue;
+        const tp_link_stats *ls = tp_link(r->tp, p);
+        bytes[p] = ls->bytes_sent + ls->bytes_put;
+        msgs[p] = ls->msgs_sent + ls->puts;
+        rejected += ls->frames_rejected;
+    }
+    Moerun__RankStats rs = MOERUN__RANK_STATS__INIT;
+    rs.role = (char *)r->name;
+    rs.cpu_seconds = mr_cpu_seconds() - r->cpu_at_start;
+    rs.compute_seconds = r->compute_s;
+    rs.transfer_seconds = r->transfer_s;
+    rs.wait_seconds = r->wait_s;
+    rs.n_link_bytes_sent = (size_t)n;
+    rs.link_bytes_sent = bytes;
+    rs.n_link_msgs_sent = (size_t)n;
+    rs.link_msgs_sent = msgs;
+    rs.frames_rejected = rejected;
+    rs.tokens_processed = r->tokens_processed;
+    Moerun__Frame f = MOERUN__FRAME__INIT;
+    f.body_case = MOERUN__FRAME__BODY_STATS;
+    f.stats = &rs;
+    mr_status st = mr_role_send_frame(r, r->coordinator, &f);
+    free(bytes);
+    free(msgs);
+    return st;
+}
+
+int *mr_role_ranks(const mr_role *r, tp_role kind, int *n)
+{
+    *n = tp_count_role(r->tp, kind);
+    int *ranks = malloc(sizeof(int) * (size_t)(*n > 0 ? *n : 1));
+    if (!ranks) {
+        MR_ERROR("out of memory");
+        abort();
+    }
+    for (int i = 0; i < *n; i++) ranks[i] = tp_rank_of(r->tp, kind, i);
+    return ranks;
+}
+
+int mr_role_finish(mr_role *r, mr_status st)
+{
+    if (st != MR_OK) MR_ERROR("%s", mr_last_error());
+    mr_msgq_free(&r->deferred);
+    tp_finalize(r->tp);
+    r->tp = NULL;
+    mr_model_free(&r->model);
+    return st == MR_OK ? 0 : 1;
+}

@@ -1,0 +1,71 @@
+/* runtime/role.h — what every cluster role process shares: start-up
+ * (options, model fingerprint, transport bootstrap), control-frame sending,
+ * a queue for messages that arrive while the role waits for something else,
+ * time accounting, and the RankStats report at shutdown.
+ *
+ * One mr_role per process, used from its single main thread.
+ */
+#ifndef MR_ROLE_H
+#define MR_ROLE_H
+
+#include <stdbool.h>
+
+#include "common/status.h"
+#include "model/model.h"
+#include "proto/wire.h"
+#include "role_opts.h"
+#include "transport/tp.h"
+
+/* FIFO of received messages set aside for later. */
+typedef struct mr_msgq {
+    tp_msg *items;
+    int head, count, cap;
+} mr_msgq;
+
+void mr_msgq_push(mr_msgq *q, tp_msg *msg);   /* takes ownership; aborts on OOM */
+bool mr_msgq_pop(mr_msgq *q, tp_msg *out);
+/* Remove and return the oldest message for which match() is true. */
+bool mr_msgq_take(mr_msgq *q, bool (*match)(const tp_msg *m, void *ctx), void *ctx, tp_msg *out);
+void mr_msgq_free(mr_msgq *q);
+
+typedef struct mr_role {
+    const char *name;            /* "decode", ... */
+    tp_role kind;
+    tp_ctx *tp;
+    mr_role_opts opts;
+    mr_model model;
+    int rank;
+    int coordinator;             /* rank of the coordinator (0) */
+    mr_msgq deferred;            /* messages to handle after the current step */
+    double cpu_at_start;         /* after the model was loaded */
+    double compute_s, transfer_s, wait_s;
+    uint64_t tokens_processed;
+    bool shutdown;
+} mr_role;
+
+/* Parse options, fingerprint the model, bootstrap the transport. The model
+ * is NOT loaded yet (each role loads the part it needs). Exits the process
+ * with status 2 on bad options. */
+mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv);
+/* Load the model (filter may skip routed experts) and start CPU accounting. */
+mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+
+/* Next message: deferred ones first, then the transport (non-blocking). */
+bool mr_role_next(mr_role *r, tp_msg *out);
+/* Wait up to timeout_s for traffic, counted as wait time. */
+void mr_role_idle(mr_role *r, double timeout_s);
+
+mr_status mr_role_send_frame(mr_role *r, int dst, const Moerun__Frame *frame);
+/* A TokenEvent to the coordinator. */
+mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__FinishReason finish,
+                             const char *error);
+/* RankStats to the coordinator (at Shutdown). */
+mr_status mr_role_send_stats(mr_role *r);
+
+/* Ranks of one role, in role order; *n set. Caller frees. */
+int *mr_role_ranks(const mr_role *r, tp_role kind, int *n);
+
+/* Tear down: transport finalize, model free. Returns the process exit code. */
+int mr_role_finish(mr_role *r, mr_status st);
+
+#endif

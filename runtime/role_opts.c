@@ -1,0 +1,80 @@
+#include "role_opts.h"
+
+#include <string.h>
+
+#include "common/args.h"
+
+void mr_role_opts_defaults(mr_role_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->attn = MR_ATTN_ABSORB;
+    o->kv_blocks = 256;
+    o->block_tokens = 16;
+    o->max_batch_tokens = 256;
+    o->max_wait_ms = 5.0;
+    o->max_running = 64;
+    o->heartbeat_period_s = 1.0;
+    o->heartbeat_timeout_s = 30.0;
+    o->request_timeout_s = 600.0;
+}
+
+const char *mr_role_opts_usage(void)
+{
+    return "  --model DIR              model directory (default: built-in tiny)\n"
+           "  --requests FILE.jsonl    requests (coordinator; default: built-in demo set)\n"
+           "  --out FILE.jsonl         results (default: stdout)\n"
+           "  --summary FILE.json      summary json\n"
+           "  --status-file FILE       exit status for the launcher\n"
+           "  --placement FILE.json    expert placement (default: round robin)\n"
+           "  --logits-dir DIR         debug: write each request's logits as .npy\n"
+           "  --attn absorb|naive      MLA form (default absorb)\n"
+           "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
+           "  --block-tokens N         tokens per KV block (default 16)\n"
+           "  --max-batch-tokens N     prefill token budget per iteration (default 256)\n"
+           "  --max-wait-ms MS         prefill: start a partial batch after MS (default 5)\n"
+           "  --max-running N          decode: running requests per step (default 64)\n"
+           "  --heartbeat-period S     (default 1)\n"
+           "  --heartbeat-timeout S    (default 30)\n"
+           "  --request-timeout S      (default 600)\n";
+}
+
+mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (i + 1 >= argc) return mr_fail(MR_EINVAL, "%s: missing value (or unknown flag)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "--model")) o->model_dir = v;
+        else if (!strcmp(f, "--requests")) o->requests_path = v;
+        else if (!strcmp(f, "--out")) o->out_path = v;
+        else if (!strcmp(f, "--summary")) o->summary_path = v;
+        else if (!strcmp(f, "--status-file")) o->status_path = v;
+        else if (!strcmp(f, "--placement")) o->placement_path = v;
+        else if (!strcmp(f, "--logits-dir")) o->logits_dir = v;
+        else if (!strcmp(f, "--attn")) {
+            if (!strcmp(v, "absorb")) o->attn = MR_ATTN_ABSORB;
+            else if (!strcmp(v, "naive")) o->attn = MR_ATTN_NAIVE;
+            else return mr_fail(MR_EINVAL, "--attn: expected absorb or naive, got '%s'", v);
+        }
+        else if (!strcmp(f, "--kv-blocks")) MR_TRY(mr_parse_int(f, v, 1, 1 << 24, &o->kv_blocks));
+        else if (!strcmp(f, "--block-tokens")) MR_TRY(mr_parse_int(f, v, 1, 4096, &o->block_tokens));
+        else if (!strcmp(f, "--max-batch-tokens"))
+            MR_TRY(mr_parse_int(f, v, 1, 1 << 20, &o->max_batch_tokens));
+        else if (!strcmp(f, "--max-running")) MR_TRY(mr_parse_int(f, v, 1, 1 << 16, &o->max_running));
+        else if (!strcmp(f, "--max-wait-ms") || !strcmp(f, "--heartbeat-period") ||
+                 !strcmp(f, "--heartbeat-timeout") || !strcmp(f, "--request-timeout")) {
+            float x;
+            MR_TRY(mr_parse_float(f, v, 0.0, 1e7, &x));
+            if (!strcmp(f, "--max-wait-ms")) o->max_wait_ms = x;
+            else if (!strcmp(f, "--heartbeat-period")) o->heartbeat_period_s = x;
+            else if (!strcmp(f, "--heartbeat-timeout")) o->heartbeat_timeout_s = x;
+            else o->request_timeout_s = x;
+        } else {
+            return mr_fail(MR_EINVAL, "unknown flag '%s'", f);
+        }
+    }
+    if (o->heartbeat_period_s <= 0 || o->heartbeat_timeout_s <= o->heartbeat_period_s)
+        return mr_fail(MR_EINVAL, "--heartbeat-timeout (%g) must exceed --heartbeat-period (%g) > 0",
+                       o->heartbeat_timeout_s, o->heartbeat_period_s);
+    return MR_OK;
+}

@@ -1,0 +1,39 @@
+/* runtime/role_opts.h — the options every cluster role executable accepts.
+ *
+ * launch/moerun-cluster passes the same option set to every rank, so one
+ * parser validates them all; a role ignores the options it does not use but
+ * an unknown flag or a bad value is an error on every rank. Defaults suit a
+ * 2-core test machine; production clusters override them on the command line.
+ */
+#ifndef MR_ROLE_OPTS_H
+#define MR_ROLE_OPTS_H
+
+#include "common/status.h"
+#include "model/engine.h"
+
+typedef struct mr_role_opts {
+    const char *model_dir;        /* NULL = built-in tiny */
+    const char *requests_path;    /* coordinator: jsonl; NULL = built-in demo set */
+    const char *out_path;         /* coordinator: results jsonl; NULL = stdout */
+    const char *summary_path;     /* coordinator: summary json; NULL = stderr table only */
+    const char *status_path;      /* coordinator: exit status for the launcher */
+    const char *placement_path;   /* expert placement json; NULL = round robin */
+    const char *logits_dir;       /* debug: per-request logits .npy */
+    mr_attn_mode attn;
+    int kv_blocks;                /* decode: blocks in the KV pool */
+    int block_tokens;             /* tokens per KV block (all roles must agree) */
+    int max_batch_tokens;         /* prefill: token budget per iteration */
+    double max_wait_ms;           /* prefill: start a non-full batch after this wait */
+    int max_running;              /* decode: running requests per step */
+    double heartbeat_period_s;
+    double heartbeat_timeout_s;
+    double request_timeout_s;     /* coordinator: a request not finished by then fails */
+} mr_role_opts;
+
+void mr_role_opts_defaults(mr_role_opts *o);
+/* Parse argv[1..]; on error the message names the flag. */
+mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o);
+/* The option list, for --help. */
+const char *mr_role_opts_usage(void);
+
+#endif

@@ -1,0 +1,177 @@
+#!/usr/bin/python3
+"""check_cluster.py — the disaggregated cluster returns what the single-process
+engine returns.
+
+Usage (meson runs it with /usr/bin/python3; a missing numpy FAILS, never skips):
+  check_cluster.py --build BUILD_DIR --source SRC_DIR --layout P,D,E
+                   [--placement hot2] [--preset tiny] [--n-requests 12]
+                   [--kv-blocks 24] [--max-batch-tokens 32]
+
+It synthesizes a model, writes a request set of different prompt lengths
+(some longer than --max-batch-tokens so prefill chunks them; enough total KV
+that the decode pool runs out and admission must queue), runs
+launch/moerun-cluster with --logits-dir, then for every request runs
+`moerun generate` alone and checks:
+  * the cluster's output_ids equal generate's (greedy),
+  * the logits at every position agree within 1e-4,
+  * finish_reason is length, ttft/tpot/e2e are present, exit status is 0.
+--placement hot2 first runs the layout once with round-robin placement, finds
+the two hottest experts of each MoE layer from generate's routing... (we
+approximate "hottest" from the coordinator's load reports in the summary) and
+gives each of them a replica on a second expert rank.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+except ImportError:  # a missing numpy is a failure, not a skip
+    print("FAIL: numpy not importable by", sys.executable)
+    sys.exit(1)
+
+TOL = 1e-4
+
+
+def run(cmd, timeout, env=None):
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def make_requests(n, vocab, max_new, long_len):
+    reqs = []
+    for i in range(n):
+        length = [3, 9, long_len, 1, 17, 5][i % 6] + (i // 6)
+        ids = [(7 * i + 13 * j + 1) % vocab for j in range(length)]
+        reqs.append({"id": f"r{i:02d}", "prompt_ids": ids, "max_new_tokens": max_new + (i % 3),
+                     "ignore_eos": True})
+    return reqs
+
+
+def hottest_placement(summary, expert_ranks, n_layers_first_moe):
+    """Two hottest experts per MoE layer get a replica on another expert rank."""
+    load = summary.get("expert_load", {})
+    layers = {}
+    for layer, counts in load.items():
+        hot = sorted(range(len(counts)), key=lambda e: (-counts[e], e))[:2]
+        entry = {}
+        for e in hot:
+            home = expert_ranks[e % len(expert_ranks)]
+            other = expert_ranks[(e + 1) % len(expert_ranks)]
+            entry[str(e)] = [home, other] if other != home else [home]
+        layers[str(layer)] = entry
+    return {"layers": layers}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--layout", required=True)
+    ap.add_argument("--placement", default="")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--n-requests", type=int, default=12)
+    ap.add_argument("--max-new", type=int, default=6)
+    ap.add_argument("--kv-blocks", type=int, default=24)
+    ap.add_argument("--block-tokens", type=int, default=4)
+    ap.add_argument("--max-batch-tokens", type=int, default=32)
+    ap.add_argument("--attn", default="absorb")
+    args = ap.parse_args()
+    P, D, E = (int(x) for x in args.layout.split(","))
+    moerun = os.path.join(args.build, "moerun")
+    launcher = os.path.join(args.source, "launch", "moerun-cluster")
+    env = dict(os.environ, MOERUN_BUILD_DIR=args.build, MOERUN_CLUSTER_TIMEOUT="240")
+
+    with tempfile.TemporaryDirectory(prefix="moerun-cluster-") as work:
+        model = os.path.join(work, "model")
+        r = run([moerun, "synth", "--out", model, "--preset", args.preset, "--seed", "5"], 120)
+        if r.returncode != 0:
+            print(r.stderr)
+            return 1
+        cfg = json.load(open(os.path.join(model, "config.json")))
+        reqs = make_requests(args.n_requests, cfg["vocab_size"], args.max_new,
+                             args.max_batch_tokens + 11)
+        req_path = os.path.join(work, "requests.jsonl")
+        with open(req_path, "w") as f:
+            for q in reqs:
+                f.write(json.dumps(q) + "\n")
+        total_blocks = sum(-(-(len(q["prompt_ids"]) + q["max_new_tokens"]) // args.block_tokens)
+                           for q in reqs)
+        print(f"requests need {total_blocks} KV blocks in all; pool per decode rank "
+              f"{args.kv_blocks} (admission must queue: {total_blocks > args.kv_blocks * D})")
+
+        common = ["--prefill", str(P), "--decode", str(D), "--expert", str(E), "--model", model,
+                  "--requests", req_path, "--kv-blocks", str(args.kv_blocks),
+                  "--block-tokens", str(args.block_tokens),
+                  "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn]
+        if args.placement == "hot2":
+            warm = os.path.join(work, "warm-summary.json")
+            r = run([launcher] + common + ["--out", os.path.join(work, "warm.jsonl"),
+                                           "--summary", warm], 300, env)
+            if r.returncode != 0:
+                print(r.stdout, r.stderr)
+                return 1
+            summary = json.load(open(warm))
+            expert_ranks = list(range(1 + P + D, 1 + P + D + E))
+            placement = hottest_placement(summary, expert_ranks, cfg["first_k_dense_replace"])
+            place_path = os.path.join(work, "placement.json")
+            json.dump(placement, open(place_path, "w"))
+            print("placement with replicas:", json.dumps(placement))
+            common += ["--placement", place_path]
+
+        logits_dir = os.path.join(work, "logits")
+        os.mkdir(logits_dir)
+        out_path = os.path.join(work, "out.jsonl")
+        sum_path = os.path.join(work, "summary.json")
+        r = run([launcher] + common + ["--out", out_path, "--summary", sum_path,
+                                       "--logits-dir", logits_dir], 300, env)
+        print(r.stderr[-4000:])
+        if r.returncode != 0:
+            print(f"FAIL: launcher exit {r.returncode}")
+            return 1
+        results = [json.loads(line) for line in open(out_path)]
+        failures = 0
+        if len(results) != len(reqs):
+            print(f"FAIL: {len(results)} result lines for {len(reqs)} requests")
+            return 1
+        worst = 0.0
+        for q, res in zip(reqs, results):
+            ids = ",".join(str(t) for t in q["prompt_ids"])
+            ref_npy = os.path.join(work, f"ref-{q['id']}.npy")
+            g = run([moerun, "generate", "--model", model, "--prompt-ids", ids,
+                     "--max-new-tokens", str(q["max_new_tokens"]), "--ignore-eos",
+                     "--attn", args.attn, "--logits-out", ref_npy], 120)
+            if g.returncode != 0:
+                print(g.stderr)
+                return 1
+            want = [int(t) for t in g.stdout.strip().splitlines()[-1].split(",")]
+            got = res.get("output_ids")
+            if res.get("id") != q["id"] or got != want or res.get("finish_reason") != "length":
+                print(f"FAIL {q['id']}: cluster {res} vs generate {want}")
+                failures += 1
+                continue
+            a = np.load(os.path.join(logits_dir, q["id"] + ".npy"))
+            b = np.load(ref_npy)
+            if a.shape != b.shape:
+                print(f"FAIL {q['id']}: logits shape {a.shape} vs {b.shape}")
+                failures += 1
+                continue
+            diff = float(np.max(np.abs(a - b)))
+            worst = max(worst, diff)
+            if diff > TOL:
+                print(f"FAIL {q['id']}: max |dlogit| {diff:.3g} > {TOL}")
+                failures += 1
+            for key in ("ttft_ms", "tpot_ms", "e2e_ms", "prompt_tokens"):
+                if key not in res:
+                    print(f"FAIL {q['id']}: result lacks {key}")
+                    failures += 1
+        print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''}: {len(reqs)} requests, "
+              f"{failures} failures, worst max|dlogit| {worst:.3g}")
+        return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+/* transport/tp_progress.c — progressing the worker, event-fd sleeping, and
+ * the one wait helper every blocking tp call goes through (bounded, never
+ * spins without progressing, acts on peer deaths). */
+#include "transport/tp_internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#define TP_PROGRESS_BURST 4096 /* ucp_worker_progress calls per drain, at most */
+#define TP_SPIN_ROUNDS 64      /* idle progress rounds before sleeping in a wait */
+#define TP_WAIT_SLICE_S 0.01   /* longest sleep inside tp_wait_until */
+
+bool tp_progress(tp_ctx *ctx)
+{
+    bool moved = false;
+    for (int i = 0; i < TP_PROGRESS_BURST && ucp_worker_progress(ctx->worker); i++) moved = true;
+    if (ctx->rndv_to_start) {
+        tp_rx_start_pending(ctx);
+        for (int i = 0; i < TP_PROGRESS_BURST && ucp_worker_progress(ctx->worker); i++) moved = true;
+        moved = true;
+    }
+    tp_health_step(ctx);
+    return moved;
+}
+
+mr_status tp_sleep_until(tp_ctx *ctx, double deadline)
+{
+    double now = mr_now();
+    double wake = deadline < ctx->next_heartbeat ? deadline : ctx->next_heartbeat;
+    if (wake <= now) return MR_OK;
+    ucs_status_t s = ucp_worker_arm(ctx->worker);
+    if (s == UCS_ERR_BUSY) return MR_OK; /* events pending: progress again */
+    if (s != UCS_OK) return tp_ucs_fail(s, "ucp_worker_arm", __FILE__, __LINE__);
+    double ms = (wake - now) * 1000.0 + 1.0;
+    int timeout_ms = ms > 3600e3 ? 3600 * 1000 : (int)ms;
+    struct epoll_event ev;
+    int n = epoll_wait(ctx->epfd, &ev, 1, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        return mr_fail(MR_EIO, "tp: epoll_wait on the UCX worker fd failed: %s", strerror(errno));
+    return MR_OK;
+}
+
+mr_status tp_wait(tp_ctx *ctx, double timeout_s)
+{
+    double deadline = mr_now() + (timeout_s > 0 ? timeout_s : 0);
+    for (;;) {
+        tp_progress(ctx);
+        /* re-check the queue after progress and before arming, or a message
+         * that arrived during progress would sleep until the next event */
+        if (tp_rx_has_deliverable(ctx)) return MR_OK;
+        if (mr_now() >= deadline) return MR_OK;
+        MR_TRY(tp_sleep_until(ctx, deadline));
+    }
+}
+
+mr_status tp_wait_until(tp_ctx *ctx, tp_done_fn done, void *arg, int peer, double deadline)
+{
+    int idle = 0;
+    for (;;) {
+        bool moved = tp_progress(ctx);
+        if (done(ctx, arg)) return MR_OK;
+        if (peer >= 0 && !tp_link_alive(ctx, peer))
+            return mr_fail(MR_EPEER, "tp: rank %d is %s", peer,
+                           ctx->links[peer].phase == TP_LINK_DEAD ? "dead" : "gone (FIN)");
+        double now = mr_now();
+        if (now >= deadline) return mr_fail(MR_ETIMEDOUT, "tp: deadline passed");
+        if (moved) {
+            idle = 0;
+            continue;
+        }
+        if (++idle < TP_SPIN_ROUNDS) continue;
+        double slice = now + TP_WAIT_SLICE_S;
+        MR_TRY(tp_sleep_until(ctx, slice < deadline ? slice : deadline));
+    }
+}
+
+static bool tp_req_done(tp_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    return ((const tp_txreq *)arg)->done;
+}
+
+mr_status tp_request_wait(tp_ctx *ctx, tp_txreq *req, double deadline)
+{
+    mr_status st = tp_wait_until(ctx, tp_req_done, req, req->peer, deadline);
+    if (st == MR_OK && req->status != UCS_OK)
+        st = mr_fail(MR_EPEER, "tp: request to rank %d failed: %s", req->peer,
+                     ucs_status_string(req->status));
+    /* done, abandoned (peer dead: ucx already freed) or timed out: in every
+     * case release now; ucp_request_free stops any later callback */
+    tp_txreq_release(req);
+    return st;
+}
