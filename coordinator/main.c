@@ -36,6 +36,7 @@ typedef struct coord {
     mr_sched sched;
     mr_tracker tracker;
     mr_run_report rep;
+    mr_expert_load load;
     int *order;                /* valid request indices in submission order */
     int n_order, next_submit;
     double start_s, cpu_start_s, wait_s, end_s;
@@ -83,6 +84,8 @@ static mr_status init_report(coord *c)
 {
     int n_ranks = tp_size(c->role.tp);
     MR_TRY(mr_run_report_init(&c->rep, n_ranks));
+    MR_TRY(mr_expert_load_init(&c->load, c->cfg.num_hidden_layers, c->cfg.n_routed_experts));
+    c->rep.load = &c->load;
     for (int r = 0; r < n_ranks; r++)
         snprintf(c->rep.ranks[r].role, sizeof c->rep.ranks[r].role, "%s",
                  tp_role_name(tp_peer_info(c->role.tp, r)->role));
@@ -92,8 +95,8 @@ static mr_status init_report(coord *c)
 static mr_status setup(coord *c)
 {
     const mr_role_opts *o = &c->role.opts;
-    MR_TRY(init_report(c));
     MR_TRY(load_config(o, &c->cfg));
+    MR_TRY(init_report(c));
     if (o->requests_path) MR_TRY(mr_requests_load(o->requests_path, &c->cfg, &c->reqs));
     else MR_TRY(mr_requests_demo(&c->cfg, &c->reqs));
     MR_INFO("%d requests (%d invalid) from %s", c->reqs.n, c->reqs.n_invalid,
@@ -157,17 +160,8 @@ static void submit(coord *c, int i, double clock_start)
     double now = mr_now();
     for (;;) {
         int prefill = -1, decode = -1;
-        if (mr_sched_pick(&c->sched, &prefill, &decode) != MR_OK) {
+        if (mr_sched_pick(&c->sched, blocks, &prefill, &decode) != MR_OK) {
             mr_tracker_fail(&c->tracker, i, mr_last_error(), now);
-            return;
-        }
-        int pool = mr_sched_max_pool(&c->sched);
-        if (blocks > pool) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "request needs %d KV blocks (%d + %d tokens, %d per block) "
-                     "but a decode pool holds %d", blocks, r->n_prompt, r->max_new_tokens,
-                     c->sched.block_tokens, pool);
-            mr_tracker_fail(&c->tracker, i, msg, now);
             return;
         }
         mr_status st = send_admit(c, r, prefill, decode);
@@ -267,7 +261,11 @@ static void on_control(coord *c, const tp_msg *m, double now)
         on_stats(c, m->src, f->stats);
         break;
     case MOERUN__FRAME__BODY_LOAD:
-        MR_DEBUG("load report from rank %d (%zu layers)", m->src, f->load->n_layers);
+        if (mr_expert_load_add(&c->load, m->src, f->load->layers, f->load->n_layers,
+                               f->load->n_experts, f->load->tokens, f->load->n_tokens) != MR_OK) {
+            c->bad_frames++;
+            MR_WARN("%s", mr_last_error());
+        }
         break;
     default:
         c->bad_frames++;
@@ -313,9 +311,8 @@ static void progress(coord *c, double now)
     if (now - c->last_progress_s < PROGRESS_PERIOD_S) return;
     const mr_tracker *t = &c->tracker;
     double rate = (double)(t->output_tokens - c->tokens_at_progress) / (now - c->last_progress_s);
-    fprintf(stderr, "coordinator: progress %d/%d done (%d failed), %lld tokens, %.1f tok/s, "
-                    "%.1f s\n",
-            t->n_done, t->n, t->n_failed, (long long)t->output_tokens, rate, now - c->start_s);
+    MR_INFO("progress: %d/%d done (%d failed), %lld tokens, %.1f tok/s, %.1f s", t->n_done, t->n,
+            t->n_failed, (long long)t->output_tokens, rate, now - c->start_s);
     c->last_progress_s = now;
     c->tokens_at_progress = t->output_tokens;
 }
@@ -429,6 +426,7 @@ static void coord_free(coord *c)
     mr_tracker_free(&c->tracker);
     mr_sched_free(&c->sched);
     mr_run_report_free(&c->rep);
+    mr_expert_load_free(&c->load);
     mr_req_set_free(&c->reqs);
     free(c->order);
 }

@@ -298,6 +298,17 @@ char *mr_report_summary_json(const mr_tracker *t, const mr_run_report *rep)
     }
     cJSON_AddNumberToObject(o, "frames_rejected", (double)total_rejected(rep));
     cJSON_AddNumberToObject(o, "ignored_events", (double)t->n_ignored_events);
+    if (rep->load) {
+        cJSON_AddItemToObject(o, "expert_load", mr_expert_load_json(rep->load));
+        cJSON *imb = cJSON_AddObjectToObject(o, "expert_imbalance");
+        for (int layer = 0; layer < rep->load->n_layers; layer++) {
+            double v = mr_expert_load_imbalance(rep->load, layer);
+            if (v <= 0) continue;
+            char key[16];
+            snprintf(key, sizeof key, "%d", layer);
+            cJSON_AddNumberToObject(imb, key, v);
+        }
+    }
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     return text;

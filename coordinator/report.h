@@ -14,7 +14,9 @@
  *       "ranks":[{"rank","role","alive","reported","cpu_s","compute_s","transfer_s",
  *                 "wait_s","tokens_processed","frames_rejected"}],
  *       "links":[{"src","dst","bytes","msgs"}],      (pairs with traffic only)
- *       "frames_rejected","ignored_events","dead_ranks":[...]}
+ *       "frames_rejected","ignored_events","dead_ranks":[...],
+ *       "expert_load":{"<layer>":[tokens per expert]},
+ *       "expert_imbalance":{"<layer>": max/mean}}
  *    Percentiles are over completed requests (TPOT: those with >= 2 tokens),
  *    linear interpolation between closest ranks (numpy's default); 0 when empty.
  *  - a human table of the same on stderr (mr_report_print_table).
@@ -32,6 +34,7 @@
 #include <stdio.h>
 
 #include "common/status.h"
+#include "expert_load.h"
 #include "tracker.h"
 
 /* p in [0, 100] of values (n may be 0 → 0). Sorts a copy; values untouched. */
@@ -53,6 +56,7 @@ typedef struct mr_run_report {
     mr_rank_report *ranks;       /* (n_ranks) indexed by rank */
     double wall_s;
     uint64_t frames_rejected;    /* coordinator's own rejected control frames */
+    const mr_expert_load *load;  /* routed tokens per (layer, expert), or NULL */
 } mr_run_report;
 
 mr_status mr_run_report_init(mr_run_report *rep, int n_ranks);

@@ -57,17 +57,20 @@ int mr_sched_max_pool(const mr_sched *s)
     return best;
 }
 
-mr_status mr_sched_pick(const mr_sched *s, int *prefill_rank, int *decode_rank)
+mr_status mr_sched_pick(const mr_sched *s, int blocks, int *prefill_rank, int *decode_rank)
 {
     const mr_sched_decode *best_d = NULL;
+    if (mr_sched_live_decode(s) == 0) return mr_fail(MR_EPEER, "no live decode rank");
     for (int i = 0; i < s->n_decode; i++) {
         const mr_sched_decode *d = &s->decode[i];
-        if (!d->alive) continue;
+        if (!d->alive || d->pool_blocks < blocks) continue;
         if (!best_d || mr_sched_decode_free(d) > mr_sched_decode_free(best_d) ||
             (mr_sched_decode_free(d) == mr_sched_decode_free(best_d) && d->rank < best_d->rank))
             best_d = d;
     }
-    if (!best_d) return mr_fail(MR_EPEER, "no live decode rank");
+    if (!best_d)
+        return mr_fail(MR_ERANGE, "request needs %d KV blocks (%d tokens per block) but a "
+                       "decode pool holds %d", blocks, s->block_tokens, mr_sched_max_pool(s));
     const mr_sched_prefill *best_p = NULL;
     for (int i = 0; i < s->n_prefill; i++) {
         const mr_sched_prefill *p = &s->prefill[i];

@@ -61,9 +61,12 @@ int mr_sched_decode_free(const mr_sched_decode *d);
 /* Largest pool of a live decode rank (0 when none is alive). */
 int mr_sched_max_pool(const mr_sched *s);
 
-/* Pick ranks. MR_EPEER (message "no live decode rank" / "no live prefill
- * rank") when a role has no live rank. */
-mr_status mr_sched_pick(const mr_sched *s, int *prefill_rank, int *decode_rank);
+/* Pick ranks for a request of `blocks` KV blocks: the decode rank is chosen
+ * among live ranks whose pool can hold it at all (it may have to queue).
+ * MR_EPEER ("no live decode rank" / "no live prefill rank") when a role has
+ * no live rank; MR_ERANGE ("request needs N KV blocks ... a decode pool holds
+ * M") when no live pool is large enough. */
+mr_status mr_sched_pick(const mr_sched *s, int blocks, int *prefill_rank, int *decode_rank);
 
 /* Book a request on the chosen ranks / release it. prefill_done releases the
  * prompt tokens only (first token arrived); release_decode the blocks. */

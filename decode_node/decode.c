@@ -190,8 +190,7 @@ static void on_peer_dead(decode_state *d, int rank)
 {
     d->alive[rank] = false;
     const tp_peer *p = tp_peer_info(d->role.tp, rank);
-    MR_WARN("rank %d (%s) is dead", rank,
-            p->role == TP_ROLE_EXPERT ? "expert" : p->role == TP_ROLE_PREFILL ? "prefill" : "other");
+    if (!d->role.shutdown) MR_WARN("%s rank %d is gone", tp_role_name(p->role), rank);
     if (rank == d->role.coordinator) {
         d->role.shutdown = true;
         return;
@@ -293,7 +292,8 @@ static mr_status run(decode_state *d)
         bool busy = false;
         for (int i = 0; i < d->n_reqs && !busy; i++) busy = d->reqs[i] && d->reqs[i]->state == REQ_RUNNING;
         if (busy) decode_step(d);
-        else mr_role_idle(&d->role, 0.5);
+        admit_waiting(d); /* finished requests may have freed KV blocks */
+        if (!busy) mr_role_idle(&d->role, 0.5);
     }
     return MR_OK;
 }

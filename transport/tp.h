@@ -212,4 +212,7 @@ typedef struct tp_link_stats {
 /* Counters for traffic with peer; NULL if peer is out of range. */
 const tp_link_stats *tp_link(const tp_ctx *ctx, int peer);
 
+/* "1.13.1" — the UCX library loaded at run time (for benchmark headers). */
+const char *tp_ucx_version(void);
+
 #endif

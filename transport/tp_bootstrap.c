@@ -117,9 +117,15 @@ static mr_status tp_ucx_setup(tp_ctx *ctx)
         st = mr_fail(MR_EIO, "epoll_create1 failed");
         goto fail;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data = {.fd = ctx->efd}};
+    struct epoll_event ev = {.events = EPOLLIN, .data = {.u64 = TP_EPOLL_WORKER}};
     if (epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, ctx->efd, &ev) != 0) {
         st = mr_fail(MR_EIO, "epoll_ctl(ADD, ucp worker efd %d) failed", ctx->efd);
+        goto fail;
+    }
+    ctx->pidfd_epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event pev = {.events = EPOLLIN, .data = {.u64 = TP_EPOLL_PIDFDS}};
+    if (ctx->pidfd_epfd < 0 || epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, ctx->pidfd_epfd, &pev) != 0) {
+        st = mr_fail(MR_EIO, "epoll set for peer pidfds failed");
         goto fail;
     }
 fail:
@@ -233,6 +239,7 @@ static mr_status tp_ctx_alloc(tp_ctx *ctx, int size)
     ctx->scan_mark = calloc((size_t)size, sizeof *ctx->scan_mark);
     if (!ctx->peers || !ctx->links || !ctx->scan_mark)
         return mr_fail(MR_ENOMEM, "tp_init: out of memory for %d ranks", size);
+    for (int r = 0; r < size; r++) ctx->links[r].pidfd = -1;
     return MR_OK;
 }
 
@@ -270,7 +277,7 @@ mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts,
     *out = NULL;
     tp_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mr_fail(MR_ENOMEM, "tp_init: out of memory");
-    ctx->efd = ctx->epfd = -1;
+    ctx->efd = ctx->epfd = ctx->pidfd_epfd = -1;
     ctx->opts = opts ? *opts : tp_options_default();
     snprintf(ctx->build_id, sizeof ctx->build_id, "%s",
              ctx->opts.build_id ? ctx->opts.build_id : "");
@@ -343,6 +350,7 @@ mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts,
         goto fail;
     }
 
+    tp_watch_processes(ctx);
     tp_hello(ctx);
     MR_DEBUG("tp: rank %d/%d (%s) up, worker address %zu B", ctx->rank, ctx->size,
              tp_role_name(role), my_addr_len);

@@ -12,7 +12,11 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#define TP_PROC_CHECK_S 0.01 /* pidfd poll interval while busy (sleeping wakes at once) */
 
 void tp_ep_error_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
@@ -81,6 +85,59 @@ static void tp_fence(tp_ctx *ctx, int rank)
         MR_WARN("tp: could not fence rank %d (pid %d): %s", rank, p->pid, strerror(errno));
 }
 
+void tp_watch_processes(tp_ctx *ctx)
+{
+    if (ctx->pidfd_epfd < 0) return;
+    for (int r = 0; r < ctx->size; r++) {
+        tp_link_state *l = &ctx->links[r];
+        const tp_peer *p = &ctx->peers[r];
+        if (r == ctx->rank || !tp_same_host(ctx, r) || p->pid <= 0 || l->starttime == 0) continue;
+#ifdef SYS_pidfd_open
+        int fd = (int)syscall(SYS_pidfd_open, (pid_t)p->pid, 0);
+#else
+        int fd = -1;
+        errno = ENOSYS;
+#endif
+        if (fd < 0) {
+            MR_DEBUG("tp: pidfd_open(rank %d, pid %d): %s; relying on UCX and heartbeats", r,
+                     p->pid, strerror(errno));
+            continue;
+        }
+        /* the pid could belong to another process by now: trust it only if
+         * its start time is the one the peer reported */
+        struct epoll_event ev = {.events = EPOLLIN, .data = {.u32 = (uint32_t)r}};
+        if (tp_proc_starttime(p->pid) != l->starttime ||
+            epoll_ctl(ctx->pidfd_epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            close(fd);
+            continue;
+        }
+        l->pidfd = fd;
+    }
+}
+
+void tp_unwatch_process(tp_ctx *ctx, int rank)
+{
+    tp_link_state *l = &ctx->links[rank];
+    if (l->pidfd < 0) return;
+    if (epoll_ctl(ctx->pidfd_epfd, EPOLL_CTL_DEL, l->pidfd, NULL) != 0)
+        MR_DEBUG("tp: epoll_ctl(DEL, pidfd of rank %d): %s", rank, strerror(errno));
+    close(l->pidfd);
+    l->pidfd = -1;
+}
+
+void tp_check_processes(tp_ctx *ctx)
+{
+    if (ctx->pidfd_epfd < 0) return;
+    struct epoll_event evs[8];
+    int n = epoll_wait(ctx->pidfd_epfd, evs, 8, 0);
+    for (int i = 0; i < n; i++) {
+        int r = (int)evs[i].data.u32;
+        ctx->links[r].proc_exited = true;
+        ctx->pending_events = true;
+        tp_unwatch_process(ctx, r);
+    }
+}
+
 void tp_link_close(tp_ctx *ctx, int rank)
 {
     tp_link_state *l = &ctx->links[rank];
@@ -118,6 +175,7 @@ void tp_declare_dead(tp_ctx *ctx, int rank, const char *why)
     MR_WARN("tp: rank %d declares rank %d (%s[%d], pid %d on %s) dead: %s", ctx->rank, rank,
             tp_role_name(p->role), p->role_index, p->pid, p->host, why ? why : "");
     tp_fence(ctx, rank);
+    tp_unwatch_process(ctx, rank);
     tp_abandon_requests(ctx, rank);
     tp_rx_abandon_from(ctx, rank);
     tp_rkeys_drop_peer(ctx, rank); /* before the endpoint goes (ucp_rkey_destroy contract) */
@@ -152,6 +210,8 @@ static void tp_handle_events(tp_ctx *ctx)
             l->finack_sent = true;
             tp_link_mark_gone(ctx, r);
         }
+        if (l->proc_exited && l->phase == TP_LINK_ALIVE)
+            tp_declare_dead(ctx, r, "its process exited");
         if (l->ep_error && l->ep) {
             if (l->phase == TP_LINK_ALIVE) {
                 char why[96];
@@ -168,11 +228,15 @@ static void tp_handle_events(tp_ctx *ctx)
 
 void tp_health_step(tp_ctx *ctx)
 {
+    double now = mr_now();
+    if (now >= ctx->next_proc_check) {
+        ctx->next_proc_check = now + TP_PROC_CHECK_S;
+        tp_check_processes(ctx);
+    }
     if (ctx->pending_events) {
         ctx->pending_events = false;
         tp_handle_events(ctx);
     }
-    double now = mr_now();
     if (now < ctx->next_heartbeat) return;
     ctx->next_heartbeat = now + ctx->opts.heartbeat_period_s;
     for (int r = 0; r < ctx->size; r++) {

@@ -26,6 +26,8 @@ enum { TP_MSG_HEARTBEAT = 1, TP_MSG_FIN = 2, TP_MSG_FINACK = 3 };
 #define TP_HDR_MAGIC 0x4d525450u          /* "MRTP" */
 #define TP_MAX_INFLIGHT_BYTES (1ull << 30) /* per-peer send backpressure */
 #define TP_FIN_WAIT_S 5.0
+#define TP_EPOLL_WORKER 0u /* epoll data of the worker's event fd */
+#define TP_EPOLL_PIDFDS 1u /* epoll data of the nested pidfd set */
 
 /* Active-message header. Lives inside the send request until completion
  * (UCX 1.13 reads it late for rendezvous sends). */
@@ -87,6 +89,8 @@ typedef struct tp_link_state {
     uint64_t inflight_bytes; /* payload bytes of outstanding sends */
     tp_txreq *reqs;          /* outstanding requests to this peer */
     uint64_t starttime;      /* process start time (clock ticks since boot) */
+    int pidfd;               /* same-host peers: pidfd_open(pid), -1 otherwise */
+    bool proc_exited;        /* the pidfd fired */
     tp_link_stats stats;
 } tp_link_state;
 
@@ -122,7 +126,9 @@ struct tp_ctx {
 
     ucp_context_h ucp;
     ucp_worker_h worker;
-    int efd, epfd;
+    int efd, epfd;   /* worker event fd; epoll set {efd, pidfd_epfd} */
+    int pidfd_epfd;  /* epoll set of same-host peers' pidfds */
+    double next_proc_check;
 
     tp_peer *peers; /* public view, [size] */
     tp_link_state *links; /* [size]; links[rank] unused */
@@ -189,6 +195,11 @@ void tp_health_step(tp_ctx *ctx); /* events, heartbeats, timeouts */
 void tp_link_close(tp_ctx *ctx, int rank);
 void tp_link_mark_gone(tp_ctx *ctx, int rank);
 uint64_t tp_proc_starttime(int pid);
+/* Same-host peers: watch their processes with pidfds (exit seen at once, even
+ * when UCX keepalive misses it: it does with rendezvous sends in flight). */
+void tp_watch_processes(tp_ctx *ctx);
+void tp_check_processes(tp_ctx *ctx); /* nonblocking */
+void tp_unwatch_process(tp_ctx *ctx, int rank);
 /* True only if the peer runs on this host and its process is verifiably gone
  * (no such pid, pid reused, or a zombie). */
 bool tp_peer_process_gone(const tp_ctx *ctx, int rank);

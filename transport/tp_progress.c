@@ -34,10 +34,12 @@ mr_status tp_sleep_until(tp_ctx *ctx, double deadline)
     if (s != UCS_OK) return tp_ucs_fail(s, "ucp_worker_arm", __FILE__, __LINE__);
     double ms = (wake - now) * 1000.0 + 1.0;
     int timeout_ms = ms > 3600e3 ? 3600 * 1000 : (int)ms;
-    struct epoll_event ev;
-    int n = epoll_wait(ctx->epfd, &ev, 1, timeout_ms);
+    struct epoll_event evs[2];
+    int n = epoll_wait(ctx->epfd, evs, 2, timeout_ms);
     if (n < 0 && errno != EINTR)
         return mr_fail(MR_EIO, "tp: epoll_wait on the UCX worker fd failed: %s", strerror(errno));
+    for (int i = 0; i < n; i++)
+        if (evs[i].data.u64 == TP_EPOLL_PIDFDS) tp_check_processes(ctx); /* a peer process exited */
     return MR_OK;
 }
 

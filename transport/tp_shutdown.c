@@ -71,6 +71,9 @@ void tp_teardown(tp_ctx *ctx)
         free(o);
     }
     if (ctx->ucp) ucp_cleanup(ctx->ucp);
+    if (ctx->links)
+        for (int r = 0; r < ctx->size; r++) tp_unwatch_process(ctx, r);
+    if (ctx->pidfd_epfd >= 0) close(ctx->pidfd_epfd);
     if (ctx->epfd >= 0) close(ctx->epfd);
     if (ctx->mpi_owned) {
         int finalized = 0;

@@ -1,27 +1,34 @@
 /* kernels/cpu/matmul_cpu.c — dense fp32 math of the CPU backend: matmul,
  * SwiGLU and the expert / MLP forward (see cpu_internal.h, kernels.h).
  *
- * matmul: y(m,n) = x(m,k)·w(n,k)ᵀ (+y). Few token rows (m ≤ MM_STREAM_MAX_M)
- * are bandwidth-bound: a weight-streaming kernel reads each weight row once
- * and dots it with every token row (tiles of 4 weight rows × up to 4 tokens
- * held in vector registers, fp32 sums, masked tail over k). More rows go to
- * cblas_sgemm, which wins once the math is compute-bound.
+ * matmul: y(m,n) = x(m,k)·w(n,k)ᵀ (+y). Up to MM_STREAM_MAX_M token rows the
+ * work is bandwidth-bound (decode: a few tokens per expert): a weight-streaming
+ * kernel reads each weight row once from memory and dots it with every token
+ * row. Tiles of 8 weight rows × 3 tokens (AVX-512; 6 × 2 with AVX2) keep their
+ * accumulators in registers over k-blocks of 256 floats; the weight block stays
+ * in L1 while the other token groups use it, and the next block is prefetched
+ * meanwhile. Sums are fp32 (lane-wise, then a horizontal add). More token rows
+ * go to cblas_sgemm, which wins once the math is compute-bound — unless the
+ * loaded OpenBLAS kernel is a pre-AVX2 one on an AVX2 machine (OpenBLAS 0.3.21
+ * picks "Prescott" for CPUs it does not know), where the streaming kernel is
+ * faster at every m and serves all of them (in groups of MM_STREAM_MAX_M).
  *
- * Portability: built without -march; the AVX-512 and AVX2+FMA kernels carry
- * target attributes and are picked at run time with __builtin_cpu_supports.
- * Without AVX2 every matmul goes to cblas. MOERUN_CPU_ISA=avx512|avx2|generic
- * caps the choice (tests use it to cover every path on one machine).
+ * Portability: built without -march. The AVX-512 and AVX2+FMA code carries
+ * target attributes and is picked at run time (__builtin_cpu_supports); off
+ * x86 or without AVX2 everything goes to cblas and SwiGLU uses expf.
+ * MOERUN_CPU_ISA=avx512|avx2|generic caps the choice (read once; tests use it
+ * to cover every path on one machine).
  *
  * Threads: the streaming kernel splits output rows over
- * openblas_get_num_threads() pthreads (one per part, created per call) when
- * the weights are large enough to amortize the thread start; with one
- * OpenBLAS thread it never starts a thread. Thread-compatible: no shared
- * mutable state except the cached ISA choice (an atomic int).
+ * openblas_get_num_threads() pthreads, created per call, when each part gets
+ * at least MM_PARALLEL_MIN_FLOATS weights; with one OpenBLAS thread it never
+ * starts a thread. Thread-compatible: the only shared state is the dispatch
+ * choice, computed once into an atomic int.
  */
 #include "cpu_internal.h"
 
 #include <cblas.h>
-#include <immintrin.h>
+#include <ctype.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,50 +36,81 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Largest m served by the streaming kernel (measured crossover vs sgemm on the
- * DeepSeek-V3 expert shapes, docs/PERF.md). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MM_X86 1
+#else
+#define MM_X86 0
+#endif
+
+/* Largest m served by the streaming kernel: the measured crossover against
+ * OpenBLAS's best kernel on the DeepSeek-V3 expert shapes (docs/PERF.md). */
 #ifndef MM_STREAM_MAX_M
 #define MM_STREAM_MAX_M 32
 #endif
-/* Weight floats per thread below which a second thread does not pay off. */
-#define MM_PARALLEL_MIN_FLOATS (512 * 1024)
+/* Weight floats per thread below which another thread does not pay off. */
+#ifndef MM_PARALLEL_MIN_FLOATS
+#define MM_PARALLEL_MIN_FLOATS (256 * 1024)
+#endif
 #define MM_MAX_THREADS 64
 
-#define MR_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#define MR_AVX2 __attribute__((target("avx2,fma")))
-#define MR_INLINE static inline __attribute__((always_inline))
+#if MM_X86
 
-/* ---- ISA choice ---------------------------------------------------------- */
+/* ---- dispatch ------------------------------------------------------------ */
 
-enum mm_isa { MM_ISA_GENERIC = 1, MM_ISA_AVX2 = 2, MM_ISA_AVX512 = 3 };
+enum { MM_ISA_GENERIC = 1, MM_ISA_AVX2 = 2, MM_ISA_AVX512 = 3 };
+#define MM_WEAK_BLAS 0x10 /* flag: OpenBLAS runs a pre-AVX2 kernel */
 
-static int mm_detect_isa(void)
+/* True for OpenBLAS x86 kernels with AVX2/FMA sgemm. */
+static bool mm_blas_core_is_vector(const char *core)
 {
-    __builtin_cpu_init();
+    static const char *const good[] = { "haswell", "zen", "skylakex", "cooperlake",
+                                        "sapphirerapids" };
+    char lower[32] = { 0 };
+    for (size_t i = 0; core != NULL && core[i] != '\0' && i + 1 < sizeof lower; i++)
+        lower[i] = (char)tolower((unsigned char)core[i]);
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (strcmp(lower, good[i]) == 0) return true;
+    return false;
+}
+
+static int mm_detect(void)
+{
     int best = MM_ISA_GENERIC;
+    __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = MM_ISA_AVX2;
     if (best == MM_ISA_AVX2 && __builtin_cpu_supports("avx512f")) best = MM_ISA_AVX512;
     const char *cap = getenv("MOERUN_CPU_ISA");
     if (cap != NULL) {
-        int want = strcmp(cap, "avx512") == 0 ? MM_ISA_AVX512
-                 : strcmp(cap, "avx2") == 0   ? MM_ISA_AVX2
-                 : strcmp(cap, "generic") == 0 ? MM_ISA_GENERIC
-                                               : best;
+        int want = strcmp(cap, "avx512") == 0    ? MM_ISA_AVX512
+                   : strcmp(cap, "avx2") == 0    ? MM_ISA_AVX2
+                   : strcmp(cap, "generic") == 0 ? MM_ISA_GENERIC
+                                                 : best;
         if (want < best) best = want;
     }
+    if (best >= MM_ISA_AVX2 && !mm_blas_core_is_vector(openblas_get_corename()))
+        best |= MM_WEAK_BLAS;
     return best;
 }
 
-static int mm_isa(void)
+/* The ISA level, with MM_WEAK_BLAS or'ed in. Detection is idempotent, so a
+ * race only computes it twice. */
+static int mm_dispatch(void)
 {
-    static atomic_int cached; /* 0 = not yet detected; detection is idempotent */
-    int isa = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (isa == 0) {
-        isa = mm_detect_isa();
-        atomic_store_explicit(&cached, isa, memory_order_relaxed);
+    static atomic_int cached; /* 0: not yet detected */
+    int d = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (d == 0) {
+        d = mm_detect();
+        atomic_store_explicit(&cached, d, memory_order_relaxed);
     }
-    return isa;
+    return d;
 }
+
+static int mm_isa(void) { return mm_dispatch() & 0x0f; }
+
+#define MR_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define MR_AVX2 __attribute__((target("avx2,fma")))
+#define MR_INLINE static inline __attribute__((always_inline))
 
 /* ---- tiles ----------------------------------------------------------------
  * A tile is ROWS weight rows × up to TOKENS token rows over one k-block of kl
@@ -105,8 +143,9 @@ typedef struct mm_isa_ops {
 #define A512_ROWS 8 /* 24 accumulators + 3 x + 1 w of 32 zmm */
 #define A512_TOKENS 3
 
-MR_INLINE MR_AVX512 void tile512(const float *const *w, const float *const *pf, int n_pf, const float *x,
-                                 size_t ldx, int n_tok, int kl, bool first, float *acc)
+MR_INLINE MR_AVX512 void tile512(const float *const *w, const float *const *pf, int n_pf,
+                                 const float *x, size_t ldx, int n_tok, int kl, bool first,
+                                 float *acc)
 {
     __m512 a[A512_ROWS][A512_TOKENS];
     for (int r = 0; r < A512_ROWS; r++)
@@ -135,7 +174,8 @@ MR_INLINE MR_AVX512 void tile512(const float *const *w, const float *const *pf, 
         }
     }
     for (int r = 0; r < A512_ROWS; r++)
-        for (int t = 0; t < n_tok; t++) _mm512_store_ps(acc + (r * A512_TOKENS + t) * 16, a[r][t]);
+        for (int t = 0; t < n_tok; t++)
+            _mm512_store_ps(acc + (r * A512_TOKENS + t) * 16, a[r][t]);
 }
 
 static MR_AVX512 void tile512_any(const float *const *w, const float *const *pf, int n_pf,
@@ -160,14 +200,16 @@ static MR_AVX512 void tile512_any(const float *const *w, const float *const *pf,
 
 static MR_AVX512 void reduce512(const float *acc, int n_vec, float *sums)
 {
-    for (int i = 0; i < n_vec; i++) sums[i] = _mm512_reduce_add_ps(_mm512_load_ps(acc + i * 16));
+    for (int i = 0; i < n_vec; i++)
+        sums[i] = _mm512_reduce_add_ps(_mm512_load_ps(acc + i * 16));
 }
 
 #define A256_ROWS 6 /* 12 accumulators + 2 x + 1 w of 16 ymm */
 #define A256_TOKENS 2
 
-MR_INLINE MR_AVX2 void tile256(const float *const *w, const float *const *pf, int n_pf, const float *x,
-                               size_t ldx, int n_tok, int kl, bool first, float *acc)
+MR_INLINE MR_AVX2 void tile256(const float *const *w, const float *const *pf, int n_pf,
+                               const float *x, size_t ldx, int n_tok, int kl, bool first,
+                               float *acc)
 {
     __m256 a[A256_ROWS][A256_TOKENS];
     for (int r = 0; r < A256_ROWS; r++)
@@ -197,7 +239,8 @@ MR_INLINE MR_AVX2 void tile256(const float *const *w, const float *const *pf, in
         }
     }
     for (int r = 0; r < A256_ROWS; r++)
-        for (int t = 0; t < n_tok; t++) _mm256_store_ps(acc + (r * A256_TOKENS + t) * 8, a[r][t]);
+        for (int t = 0; t < n_tok; t++)
+            _mm256_store_ps(acc + (r * A256_TOKENS + t) * 8, a[r][t]);
 }
 
 static MR_AVX2 void tile256_any(const float *const *w, const float *const *pf, int n_pf,
@@ -231,7 +274,7 @@ static const mm_isa_ops mm_ops_avx2 = { A256_ROWS, A256_TOKENS, 8, tile256_any, 
 
 typedef struct mm_job {
     const mm_isa_ops *ops;
-    const float *x;  /* (m, k), rows k apart; or NULL when xp is used */
+    const float *x;  /* (m, k), rows k apart; read when xp is NULL */
     const float *xp; /* x packed per k-block: block [k0, k0+kl) of token t at
                         xp + m*k0 + t*kl, so a block's slices are contiguous */
     const float *w;  /* (n, k) */
@@ -305,8 +348,8 @@ static void mm_stream_block(const mm_job *job, int j, float *acc)
             int n_pf = 0;
             if (prefetch)
                 for (int r = tb; r < R; r += n_blocks) pf_mine[n_pf++] = pf[r];
-            ops->tile(wk, pf_mine, n_pf, xt, job->xp != NULL ? (size_t)kl : (size_t)k, n_tok, kl,
-                      k0 == 0, acc + (size_t)tb * (size_t)tile_floats);
+            ops->tile(wk, pf_mine, n_pf, xt, job->xp != NULL ? (size_t)kl : (size_t)k, n_tok,
+                      kl, k0 == 0, acc + (size_t)tb * (size_t)tile_floats);
         }
     }
     float sums[MAX_ROWS * MAX_TOKENS];
@@ -324,7 +367,8 @@ static void mm_stream_block(const mm_job *job, int j, float *acc)
 static void mm_stream_rows(const mm_job *job)
 {
     _Alignas(64) float acc[ACC_FLOATS];
-    for (int j = job->row_begin; j < job->row_end; j += job->ops->rows) mm_stream_block(job, j, acc);
+    for (int j = job->row_begin; j < job->row_end; j += job->ops->rows)
+        mm_stream_block(job, j, acc);
 }
 
 static void *mm_thread_main(void *arg)
@@ -375,6 +419,29 @@ static void mm_stream_parallel(mm_job job)
     }
 }
 
+/* Streams w once for m ≤ MM_STREAM_MAX_M token rows of x. */
+static void mm_stream(const mm_isa_ops *ops, const float *x, const float *w, float *y, int m,
+                      int n, int k, bool accumulate)
+{
+    const int head = mm_head(ops, w, k);
+    /* Packed x: a k-block's token slices are contiguous instead of k apart
+     * (rows k apart share L1 sets with the weight rows and evict them). */
+    float *xp = NULL;
+    if (m > 1) {
+        size_t bytes = ((size_t)m * (size_t)k * sizeof(float) + 63) & ~(size_t)63;
+        xp = aligned_alloc(64, bytes);
+        if (xp != NULL) mm_pack_x(x, xp, m, k, head); /* else: read x in place */
+    }
+    mm_job job = {
+        .ops = ops, .x = x, .xp = xp, .w = w, .y = y, .m = m, .n = n, .k = k,
+        .head = head, .accumulate = accumulate,
+    };
+    mm_stream_parallel(job);
+    free(xp);
+}
+
+#endif /* MM_X86 */
+
 void mr_cpu_matmul(const float *x, const float *w, float *y, int m, int n, int k,
                    bool accumulate)
 {
@@ -383,36 +450,37 @@ void mr_cpu_matmul(const float *x, const float *w, float *y, int m, int n, int k
         if (!accumulate) memset(y, 0, (size_t)m * (size_t)n * sizeof(float));
         return;
     }
-    const int isa = mm_isa();
-    if (m <= MM_STREAM_MAX_M && isa >= MM_ISA_AVX2) {
+#if MM_X86
+    const int d = mm_dispatch(), isa = d & 0x0f;
+    if (isa >= MM_ISA_AVX2 && (m <= MM_STREAM_MAX_M || (d & MM_WEAK_BLAS))) {
         const mm_isa_ops *ops = isa == MM_ISA_AVX512 ? &mm_ops_avx512 : &mm_ops_avx2;
-        const int head = mm_head(ops, w, k);
-        /* Packed x: a k-block's token slices are contiguous instead of k apart
-         * (rows k apart share L1 sets with the weight rows and evict them). */
-        float *xp = NULL;
-        if (m > 1) {
-            size_t bytes = ((size_t)m * (size_t)k * sizeof(float) + 63) & ~(size_t)63;
-            xp = aligned_alloc(64, bytes);
-            if (xp != NULL) mm_pack_x(x, xp, m, k, head);
+        for (int t0 = 0; t0 < m; t0 += MM_STREAM_MAX_M) {
+            const int rows = m - t0 < MM_STREAM_MAX_M ? m - t0 : MM_STREAM_MAX_M;
+            mm_stream(ops, x + (size_t)t0 * (size_t)k, w, y + (size_t)t0 * (size_t)n, rows, n,
+                      k, accumulate);
         }
-        mm_job job = {
-            .ops = ops, .x = x, .xp = xp, .w = w, .y = y, .m = m, .n = n, .k = k,
-            .head = head, .accumulate = accumulate,
-        };
-        mm_stream_parallel(job);
-        free(xp);
         return;
     }
+#endif
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k,
                 accumulate ? 1.0f : 0.0f, y, n);
 }
 
 /* ---- SwiGLU -------------------------------------------------------------- */
 
-/* exp(v) for v in [-87.3, 88.7] (clamped): 2^n · p(r), r = v - n·ln2,
- * |r| ≤ ln2/2, degree-6 minimax polynomial; ≤ 2 ulp. NaN stays NaN. */
-#define EXP_LO -87.33f
-#define EXP_HI 88.72f
+static void swiglu_scalar(const float *gate, const float *up, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+#if MM_X86
+
+/* exp(v) = 2^n · p(r), r = v - n·ln2, |r| ≤ ln2/2, Cephes' degree-6 polynomial
+ * (≤ 2 ulp). v is clamped to ±103, past which exp is 0 or inf in fp32 (so
+ * silu(g) → -0 for g ≪ 0); the scale 2^n is applied in two steps so n down to
+ * -149 yields denormals. NaN stays NaN (min/max return the NaN operand). */
+#define EXP_LO -103.0f
+#define EXP_HI 103.0f
 #define EXP_LN2_HI 0.693359375f
 #define EXP_LN2_LO -2.12194440e-4f
 #define EXP_P0 1.9875691500e-4f
@@ -467,7 +535,7 @@ MR_INLINE MR_AVX2 __m256 exp_avx2(__m256 v)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    /* 2^n by building the exponent field; n in [-126, 128]: split in two halves */
+    /* 2^n = 2^half · 2^(n-half) by building exponent fields (|half| ≤ 75) */
     __m256i ni = _mm256_cvtps_epi32(n);
     __m256i half = _mm256_srai_epi32(ni, 1);
     __m256i bias = _mm256_set1_epi32(127);
@@ -487,19 +555,25 @@ static MR_AVX2 void swiglu_avx2(const float *gate, const float *up, float *out, 
         __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u));
     }
-    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    swiglu_scalar(gate + i, up + i, out + i, n - i);
 }
+
+#endif /* MM_X86 */
 
 void mr_cpu_swiglu(const float *gate, const float *up, float *out, size_t n)
 {
+#if MM_X86
     const int isa = mm_isa();
     if (isa == MM_ISA_AVX512) {
         swiglu_avx512(gate, up, out, n);
-    } else if (isa == MM_ISA_AVX2) {
-        swiglu_avx2(gate, up, out, n);
-    } else {
-        for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        return;
     }
+    if (isa == MM_ISA_AVX2) {
+        swiglu_avx2(gate, up, out, n);
+        return;
+    }
+#endif
+    swiglu_scalar(gate, up, out, n);
 }
 
 /* ---- expert / MLP forward ------------------------------------------------ */
@@ -509,7 +583,7 @@ void mr_cpu_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float
 {
     if (n_tokens <= 0) return;
     const size_t hidden = (size_t)n_tokens * (size_t)e->inter;
-    float *g = scratch;       /* (n, inter) */
+    float *g = scratch;          /* (n, inter), then h = silu(g) * u in place */
     float *u = scratch + hidden; /* (n, inter) */
     mr_cpu_matmul(x, e->gate, g, n_tokens, e->inter, e->dim, false);
     mr_cpu_matmul(x, e->up, u, n_tokens, e->inter, e->dim, false);

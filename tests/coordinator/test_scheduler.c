@@ -22,7 +22,7 @@ static mr_sched make(int kv_blocks, int block_tokens)
 static void pick(const mr_sched *s, int want_prefill, int want_decode)
 {
     int p = -1, d = -1;
-    assert_int_equal(mr_sched_pick(s, &p, &d), MR_OK);
+    assert_int_equal(mr_sched_pick(s, 1, &p, &d), MR_OK);
     assert_int_equal(p, want_prefill);
     assert_int_equal(d, want_decode);
 }
@@ -101,7 +101,7 @@ static void test_dead_ranks_are_never_chosen(void **state)
     assert_int_equal(mr_sched_live_prefill(&s), 1);
     assert_true(mr_sched_mark_dead(&s, 4));
     int p, d;
-    assert_int_equal(mr_sched_pick(&s, &p, &d), MR_EPEER);
+    assert_int_equal(mr_sched_pick(&s, 1, &p, &d), MR_EPEER);
     assert_string_equal(mr_last_error(), "no live decode rank");
     assert_int_equal(mr_sched_max_pool(&s), 0);
     mr_sched_free(&s);
@@ -114,7 +114,7 @@ static void test_no_live_prefill_rank_is_reported(void **state)
     mr_sched_mark_dead(&s, 1);
     mr_sched_mark_dead(&s, 2);
     int p, d;
-    assert_int_equal(mr_sched_pick(&s, &p, &d), MR_EPEER);
+    assert_int_equal(mr_sched_pick(&s, 1, &p, &d), MR_EPEER);
     assert_string_equal(mr_last_error(), "no live prefill rank");
     mr_sched_free(&s);
 }
@@ -130,6 +130,23 @@ static void test_overbooked_rank_still_ranks_by_free_blocks(void **state)
     mr_sched_free(&s);
 }
 
+static void test_request_goes_to_a_pool_that_can_hold_it(void **state)
+{
+    (void)state;
+    mr_sched s = make(10, 16);
+    mr_sched_on_status(&s, 4, 40, 40, 0, 0); /* rank 4 has a larger pool but less free room */
+    mr_sched_admit(&s, 1, 4, 1, 35);          /* rank 4: 5 free, rank 3: 10 free */
+    int p, d;
+    assert_int_equal(mr_sched_pick(&s, 8, &p, &d), MR_OK);
+    assert_int_equal(d, 3);
+    assert_int_equal(mr_sched_pick(&s, 20, &p, &d), MR_OK); /* only rank 4's pool holds 20 */
+    assert_int_equal(d, 4);
+    assert_int_equal(mr_sched_pick(&s, 41, &p, &d), MR_ERANGE);
+    assert_string_equal(mr_last_error(),
+                        "request needs 41 KV blocks (16 tokens per block) but a decode pool holds 40");
+    mr_sched_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +157,7 @@ int main(void)
         cmocka_unit_test(test_dead_ranks_are_never_chosen),
         cmocka_unit_test(test_no_live_prefill_rank_is_reported),
         cmocka_unit_test(test_overbooked_rank_still_ranks_by_free_blocks),
+        cmocka_unit_test(test_request_goes_to_a_pool_that_can_hold_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,17 +1,23 @@
 #!/bin/bash
 # run_mpi.sh — start one transport test under mpirun, on loopback, bounded.
 #
-#   run_mpi.sh [--default-env] NP "PASSING RANKS" BINARY [ARGS...]
+#   run_mpi.sh [--ucx-default] [--no-recovery] NP "PASSING RANKS" BINARY [ARGS...]
 #
 # Uses the launcher's single-host recipe (shared/TOOLCHAIN.md): UCX_TLS=posix,self,
 # UCX_POSIX_ERROR_HANDLING=y, 100 ms keepalive, mpirun --enable-recovery --mca
-# async_mpi_finalize 1. --default-env leaves UCX's environment alone and runs
-# without recovery (then mpirun's own exit status must be 0 as well).
+# async_mpi_finalize 1. --ucx-default leaves UCX's environment alone;
+# --no-recovery runs plain mpirun (then its exit status must be 0 as well).
 # Passes when exactly the listed ranks wrote $TP_TEST_OUT/rank.<r>.ok.
 set -u
-default_env=0
-if [ "${1:-}" = "--default-env" ]; then default_env=1; shift; fi
-if [ $# -lt 3 ]; then echo "usage: $0 [--default-env] NP 'RANKS' BINARY [ARGS...]" >&2; exit 2; fi
+ucx_default=0 recovery=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --ucx-default) ucx_default=1; shift ;;
+    --no-recovery) recovery=0; shift ;;
+    *) break ;;
+  esac
+done
+if [ $# -lt 3 ]; then echo "usage: $0 [--ucx-default] [--no-recovery] NP 'RANKS' BINARY [ARGS...]" >&2; exit 2; fi
 np=$1 expect=$2
 shift 2
 
@@ -23,10 +29,10 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OPENBLAS_NUM_THREADS=1
 
 flags=(--oversubscribe -x TP_TEST_OUT -x UCX_NET_DEVICES)
-if [ $default_env = 0 ]; then
+[ $recovery = 1 ] && flags+=(--enable-recovery --mca async_mpi_finalize 1)
+if [ $ucx_default = 0 ]; then
   export UCX_TLS=posix,self UCX_POSIX_ERROR_HANDLING=y UCX_KEEPALIVE_INTERVAL=100ms UCX_KEEPALIVE_NUM_EPS=inf
-  flags+=(--enable-recovery --mca async_mpi_finalize 1
-          -x UCX_TLS -x UCX_POSIX_ERROR_HANDLING -x UCX_KEEPALIVE_INTERVAL -x UCX_KEEPALIVE_NUM_EPS)
+  flags+=(-x UCX_TLS -x UCX_POSIX_ERROR_HANDLING -x UCX_KEEPALIVE_INTERVAL -x UCX_KEEPALIVE_NUM_EPS)
 else
   unset UCX_TLS UCX_POSIX_ERROR_HANDLING UCX_KEEPALIVE_INTERVAL UCX_KEEPALIVE_NUM_EPS
 fi
@@ -36,7 +42,7 @@ timeout -k 5 120 mpirun "${flags[@]}" -np "$np" "$@"
 rc=$?
 awk -v rc="$rc" -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "run_mpi.sh: mpirun exit %d after %.1f s\n", rc, e - s }'
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "run_mpi.sh: TIMEOUT (mpirun killed)" >&2; exit 1; fi
-if [ $default_env = 1 ] && [ $rc -ne 0 ]; then echo "run_mpi.sh: mpirun failed ($rc)" >&2; exit 1; fi
+if [ $recovery = 0 ] && [ $rc -ne 0 ]; then echo "run_mpi.sh: mpirun failed ($rc)" >&2; exit 1; fi
 
 fail=0
 for r in $(seq 0 $((np - 1))); do

@@ -25,6 +25,13 @@ typedef struct {
     uint64_t key_len;
 } key_msg;
 
+static bool tpt_pid_exists(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d", pid);
+    return access(path, F_OK) == 0;
+}
+
 static bool process_gone(int pid)
 {
     char path[64], buf[512];
@@ -70,11 +77,23 @@ static void survivor(tp_ctx *ctx, bool stop)
     /* keep traffic in flight to the dying rank until tp says it is dead */
     size_t bulk = 1 << 20;
     uint8_t *buf = calloc(1, bulk);
+    if (stop) { /* a stopped peer never completes a rendezvous: flush must time out, not hang */
+        uint8_t *big = calloc(1, 16 << 20);
+        st = tp_send(ctx, dead, MSG_BULK, big, 16 << 20);
+        free(big);
+        CHECK(st == MR_OK || st == MR_EPEER, "send to the stopped rank: %s", mr_status_name(st));
+        double t0 = mr_now();
+        st = tp_flush(ctx, dead, 0.2);
+        CHECK(st == MR_ETIMEDOUT || (st == MR_EPEER && !tp_peer_alive(ctx, dead)),
+              "flush to a stopped rank: %s", mr_status_name(st));
+        CHECK(mr_now() - t0 < 0.5, "flush with a 0.2 s deadline took %.2f s", mr_now() - t0);
+    }
     int n_sent = 0, n_dead = 0, n_early = 0, i_early = 0;
     tp_msg early[4];
     double seen = 0, limit = stop ? 6.0 : 5.0;
     while (!n_dead) {
-        CHECK(mr_now() - h.death_time < limit, "no PEER_DEAD for rank 2 after %.1f s", limit);
+        CHECK(mr_now() - h.death_time < limit, "no PEER_DEAD for rank 2 after %.1f s (its process %s)",
+              limit, process_gone(dead_pid) ? (access("/proc/self", F_OK) == 0 && tpt_pid_exists(dead_pid) ? "is a zombie" : "is gone") : "still runs");
         if (n_sent < 16 && tp_peer_alive(ctx, dead)) {
             st = tp_send(ctx, dead, MSG_BULK, buf, bulk);
             CHECK(st == MR_OK || st == MR_EPEER, "send while dying: %s", mr_status_name(st));
