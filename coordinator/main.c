@@ -22,6 +22,7 @@
 #include "report.h"
 #include "requests.h"
 #include "runtime/role.h"
+#include "inject.h"
 #include "scheduler.h"
 #include "tracker.h"
 
@@ -118,6 +119,7 @@ static mr_status setup(coord *c)
     free(decode);
     MR_TRY(st);
     MR_TRY(build_order(c));
+    if (o->inject_garbage > 0) mr_inject_garbage(&c->role, o->inject_garbage);
     c->start_s = mr_now();
     c->cpu_start_s = mr_cpu_seconds();
     c->last_progress_s = c->start_s;

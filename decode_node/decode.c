@@ -219,20 +219,24 @@ static void handle_message(decode_state *d, tp_msg *m)
         return;
     }
     if (m->type != MSG_CONTROL) {
-        MR_WARN("message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_role_reject(&d->role);
         return;
     }
     Moerun__Frame *f = NULL;
     if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-        MR_WARN("%s", mr_last_error());
-        d->frames_rejected++;
+        mr_role_reject(&d->role);
         return;
     }
     switch (f->body_case) {
     case MOERUN__FRAME__BODY_ADMIT: on_admit(d, f->admit); break;
     case MOERUN__FRAME__BODY_KV_READY: on_kv_ready(d, m->src, f->kv_ready); break;
     case MOERUN__FRAME__BODY_SHUTDOWN: d->role.shutdown = true; break;
-    default: MR_WARN("unexpected control frame %d from rank %d", f->body_case, m->src); break;
+    default:
+        mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
+                m->src);
+        mr_role_reject(&d->role);
+        break;
     }
     mr_frame_free(f);
 }

@@ -42,7 +42,6 @@ typedef struct decode_state {
     mr_moe_exec moe;
     uint64_t step;
     double moe_wait_s;         /* this step's time in remote MoE exchanges */
-    uint64_t frames_rejected;
 
     dec_req **reqs;            /* admission order; NULL holes */
     int n_reqs, cap_reqs;

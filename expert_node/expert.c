@@ -150,7 +150,7 @@ static void handle_message(expert_state *x, tp_msg *m)
         mr_bulk_view v;
         if (mr_bulk_view_of(m->data, m->len, MSG_DISPATCH, cfg->hidden_size, cfg->num_hidden_layers,
                             cfg->n_routed_experts, m->src, &v) != MR_OK) {
-            MR_WARN("%s", mr_last_error());
+            mr_role_reject(&x->role);
             return;
         }
         if (x->n_batch == x->cap_batch) {
@@ -168,14 +168,20 @@ static void handle_message(expert_state *x, tp_msg *m)
     } else if (m->type == MSG_CONTROL) {
         Moerun__Frame *f = NULL;
         if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-            MR_WARN("%s", mr_last_error());
+            mr_role_reject(&x->role);
             return;
         }
-        if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) x->role.shutdown = true;
-        else MR_WARN("unexpected control frame %d from rank %d", f->body_case, m->src);
+        if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) {
+            x->role.shutdown = true;
+        } else {
+            mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
+                    m->src);
+            mr_role_reject(&x->role);
+        }
         mr_frame_free(f);
     } else {
-        MR_WARN("message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_role_reject(&x->role);
     }
 }
 

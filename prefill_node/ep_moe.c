@@ -64,7 +64,7 @@ static mr_status await_ep(prefill_state *p, int kind, int src, uint64_t seq, int
         mr_bulk_view v;
         if (mr_bulk_view_of(m.data, m.len, m.type, cfg->hidden_size, cfg->num_hidden_layers,
                             cfg->n_routed_experts, m.src, &v) != MR_OK) {
-            MR_WARN("%s", mr_last_error());
+            mr_role_reject(&p->role);
             tp_msg_free(&m);
             continue;
         }

@@ -282,26 +282,31 @@ static void handle_message(prefill_state *p, tp_msg *m)
         mr_bulk_view v;
         if (mr_bulk_view_of(m->data, m->len, m->type, cfg->hidden_size, cfg->num_hidden_layers,
                             cfg->n_routed_experts, m->src, &v) != MR_OK) {
-            MR_WARN("%s", mr_last_error());
+            mr_role_reject(&p->role);
             return;
         }
         mr_msgq_push(&p->ep_pending, m); /* a peer started the next iteration */
         return;
     }
     if (m->type != MSG_CONTROL) {
-        MR_WARN("message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
+        mr_role_reject(&p->role);
         return;
     }
     Moerun__Frame *f = NULL;
     if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-        MR_WARN("%s", mr_last_error());
+        mr_role_reject(&p->role);
         return;
     }
     switch (f->body_case) {
     case MOERUN__FRAME__BODY_KV_GRANT: on_kv_grant(p, f->kv_grant); break;
     case MOERUN__FRAME__BODY_KV_POOL_INFO: on_pool_info(p, m->src, f->kv_pool_info); break;
     case MOERUN__FRAME__BODY_SHUTDOWN: p->role.shutdown = true; break;
-    default: MR_WARN("unexpected control frame %d from rank %d", f->body_case, m->src); break;
+    default:
+        mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
+                m->src);
+        mr_role_reject(&p->role);
+        break;
     }
     mr_frame_free(f);
 }

@@ -137,6 +137,12 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
     return mr_role_send_frame(r, r->coordinator, &f);
 }
 
+void mr_role_reject(mr_role *r)
+{
+    r->frames_rejected++;
+    MR_WARN("%s", mr_last_error());
+}
+
 mr_status mr_role_send_stats(mr_role *r)
 {
     int n = tp_size(r->tp);
@@ -147,7 +153,7 @@ mr_status mr_role_send_stats(mr_role *r)
         free(msgs);
         return mr_fail(MR_ENOMEM, "stats: out of memory");
     }
-    uint64_t rejected = 0;
+    uint64_t rejected = r->frames_rejected;
     for (int p = 0; p < n; p++) {
         if (p == r->rank) continue;
         const tp_link_stats *ls = tp_link(r->tp, p);

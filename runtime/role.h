@@ -40,6 +40,7 @@ typedef struct mr_role {
     double cpu_at_start;         /* after the model was loaded */
     double compute_s, transfer_s, wait_s;
     uint64_t tokens_processed;
+    uint64_t frames_rejected;    /* malformed frames this role refused */
     bool shutdown;
 } mr_role;
 
@@ -59,6 +60,8 @@ mr_status mr_role_send_frame(mr_role *r, int dst, const Moerun__Frame *frame);
 /* A TokenEvent to the coordinator. */
 mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__FinishReason finish,
                              const char *error);
+/* Log and count a frame this role refused (message from mr_last_error()). */
+void mr_role_reject(mr_role *r);
 /* RankStats to the coordinator (at Shutdown). */
 mr_status mr_role_send_stats(mr_role *r);
 

@@ -35,7 +35,8 @@ const char *mr_role_opts_usage(void)
            "  --max-running N          decode: running requests per step (default 64)\n"
            "  --heartbeat-period S     (default 1)\n"
            "  --heartbeat-timeout S    (default 30)\n"
-           "  --request-timeout S      (default 600)\n";
+           "  --request-timeout S      (default 600)\n"
+           "  --inject-garbage N       test hook: coordinator sends N bad frames of each kind\n";
 }
 
 mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
@@ -61,6 +62,7 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
         else if (!strcmp(f, "--max-batch-tokens"))
             MR_TRY(mr_parse_int(f, v, 1, 1 << 20, &o->max_batch_tokens));
         else if (!strcmp(f, "--max-running")) MR_TRY(mr_parse_int(f, v, 1, 1 << 16, &o->max_running));
+        else if (!strcmp(f, "--inject-garbage")) MR_TRY(mr_parse_int(f, v, 0, 1000, &o->inject_garbage));
         else if (!strcmp(f, "--max-wait-ms") || !strcmp(f, "--heartbeat-period") ||
                  !strcmp(f, "--heartbeat-timeout") || !strcmp(f, "--request-timeout")) {
             float x;

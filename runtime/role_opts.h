@@ -28,6 +28,7 @@ typedef struct mr_role_opts {
     double heartbeat_period_s;
     double heartbeat_timeout_s;
     double request_timeout_s;     /* coordinator: a request not finished by then fails */
+    int inject_garbage;           /* test hook: coordinator sends N bad frames of each kind */
 } mr_role_opts;
 
 void mr_role_opts_defaults(mr_role_opts *o);

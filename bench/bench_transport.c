@@ -1,0 +1,526 @@
+/* bench/bench_transport.c — `moerun bench transport` (executable
+ * moerun-bench-transport; launch/moerun-bench-transport starts it as 2 MPI
+ * ranks with the cluster's UCX environment).
+ *
+ * Times the two bulk paths of the cluster through transport/tp.h:
+ *   put       KV-block shipping: tp_put(size) + tp_flush(rank 1) into a
+ *             tp_mem_alloc'd region of rank 1; time per put+flush
+ *   put-reg   (--registered) the same into malloc'd memory registered with
+ *             tp_mem_register (emulated on posix/sysv shared memory)
+ *   dispatch  token dispatch: tp_send(size) of a hidden-state batch to rank 1
+ *             and its same-size reply; time per round trip, algbw = 2*size/time
+ * then, in the same UCX environment, ucx_perftest (server + client on
+ * 127.0.0.1, error-handling endpoints like ours: -e) for the same size and
+ * count: ucp_put_bw for put rows, ucp_am_bw for dispatch rows, and prints
+ * ratio = ours / perftest. #wrong counts rows whose bytes did not arrive
+ * intact (checked after the timed loop). Best of --trials for both sides.
+ * GB/s are 1e9 bytes/s (perftest's MB/s are MiB/s and converted).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/args.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "common/timer.h"
+#include "transport/tp.h"
+
+enum { MSG_KEYS = 16, MSG_CHECK, MSG_VERDICT, MSG_ECHO, MSG_QUIT };
+enum { REGION_ALLOC, REGION_REG };
+#define BT_MAX_SIZES 16
+#define BT_MAX_ROWS (3 * BT_MAX_SIZES)
+
+typedef struct bt_opts {
+    size_t sizes[BT_MAX_SIZES];
+    int n_sizes;
+    int count, warmup, trials; /* count/warmup 0: chosen per size */
+    bool json, perftest, registered;
+    const char *perftest_bin;
+} bt_opts;
+
+typedef struct bt_row {
+    const char *op;
+    size_t size;
+    int count;
+    double time_us, algbw;
+    int wrong;
+    const char *ref_test;
+    double ref_gbs; /* 0: not measured */
+} bt_row;
+
+typedef struct {
+    uint32_t region;
+    uint32_t pad;
+    uint64_t size, sum;
+} bt_check;
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static uint64_t bt_sum(const uint8_t *p, size_t len)
+{
+    uint64_t h = 1469598103934665603ull, w;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 1099511628211ull;
+    }
+    for (; i < len; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+static tp_msg bt_recv(tp_ctx *ctx, double timeout_s)
+{
+    tp_msg m;
+    double deadline = mr_now() + timeout_s;
+    for (int idle = 0; !tp_poll(ctx, &m); idle++) {
+        if (mr_now() > deadline) {
+            MR_ERROR("bench transport: rank %d got no message in %.0f s", tp_rank(ctx), timeout_s);
+            exit(1);
+        }
+        if (idle > 2000) tp_wait(ctx, 0.05); /* spin briefly, then sleep */
+    }
+    if (m.type == TP_MSG_PEER_DEAD) {
+        MR_ERROR("bench transport: rank %d died", m.src);
+        exit(1);
+    }
+    return m;
+}
+
+static void bt_must(mr_status st, const char *what)
+{
+    if (st == MR_OK) return;
+    MR_ERROR("bench transport: %s: %s (%s)", what, mr_last_error(), mr_status_name(st));
+    exit(1);
+}
+
+static int bt_auto_count(size_t size)
+{
+    size_t c = ((size_t)1 << 30) / size; /* ~1 GiB per trial */
+    return c < 10 ? 10 : c > 1000 ? 1000 : (int)c;
+}
+
+/* ---- rank 1: the target / echo side -------------------------------------- */
+
+static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
+{
+    tp_mem *mem_alloc = NULL, *mem_reg = NULL;
+    uint8_t *reg = NULL;
+    bt_must(tp_mem_alloc(ctx, max_size, &mem_alloc), "tp_mem_alloc");
+    memset(tp_mem_base(mem_alloc), 0, max_size);
+    if (o->registered) {
+        reg = calloc(1, max_size);
+        if (!reg) bt_must(MR_ENOMEM, "malloc");
+        memset(reg, 1, max_size);
+        bt_must(tp_mem_register(ctx, reg, max_size, &mem_reg), "tp_mem_register");
+    }
+    void *k[2] = {NULL, NULL};
+    size_t k_len[2] = {0, 0};
+    bt_must(tp_mem_pack(ctx, mem_alloc, &k[0], &k_len[0]), "tp_mem_pack");
+    if (mem_reg) bt_must(tp_mem_pack(ctx, mem_reg, &k[1], &k_len[1]), "tp_mem_pack");
+    uint64_t hdr[2] = {k_len[0], k_len[1]};
+    uint8_t *blob = malloc(sizeof hdr + k_len[0] + k_len[1]);
+    memcpy(blob, hdr, sizeof hdr);
+    memcpy(blob + sizeof hdr, k[0], k_len[0]);
+    if (k_len[1]) memcpy(blob + sizeof hdr + k_len[0], k[1], k_len[1]);
+    bt_must(tp_send(ctx, 0, MSG_KEYS, blob, sizeof hdr + k_len[0] + k_len[1]), "send keys");
+    free(blob);
+    free(k[0]);
+    free(k[1]);
+
+    for (;;) {
+        tp_msg m = bt_recv(ctx, 600);
+        if (m.type == MSG_QUIT) {
+            tp_msg_free(&m);
+            break;
+        }
+        if (m.type == MSG_ECHO) {
+            bt_must(tp_send(ctx, 0, MSG_ECHO, m.data, m.len), "echo");
+        } else if (m.type == MSG_CHECK && m.len == sizeof(bt_check)) {
+            bt_check c;
+            memcpy(&c, m.data, sizeof c);
+            const uint8_t *base = c.region == REGION_REG ? reg : tp_mem_base(mem_alloc);
+            int32_t wrong = !base || c.size > max_size || bt_sum(base, c.size) != c.sum;
+            bt_must(tp_send(ctx, 0, MSG_VERDICT, &wrong, sizeof wrong), "verdict");
+        }
+        tp_msg_free(&m);
+    }
+    tp_mem_deregister(ctx, mem_alloc);
+    tp_mem_deregister(ctx, mem_reg);
+    free(reg);
+}
+
+/* ---- rank 0: the timed side ---------------------------------------------- */
+
+static int bt_verdict(tp_ctx *ctx, uint32_t region, const uint8_t *src, size_t size)
+{
+    bt_check c = {.region = region, .size = size, .sum = bt_sum(src, size)};
+    bt_must(tp_send(ctx, 1, MSG_CHECK, &c, sizeof c), "check");
+    tp_msg m = bt_recv(ctx, 60);
+    int32_t wrong = 1;
+    if (m.type == MSG_VERDICT && m.len == sizeof wrong) memcpy(&wrong, m.data, sizeof wrong);
+    tp_msg_free(&m);
+    return wrong;
+}
+
+static int bt_warmup(const bt_opts *o, const bt_row *row)
+{
+    return o->warmup ? o->warmup : row->count / 10 + 2;
+}
+
+static void bt_time_put(tp_ctx *ctx, const bt_opts *o, tp_rkey *rk, uint32_t region,
+                        const uint8_t *src, bt_row *row)
+{
+    double best = 1e300;
+    for (int t = 0; t < o->trials; t++) {
+        for (int i = 0; i < bt_warmup(o, row); i++) {
+            bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
+            bt_must(tp_flush(ctx, 1, 60), "tp_flush");
+        }
+        double t0 = mr_now();
+        for (int i = 0; i < row->count; i++) {
+            bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
+            bt_must(tp_flush(ctx, 1, 60), "tp_flush");
+        }
+        double dt = (mr_now() - t0) / row->count;
+        if (dt < best) best = dt;
+    }
+    row->time_us = best * 1e6;
+    row->algbw = (double)row->size / best / 1e9;
+    row->wrong = bt_verdict(ctx, region, src, row->size);
+}
+
+/* One dispatch + reply; returns 1 if the reply is not the bytes sent. */
+static int bt_round_trip(tp_ctx *ctx, const uint8_t *src, size_t size, bool verify)
+{
+    bt_must(tp_send(ctx, 1, MSG_ECHO, src, size), "tp_send");
+    tp_msg m = bt_recv(ctx, 60);
+    int wrong = verify && (m.type != MSG_ECHO || m.len != size || memcmp(m.data, src, size) != 0);
+    tp_msg_free(&m);
+    return wrong;
+}
+
+static void bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src, bt_row *row)
+{
+    double best = 1e300;
+    for (int t = 0; t < o->trials; t++) {
+        for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, false);
+        double t0 = mr_now();
+        for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, false);
+        double dt = (mr_now() - t0) / row->count;
+        if (dt < best) best = dt;
+    }
+    row->time_us = best * 1e6;
+    row->algbw = 2.0 * (double)row->size / best / 1e9;
+    row->wrong = bt_round_trip(ctx, src, row->size, true);
+}
+
+/* ---- ucx_perftest ---------------------------------------------------------- */
+
+static pid_t bt_spawn(char *const argv[], int out_fd)
+{
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(out_fd >= 0 ? out_fd : devnull, STDOUT_FILENO);
+    dup2(devnull, STDERR_FILENO);
+    execvp(argv[0], argv);
+    _exit(127);
+}
+
+static bool bt_wait_pid(pid_t pid, double timeout_s, int *status)
+{
+    double deadline = mr_now() + timeout_s;
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        if (r == pid) return true;
+        if (r < 0 && errno != EINTR) return false;
+        if (mr_now() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, status, 0);
+            return false;
+        }
+        usleep(10000);
+    }
+}
+
+/* One client run against a fresh server; overall bandwidth in GB/s, 0 on failure. */
+static double bt_perftest_once(const bt_opts *o, const char *test, size_t size, int count, int warmup)
+{
+    static int port_seq;
+    char port[16], size_s[32], count_s[16], warm_s[16];
+    snprintf(port, sizeof port, "%d", 20000 + (int)(getpid() % 20000) + port_seq++ % 500);
+    snprintf(size_s, sizeof size_s, "%zu", size);
+    snprintf(count_s, sizeof count_s, "%d", count);
+    snprintf(warm_s, sizeof warm_s, "%d", warmup);
+    char *server_argv[] = {(char *)o->perftest_bin, "-p", port, NULL};
+    char *client_argv[] = {(char *)o->perftest_bin, "127.0.0.1", "-p", port, "-t", (char *)test,
+                           "-e", "-s", size_s, "-n", count_s, "-w", warm_s, "-f", NULL};
+    pid_t server = bt_spawn(server_argv, -1);
+    if (server < 0) return 0;
+    double gbs = 0;
+    for (int attempt = 0; attempt < 5 && gbs == 0; attempt++) {
+        usleep(attempt ? 300000 : 200000); /* let the server listen */
+        int pipefd[2];
+        if (pipe(pipefd) != 0) break;
+        pid_t client = bt_spawn(client_argv, pipefd[1]);
+        close(pipefd[1]);
+        char out[16384];
+        size_t n = 0;
+        double deadline = mr_now() + 120;
+        for (;;) {
+            struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
+            if (poll(&pfd, 1, 100) > 0) {
+                ssize_t r = read(pipefd[0], out + n, sizeof out - 1 - n);
+                if (r <= 0) break;
+                n += (size_t)r;
+                if (n == sizeof out - 1) n = 0; /* keep the tail */
+            } else if (mr_now() > deadline) {
+                break;
+            }
+        }
+        close(pipefd[0]);
+        out[n] = '\0';
+        int status = 0;
+        if (!bt_wait_pid(client, 5, &status) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) continue;
+        /* -f prints one row: iters, 3 latency columns, bw avg, bw overall (MiB/s), 2 rates */
+        for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+            double f[8];
+            if (sscanf(line, "%lf %lf %lf %lf %lf %lf %lf %lf", &f[0], &f[1], &f[2], &f[3], &f[4],
+                       &f[5], &f[6], &f[7]) == 8)
+                gbs = f[5] * 1048576.0 / 1e9;
+        }
+    }
+    int status;
+    bt_wait_pid(server, 5, &status);
+    return gbs;
+}
+
+static double bt_perftest(const bt_opts *o, const char *test, size_t size, int count, int warmup)
+{
+    double best = 0;
+    for (int t = 0; t < o->trials; t++) {
+        double g = bt_perftest_once(o, test, size, count, warmup);
+        if (g > best) best = g;
+    }
+    return best;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static void bt_cpu_model(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) || !colon) continue;
+        colon += 2;
+        colon[strcspn(colon, "\n")] = '\0';
+        snprintf(buf, cap, "%s", colon);
+        break;
+    }
+    fclose(f);
+}
+
+static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc, char **argv)
+{
+    char cpu[256], date[32];
+    struct utsname u;
+    uname(&u);
+    bt_cpu_model(cpu, sizeof cpu);
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M", localtime(&now));
+    const char *tls = getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)";
+    if (o->json) {
+        printf("{\"bench\": \"transport\", \"date\": \"%s\", \"cpu\": \"%s\", \"cpus\": %ld, "
+               "\"kernel\": \"%s\", \"ucx\": \"%s\", \"ucx_tls\": \"%s\", \"rows\": [",
+               date, cpu, sysconf(_SC_NPROCESSORS_ONLN), u.release, tp_ucx_version(), tls);
+        for (int i = 0; i < n_rows; i++) {
+            const bt_row *r = &rows[i];
+            printf("%s\n  {\"op\": \"%s\", \"size\": %zu, \"count\": %d, \"time_us\": %.3f, "
+                   "\"algbw_gbs\": %.4f, \"wrong\": %d, \"perftest\": \"%s\", \"perftest_gbs\": %.4f, "
+                   "\"ratio\": %.4f}",
+                   i ? "," : "", r->op, r->size, r->count, r->time_us, r->algbw, r->wrong, r->ref_test,
+                   r->ref_gbs, r->ref_gbs > 0 ? r->algbw / r->ref_gbs : 0.0);
+        }
+        printf("\n]}\n");
+        return;
+    }
+    printf("# moerun bench transport — 2 ranks, %s\n", date);
+    printf("# machine: %s, %ld CPUs, Linux %s, UCX %s, UCX_TLS=%s\n", cpu,
+           sysconf(_SC_NPROCESSORS_ONLN), u.release, tp_ucx_version(), tls);
+    printf("# command:");
+    for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
+    printf("\n# put: tp_put+tp_flush into rank 1's tp_mem_alloc region (put-reg: tp_mem_register'd "
+           "malloc memory), time per put+flush\n");
+    printf("# dispatch: tp_send(size) to rank 1 + same-size reply, time per round trip, algbw = 2*size/time\n");
+    printf("# perftest: ucx_perftest -t TEST -e -s SIZE -n COUNT, server+client on 127.0.0.1, same UCX "
+           "env; ratio = algbw / perftest; best of %d trials each\n", o->trials);
+    printf("#\n# %-9s %12s %7s %12s %12s %7s  %-11s %12s %7s\n", "op", "size(B)", "count", "time(us)",
+           "algbw(GB/s)", "#wrong", "perftest", "ref(GB/s)", "ratio");
+    for (int i = 0; i < n_rows; i++) {
+        const bt_row *r = &rows[i];
+        printf("  %-9s %12zu %7d %12.1f %12.2f %7d  %-11s ", r->op, r->size, r->count, r->time_us,
+               r->algbw, r->wrong, r->ref_test);
+        if (r->ref_gbs > 0) printf("%12.2f %7.2f\n", r->ref_gbs, r->algbw / r->ref_gbs);
+        else printf("%12s %7s\n", "-", "-");
+    }
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+static int bt_usage(void)
+{
+    fprintf(stderr,
+            "usage: moerun bench transport [--sizes MiB,...] [--count N] [--warmup N] [--trials N]\n"
+            "                              [--registered] [--no-perftest] [--perftest-bin PATH]\n"
+            "                              [--quick] [--json]\n"
+            "  run through launch/moerun-bench-transport (2 MPI ranks, the cluster's UCX env)\n");
+    return 2;
+}
+
+static mr_status bt_parse(int argc, char **argv, bt_opts *o)
+{
+    *o = (bt_opts){.n_sizes = 3, .sizes = {1 << 20, 4 << 20, 64 << 20}, .trials = 3,
+                   .perftest = true, .perftest_bin = "ucx_perftest"};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--json")) o->json = true;
+        else if (!strcmp(a, "--registered")) o->registered = true;
+        else if (!strcmp(a, "--no-perftest")) o->perftest = false;
+        else if (!strcmp(a, "--quick")) {
+            o->n_sizes = 2;
+            o->trials = 1;
+        } else if (!v) {
+            return mr_fail(MR_EINVAL, "%s: unknown flag or missing value", a);
+        } else if (!strcmp(a, "--perftest-bin")) {
+            o->perftest_bin = v;
+            i++;
+        } else if (!strcmp(a, "--count")) {
+            MR_TRY(mr_parse_int(a, v, 1, 1000000, &o->count));
+            i++;
+        } else if (!strcmp(a, "--warmup")) {
+            MR_TRY(mr_parse_int(a, v, 0, 1000000, &o->warmup));
+            i++;
+        } else if (!strcmp(a, "--trials")) {
+            MR_TRY(mr_parse_int(a, v, 1, 100, &o->trials));
+            i++;
+        } else if (!strcmp(a, "--sizes")) {
+            int32_t *mib = NULL;
+            int n = 0;
+            MR_TRY(mr_parse_id_list(a, v, &mib, &n));
+            if (n < 1 || n > BT_MAX_SIZES) {
+                free(mib);
+                return mr_fail(MR_EINVAL, "--sizes: 1 to %d sizes", BT_MAX_SIZES);
+            }
+            for (int k = 0; k < n; k++) {
+                if (mib[k] < 1 || mib[k] > 1024) {
+                    free(mib);
+                    return mr_fail(MR_EINVAL, "--sizes: MiB values in [1, 1024], got %d", mib[k]);
+                }
+                o->sizes[k] = (size_t)mib[k] << 20;
+            }
+            o->n_sizes = n;
+            free(mib);
+            i++;
+        } else {
+            return mr_fail(MR_EINVAL, "%s: unknown flag", a);
+        }
+    }
+    return MR_OK;
+}
+
+int main(int argc, char **argv)
+{
+    bt_opts o;
+    mr_log_set_tag("bench transport");
+    if (bt_parse(argc, argv, &o) != MR_OK) {
+        fprintf(stderr, "moerun bench transport: %s\n", mr_last_error());
+        return bt_usage();
+    }
+    size_t max_size = 0;
+    for (int i = 0; i < o.n_sizes; i++) max_size = o.sizes[i] > max_size ? o.sizes[i] : max_size;
+
+    tp_options topts = tp_options_default();
+    topts.build_id = "bench_transport";
+    tp_ctx *ctx = NULL;
+    bt_must(tp_init(&argc, &argv, TP_ROLE_OTHER, &topts, &ctx), "tp_init");
+    if (tp_size(ctx) != 2) {
+        if (tp_rank(ctx) == 0) MR_ERROR("needs exactly 2 MPI ranks, got %d", tp_size(ctx));
+        tp_finalize(ctx);
+        return 2;
+    }
+    if (tp_rank(ctx) == 1) {
+        bt_serve(ctx, &o, max_size);
+        tp_finalize(ctx);
+        return 0;
+    }
+
+    uint8_t *src = malloc(max_size);
+    if (!src) bt_must(MR_ENOMEM, "malloc");
+    for (size_t i = 0; i < max_size; i++) src[i] = (uint8_t)(i * 131 + (i >> 12));
+    tp_msg m = bt_recv(ctx, 60);
+    uint64_t k_len[2];
+    if (m.type != MSG_KEYS || m.len < sizeof k_len) bt_must(MR_EPROTO, "keys message");
+    memcpy(k_len, m.data, sizeof k_len);
+    const uint8_t *keys = (const uint8_t *)m.data + sizeof k_len;
+    tp_rkey *rk_alloc = NULL, *rk_reg = NULL;
+    bt_must(tp_rkey_import(ctx, 1, keys, k_len[0], 0, &rk_alloc), "import key");
+    if (o.registered) bt_must(tp_rkey_import(ctx, 1, keys + k_len[0], k_len[1], 0, &rk_reg), "import key");
+    tp_msg_free(&m);
+
+    bt_row rows[BT_MAX_ROWS];
+    int n_rows = 0;
+    for (int s = 0; s < o.n_sizes; s++) {
+        size_t size = o.sizes[s];
+        int count = o.count ? o.count : bt_auto_count(size);
+        bt_row *r = &rows[n_rows++];
+        *r = (bt_row){.op = "put", .size = size, .count = count, .ref_test = "ucp_put_bw"};
+        bt_time_put(ctx, &o, rk_alloc, REGION_ALLOC, src, r);
+        if (o.registered) {
+            r = &rows[n_rows++];
+            *r = (bt_row){.op = "put-reg", .size = size, .count = count, .ref_test = "ucp_put_bw"};
+            bt_time_put(ctx, &o, rk_reg, REGION_REG, src, r);
+        }
+        r = &rows[n_rows++];
+        *r = (bt_row){.op = "dispatch", .size = size, .count = count, .ref_test = "ucp_am_bw"};
+        bt_time_dispatch(ctx, &o, src, r);
+        MR_INFO("%zu B done", size);
+    }
+    tp_rkey_release(rk_alloc);
+    tp_rkey_release(rk_reg);
+    bt_must(tp_send(ctx, 1, MSG_QUIT, NULL, 0), "quit");
+    tp_finalize(ctx); /* rank 1 exits: perftest gets the CPUs */
+
+    if (o.perftest) {
+        for (int i = 0; i < n_rows; i++) {
+            bt_row *r = &rows[i];
+            /* put-reg rows reuse the put row's figure (same test) */
+            if (i > 0 && !strcmp(r->ref_test, rows[i - 1].ref_test) && r->size == rows[i - 1].size) {
+                r->ref_gbs = rows[i - 1].ref_gbs;
+                continue;
+            }
+            r->ref_gbs = bt_perftest(&o, r->ref_test, r->size, r->count, bt_warmup(&o, r));
+            if (r->ref_gbs == 0) MR_WARN("%s %zu B: no result from %s", r->ref_test, r->size, o.perftest_bin);
+        }
+    }
+    bt_print(&o, rows, n_rows, argc, argv);
+    int wrong = 0;
+    for (int i = 0; i < n_rows; i++) wrong += rows[i].wrong;
+    free(src);
+    return wrong ? 1 : 0;
+}

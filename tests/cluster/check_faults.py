@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""check_faults.py — the cluster under bad input and dead ranks.
+
+  check_faults.py --build B --source S bad-input
+      A request file with malformed lines, a duplicate id, a token id >= vocab,
+      a prompt longer than max_position_embeddings and max_new_tokens 0, plus
+      --inject-garbage (every rank receives garbage, oversized and bad-header
+      frames). Expect: each bad line ends with an error naming its problem, the
+      valid requests complete, every rank rejected the frames and kept serving,
+      and the launcher exits non-zero (some requests failed).
+
+  check_faults.py --build B --source S kill-expert|kill-decode
+      SIGKILL one expert (or decode) rank while many requests are running.
+      Expect: nothing hangs — the launcher exits non-zero within a bound, every
+      request has a result, completed or ending with an error naming the lost
+      rank, and the summary lists the dead rank.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def launcher_env(build):
+    return dict(os.environ, MOERUN_BUILD_DIR=build, MOERUN_CLUSTER_TIMEOUT="180")
+
+
+def synth(build, out):
+    subprocess.run([os.path.join(build, "moerun"), "synth", "--out", out, "--preset", "tiny",
+                    "--seed", "9"], check=True, capture_output=True)
+    return json.load(open(os.path.join(out, "config.json")))
+
+
+def check_bad_input(args, work):
+    cfg = synth(args.build, os.path.join(work, "model"))
+    vocab, max_pos = cfg["vocab_size"], cfg["max_position_embeddings"]
+    lines = [
+        json.dumps({"id": "ok1", "prompt_ids": [1, 2, 3], "max_new_tokens": 4}),
+        "{this is not json",
+        json.dumps({"id": "ok1", "prompt_ids": [4], "max_new_tokens": 2}),
+        json.dumps({"id": "big-token", "prompt_ids": [1, vocab], "max_new_tokens": 2}),
+        json.dumps({"id": "too-long", "prompt_ids": [5] * (max_pos + 1), "max_new_tokens": 2}),
+        json.dumps({"id": "zero-new", "prompt_ids": [5], "max_new_tokens": 0}),
+        json.dumps({"id": "no-ids", "max_new_tokens": 3}),
+        json.dumps({"id": "ok2", "prompt_ids": [9, 8, 7, 6, 5], "max_new_tokens": 5,
+                    "temperature": 0.7, "top_k": 20, "seed": 3}),
+    ]
+    expect = {  # line number -> substring of the error
+        2: "line 2", 3: "duplicate id", 4: "vocab", 5: "max_position_embeddings",
+        6: "max_new_tokens", 7: "prompt_ids",
+    }
+    req = os.path.join(work, "req.jsonl")
+    open(req, "w").write("\n".join(lines) + "\n")
+    out, summ = os.path.join(work, "out.jsonl"), os.path.join(work, "summary.json")
+    n_garbage = 2
+    cmd = [os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "2", "--decode", "1",
+           "--expert", "2", "--model", os.path.join(work, "model"), "--requests", req,
+           "--out", out, "--summary", summ, "--inject-garbage", str(n_garbage)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=launcher_env(args.build))
+    print(r.stderr[-3000:])
+    failures = []
+    if r.returncode == 0:
+        failures.append("launcher exited 0 although requests failed")
+    results = [json.loads(x) for x in open(out)]
+    if len(results) != len(lines):
+        failures.append(f"{len(results)} results for {len(lines)} lines")
+    for i, res in enumerate(results, start=1):
+        if i in expect:
+            if res.get("finish_reason") != "error" or expect[i] not in res.get("error", ""):
+                failures.append(f"line {i}: expected an error with '{expect[i]}', got {res}")
+        elif res.get("finish_reason") not in ("length", "stop") or not res.get("output_ids"):
+            failures.append(f"line {i}: valid request did not complete: {res}")
+    summary = json.load(open(summ))
+    n_ranks = 1 + 2 + 1 + 2
+    want_rejected = 3 * n_garbage * (n_ranks - 1)
+    if summary.get("frames_rejected", 0) < want_rejected:
+        failures.append(f"frames_rejected {summary.get('frames_rejected')} < {want_rejected}")
+    if summary.get("dead_ranks"):
+        failures.append(f"ranks died: {summary['dead_ranks']}")
+    return failures
+
+
+def check_kill(args, work, role):
+    synth(args.build, os.path.join(work, "model"))
+    req = os.path.join(work, "req.jsonl")
+    with open(req, "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"id": f"k{i}", "prompt_ids": [(7 * i + j) % 256 for j in range(4 + i % 9)],
+                                "max_new_tokens": 240, "ignore_eos": True}) + "\n")
+    out, summ = os.path.join(work, "out.jsonl"), os.path.join(work, "summary.json")
+    cmd = [os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "1", "--decode", "2",
+           "--expert", "2", "--model", os.path.join(work, "model"), "--requests", req,
+           "--out", out, "--summary", summ, "--heartbeat-timeout", "10"]
+    log = open(os.path.join(work, "launcher.log"), "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launcher_env(args.build))
+    exe = {"expert": "moerun-expert", "decode": "moerun-decode"}[role]
+    victim, t_kill = None, None
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        log.seek(0)
+        text = log.read()
+        if text.count("ready:") >= 3:  # prefill + both decode ranks are serving
+            time.sleep(0.7)
+            pids = subprocess.run(["pgrep", "-x", exe], capture_output=True, text=True).stdout.split()
+            if pids:
+                victim = int(pids[0])
+                os.kill(victim, signal.SIGKILL)
+                t_kill = time.time()
+            break
+        time.sleep(0.05)
+    failures = []
+    if victim is None:
+        proc.kill()
+        return [f"no {exe} process to kill (cluster not ready in time)"]
+    try:
+        rc = proc.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return [f"cluster still running 150 s after {exe} pid {victim} was killed"]
+    elapsed = time.time() - t_kill
+    log.seek(0)
+    print(log.read()[-3000:])
+    print(f"killed {exe} pid {victim}; launcher exited {rc} {elapsed:.1f} s later")
+    if rc == 0:
+        failures.append("launcher exited 0 after a rank died")
+    results = [json.loads(x) for x in open(out)]
+    if len(results) != 300:
+        failures.append(f"{len(results)} results for 300 requests")
+    lost = 0
+    for res in results:
+        if res["finish_reason"] == "error":
+            lost += 1
+            if f"lost {role} rank" not in res["error"]:
+                failures.append(f"{res['id']}: error does not name the lost rank: {res['error']}")
+        elif res["finish_reason"] != "length" or len(res["output_ids"]) != 240:
+            failures.append(f"{res['id']}: neither completed nor failed: {res}")
+    if lost == 0:
+        failures.append("no request was affected by the kill (killed too late?)")
+    summary = json.load(open(summ))
+    if not summary.get("dead_ranks"):
+        failures.append("summary lists no dead rank")
+    print(f"{len(results) - lost} completed, {lost} ended with an error naming the lost rank")
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode"])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
+        if args.mode == "bad-input":
+            failures = check_bad_input(args, work)
+        else:
+            failures = check_kill(args, work, args.mode.split("-")[1])
+    for f in failures:
+        print("FAIL:", f)
+    print("PASS" if not failures else f"{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
