@@ -29,6 +29,7 @@
 #define LOOP_WAIT_S 0.05       /* longest sleep of the main loop */
 #define PROGRESS_PERIOD_S 2.0
 #define STATS_WAIT_S 10.0      /* cap on collecting RankStats at shutdown */
+#define READY_WAIT_S 900.0     /* cap on waiting for every rank to load its model */
 
 typedef struct coord {
     mr_role role;
@@ -93,6 +94,48 @@ static mr_status init_report(coord *c)
     return MR_OK;
 }
 
+/* Every other rank sends a Status when its model is loaded; wait for all of
+ * them (or their death) so start-up never counts as request latency. Other
+ * frames that arrive meanwhile are kept for the main loop. */
+static void wait_ready(coord *c)
+{
+    const int n = tp_size(c->role.tp);
+    bool *ready = calloc((size_t)n, sizeof(bool));
+    if (!ready) return;
+    int missing = n - 1;
+    const double t0 = mr_now(), limit = READY_WAIT_S;
+    mr_msgq keep = {0};
+    while (missing > 0 && mr_now() - t0 < limit) {
+        tp_msg m;
+        if (!tp_poll(c->role.tp, &m)) {
+            tp_wait(c->role.tp, 0.1);
+            continue;
+        }
+        bool counted = false;
+        if (m.src > 0 && m.src < n && !ready[m.src]) {
+            Moerun__Frame *f = NULL;
+            if (m.type == TP_MSG_PEER_DEAD) {
+                counted = true;
+            } else if (m.type == MSG_CONTROL &&
+                       mr_frame_unpack(m.data, m.len, MR_FRAME_MAX_BYTES, m.src, &f) == MR_OK) {
+                counted = f->body_case == MOERUN__FRAME__BODY_STATUS;
+                mr_frame_free(f);
+            }
+            if (counted) {
+                ready[m.src] = true;
+                missing--;
+            }
+        }
+        mr_msgq_push(&keep, &m); /* the main loop sees every frame, Status included */
+    }
+    tp_msg m;
+    while (mr_msgq_pop(&keep, &m)) mr_msgq_push(&c->role.deferred, &m);
+    mr_msgq_free(&keep);
+    free(ready);
+    if (missing > 0) MR_WARN("%d rank(s) not ready after %.0f s; serving anyway", missing, limit);
+    else MR_INFO("all %d ranks ready in %.2f s", n - 1, mr_now() - t0);
+}
+
 static mr_status setup(coord *c)
 {
     const mr_role_opts *o = &c->role.opts;
@@ -119,6 +162,7 @@ static mr_status setup(coord *c)
     free(decode);
     MR_TRY(st);
     MR_TRY(build_order(c));
+    wait_ready(c);
     if (o->inject_garbage > 0) mr_inject_garbage(&c->role, o->inject_garbage);
     c->start_s = mr_now();
     c->cpu_start_s = mr_cpu_seconds();

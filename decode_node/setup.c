@@ -97,6 +97,7 @@ mr_status dec_setup(decode_state *d)
     mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &d->moe};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
     MR_TRY(announce_pool(d));
+    MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));
     MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB), %d expert ranks",
             r->opts.kv_blocks, r->opts.block_tokens,
             (double)mr_kv_pool_block_bytes(d->pool) * r->opts.kv_blocks / 1e6,

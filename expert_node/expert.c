@@ -209,7 +209,7 @@ static mr_status setup(expert_state *x)
     x->load = calloc((size_t)cfg.num_hidden_layers * cfg.n_routed_experts, sizeof(uint64_t));
     if (!x->load) return mr_fail(MR_ENOMEM, "expert: out of memory");
     x->last_report = mr_now();
-    return MR_OK;
+    return mr_role_send_ready(&x->role, 0, 0);
 }
 
 int main(int argc, char **argv)

@@ -354,7 +354,7 @@ static mr_status setup(prefill_state *p)
     mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &p->moe};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &p->engine));
     MR_INFO("ready: %d prefill ranks (expert-parallel), budget %d tokens/iteration", p->n_prefill, B);
-    return MR_OK;
+    return mr_role_send_ready(r, 0, 0);
 }
 
 static void teardown(prefill_state *p)

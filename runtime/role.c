@@ -137,6 +137,17 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
     return mr_role_send_frame(r, r->coordinator, &f);
 }
 
+mr_status mr_role_send_ready(mr_role *r, int free_kv_blocks, int total_kv_blocks)
+{
+    Moerun__Status s = MOERUN__STATUS__INIT;
+    s.free_kv_blocks = free_kv_blocks;
+    s.total_kv_blocks = total_kv_blocks;
+    Moerun__Frame f = MOERUN__FRAME__INIT;
+    f.body_case = MOERUN__FRAME__BODY_STATUS;
+    f.status = &s;
+    return mr_role_send_frame(r, r->coordinator, &f);
+}
+
 void mr_role_reject(mr_role *r)
 {
     r->frames_rejected++;

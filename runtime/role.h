@@ -62,6 +62,10 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
                              const char *error);
 /* Log and count a frame this role refused (message from mr_last_error()). */
 void mr_role_reject(mr_role *r);
+/* Tell the coordinator this rank finished start-up (model loaded, ready to
+ * serve): a Status frame. The coordinator starts its clock once every rank
+ * is ready, so load time never counts as TTFT. */
+mr_status mr_role_send_ready(mr_role *r, int free_kv_blocks, int total_kv_blocks);
 /* RankStats to the coordinator (at Shutdown). */
 mr_status mr_role_send_stats(mr_role *r);
 
