@@ -16,9 +16,10 @@
  *   stream  (≤ 16 tokens) read-only bandwidth over the same weight copies with
  *           the same threads; ours as weight bytes / time. Target ≥ 0.80.
  * Weights are cold: consecutive calls use the next of several copies of the
- * expert, together ≥ 2× the last-level cache. Timing: one warm-up call, then
- * samples of ≥ 25 ms (≥ 1 call), best per-call time of ≥ 3 samples and
- * ≥ 0.2 s (--quick: 2 samples, 0.05 s, 6 ms).
+ * expert, together ≥ 2× the last-level cache. Timing per row: one warm-up
+ * call each, then samples of ≥ 25 ms (≥ 1 call) of ours, sgemm and stream
+ * taken in turn (the host is shared; its speed drifts), best per-call time of
+ * ≥ 3 samples and ≥ 0.2 s each (--quick: 2 samples, 0.05 s, 6 ms).
  * --threads N sets openblas_set_num_threads(N), which mr_cpu_matmul follows.
  * Exit status: 0 ok, 1 runtime error, 2 usage error.
  */
@@ -146,57 +147,62 @@ static void call_sgemm(const bench_ctx *c, int copy)
                 0.0f, c->out, d);
 }
 
-/* Best seconds per call: warm-up, then samples of sample_target seconds. */
-static double best_call_seconds(bench_call fn, const bench_ctx *c, const bench_opts *o)
-{
-    const int copies = c->pool->copies;
-    int copy = 0;
-    double t0 = mr_now();
-    fn(c, copy);
-    copy = (copy + 1) % copies;
-    const double first = mr_now() - t0;
-    double per = first > 0.0 ? ceil(o->sample_target / first) : 1.0;
-    const int per_sample = per < 1.0 ? 1 : per > 1e6 ? 1000000 : (int)per;
-    double best = INFINITY, spent = 0.0;
-    for (int samples = 0; (samples < o->min_samples || spent < o->min_total) && samples < 10000;
-         samples++) {
-        t0 = mr_now();
-        for (int i = 0; i < per_sample; i++) {
-            fn(c, copy);
-            copy = (copy + 1) % copies;
-        }
-        const double dt = mr_now() - t0;
-        spent += dt;
-        if (dt / per_sample < best) best = dt / per_sample;
-    }
-    return best;
-}
+/* One contender of a row: repeated calls of fn (one expert per call, the
+ * copies rotating), or with fn NULL a read-only pass over whole copies. */
+typedef struct bench_timer {
+    bench_call fn;
+    const bench_ctx *ctx;
+    int threads;    /* read passes only */
+    int per_sample; /* calls (copies) per sample */
+    int next_copy;
+    double best;    /* seconds per call (per copy read) */
+    double spent;
+} bench_timer;
 
 static volatile float bench_sink;
 
-/* Read-only GB/s over the pool's copies with `threads` threads. */
-static double stream_gbs(const bench_pool *p, int threads, const bench_opts *o)
+static double timer_run(bench_timer *t, int units)
 {
-    const size_t copy_bytes = p->expert_floats * sizeof(float);
+    const bench_pool *p = t->ctx->pool;
     double t0 = mr_now();
-    bench_sink = bench_read_pass(p->base, p->expert_floats, threads);
-    const double first = mr_now() - t0;
-    double per = first > 0.0 ? ceil(o->sample_target / first) : 1.0;
-    int per_sample = per < 1.0 ? 1 : per > p->copies ? p->copies : (int)per;
-    double best = INFINITY, spent = 0.0;
-    int next = 1;
-    for (int samples = 0; (samples < o->min_samples || spent < o->min_total) && samples < 10000;
-         samples++) {
-        if (next + per_sample > p->copies) next = 0;
-        t0 = mr_now();
-        bench_sink = bench_read_pass(p->base + (size_t)next * p->expert_floats,
-                                     p->expert_floats * (size_t)per_sample, threads);
-        const double dt = mr_now() - t0;
-        next += per_sample;
-        spent += dt;
-        if (dt / per_sample < best) best = dt / per_sample;
+    if (t->fn != NULL) {
+        for (int i = 0; i < units; i++) {
+            t->fn(t->ctx, t->next_copy);
+            t->next_copy = (t->next_copy + 1) % p->copies;
+        }
+    } else {
+        if (t->next_copy + units > p->copies) t->next_copy = 0;
+        bench_sink = bench_read_pass(p->base + (size_t)t->next_copy * p->expert_floats,
+                                     p->expert_floats * (size_t)units, t->threads);
+        t->next_copy += units;
     }
-    return (double)copy_bytes / best * 1e-9;
+    return mr_now() - t0;
+}
+
+/* Warm-up unit, then samples of ~sample_target seconds taken round-robin over
+ * all timers, so every contender sees the same machine (this host is shared
+ * and its speed drifts); until each has min_samples and min_total seconds.
+ * Leaves each timer's best seconds per unit in ->best. */
+static void measure_interleaved(bench_timer *ts, int n, const bench_opts *o)
+{
+    for (int i = 0; i < n; i++) {
+        const double first = timer_run(&ts[i], 1);
+        const int cap = ts[i].fn != NULL ? 1000000 : ts[i].ctx->pool->copies;
+        const double per = first > 0.0 ? ceil(o->sample_target / first) : 1.0;
+        ts[i].per_sample = per < 1.0 ? 1 : per > cap ? cap : (int)per;
+        ts[i].best = INFINITY;
+        ts[i].spent = 0.0;
+    }
+    for (int samples = 0; samples < 10000; samples++) {
+        bool done = samples >= o->min_samples;
+        for (int i = 0; i < n; i++) done = done && ts[i].spent >= o->min_total;
+        if (done) break;
+        for (int i = 0; i < n; i++) {
+            const double dt = timer_run(&ts[i], ts[i].per_sample);
+            ts[i].spent += dt;
+            if (dt / ts[i].per_sample < ts[i].best) ts[i].best = dt / ts[i].per_sample;
+        }
+    }
 }
 
 static double expert_flop(const bench_shape *s, int n_tokens)
@@ -208,19 +214,19 @@ static double expert_flop(const bench_shape *s, int n_tokens)
 
 typedef struct row_result {
     double us_ours, gf_ours, gf_sgemm[N_BASES], gf_best, ratio_sgemm;
-    double gbs_ours, ratio_stream; /* ≤ STREAM_MAX_TOKENS only, else 0 */
+    double gbs_stream, gbs_ours, ratio_stream; /* ≤ STREAM_MAX_TOKENS only, else 0 */
 } row_result;
 
-static void print_shape_header(const bench_shape *s, const bench_pool *p, double stream,
-                               int threads)
+static void print_shape_header(const bench_shape *s, const bench_pool *p, int threads)
 {
     const double mib = (double)p->expert_floats * sizeof(float) / (1 << 20);
     printf("#\n# expert_ffn %s: %s  D=%d inter=%d  (gate+up [%d,%d], down [%d,%d])\n", s->name,
            s->label, s->dim, s->inter, s->inter, s->dim, s->dim, s->inter);
     printf("#   weights %.3f MiB per expert; %d copies = %.1f MiB rotated (cold)\n", mib, p->copies,
            mib * p->copies);
-    printf("#   stream (read-only sum over the same copies, %d thread%s): %.2f GB/s\n", threads,
-           threads == 1 ? "" : "s", stream);
+    printf("#   ours, sgemm as-is and stream (read-only sum over the same copies, %d thread%s)\n"
+           "#   are sampled in turn within each row\n",
+           threads, threads == 1 ? "" : "s");
     printf("#%17s %-44s %15s   %s\n", "", "------------------ GFLOP/s -----------------",
            "ours/best sgemm", "---- weight GB/s (<= 16 tokens) ----");
     printf("#%7s %9s %8s %8s %8s %8s %8s %7s %7s %9s %8s %7s %7s\n", "tokens", "us/call", "ours",
@@ -236,23 +242,24 @@ static void fmt_gf(char *buf, size_t cap, double v)
         snprintf(buf, cap, "%8s", "-");
 }
 
-static void print_row(int tokens, const row_result *r, double stream)
+static void print_row(int tokens, const row_result *r)
 {
     char b[N_BASES][16];
     for (int i = 0; i < N_BASES; i++) fmt_gf(b[i], sizeof b[i], r->gf_sgemm[i]);
-    const char *sg_mark = tokens >= TARGET_SGEMM_FROM ? (r->ratio_sgemm >= TARGET_SGEMM ? "ok" : "MISS")
-                                                      : "-";
+    const char *sg_mark = tokens < TARGET_SGEMM_FROM           ? "-"
+                          : r->ratio_sgemm >= TARGET_SGEMM ? "ok"
+                                                           : "MISS";
     printf(" %7d %9.1f %8.2f %s %s %s %8.2f %7.2f %7s", tokens, r->us_ours, r->gf_ours, b[0], b[1],
            b[2], r->gf_best, r->ratio_sgemm, sg_mark);
     if (tokens <= STREAM_MAX_TOKENS)
-        printf(" %9.2f %8.2f %7.2f %7s\n", stream, r->gbs_ours, r->ratio_stream,
+        printf(" %9.2f %8.2f %7.2f %7s\n", r->gbs_stream, r->gbs_ours, r->ratio_stream,
                r->ratio_stream >= TARGET_STREAM ? "ok" : "MISS");
     else
         printf(" %9s %8s %7s %7s\n", "-", "-", "-", "-");
     fflush(stdout);
 }
 
-static cJSON *row_json(const bench_shape *s, int tokens, const row_result *r, double stream)
+static cJSON *row_json(const bench_shape *s, int tokens, const row_result *r)
 {
     cJSON *row = cJSON_CreateObject();
     cJSON_AddStringToObject(row, "shape", s->name);
@@ -265,7 +272,7 @@ static cJSON *row_json(const bench_shape *s, int tokens, const row_result *r, do
     cJSON_AddNumberToObject(row, "gflops_sgemm_best", r->gf_best);
     cJSON_AddNumberToObject(row, "ratio_sgemm", r->ratio_sgemm);
     if (tokens <= STREAM_MAX_TOKENS) {
-        cJSON_AddNumberToObject(row, "stream_gbs", stream);
+        cJSON_AddNumberToObject(row, "stream_gbs", r->gbs_stream);
         cJSON_AddNumberToObject(row, "gbs_ours", r->gbs_ours);
         cJSON_AddNumberToObject(row, "ratio_stream", r->ratio_stream);
     }
@@ -294,24 +301,28 @@ static int run_shape(int si, const bench_opts *o, const bench_machine *m,
     }
     for (size_t i = 0; i < (size_t)max_tokens * (size_t)s->dim; i++)
         x[i] = (float)((int)((i * 40503u) >> 6 & 255) - 128) / 128.0f;
-    double stream = 0.0;
-    if (!o->sgemm_only) {
-        stream = stream_gbs(&pool, o->threads, o);
-        print_shape_header(s, &pool, stream, o->threads);
-    }
+    if (!o->sgemm_only) print_shape_header(s, &pool, o->threads);
     const double weight_bytes = 3.0 * s->dim * (double)s->inter * sizeof(float);
     for (int ti = 0; ti < o->n_tokens; ti++) {
         const int tokens = o->tokens[ti];
         bench_ctx ctx = { .pool = &pool, .n_tokens = tokens, .x = x, .out = out,
                           .scratch = scratch };
-        const double gf_sgemm = expert_flop(s, tokens) / best_call_seconds(call_sgemm, &ctx, o) * 1e-9;
+        enum { T_SGEMM, T_OURS, T_STREAM };
+        bench_timer ts[3] = {
+            [T_SGEMM] = { .fn = call_sgemm, .ctx = &ctx },
+            [T_OURS] = { .fn = call_ours, .ctx = &ctx },
+            [T_STREAM] = { .fn = NULL, .ctx = &ctx, .threads = o->threads },
+        };
+        const int n_timers = o->sgemm_only ? 1 : tokens <= STREAM_MAX_TOKENS ? 3 : 2;
+        measure_interleaved(ts, n_timers, o);
+        const double gf_sgemm = expert_flop(s, tokens) / ts[T_SGEMM].best * 1e-9;
         if (o->sgemm_only) {
             printf("sgemm %s %d %.6g\n", s->name, tokens, gf_sgemm);
             fflush(stdout);
             continue;
         }
         row_result r = { 0 };
-        const double sec = best_call_seconds(call_ours, &ctx, o);
+        const double sec = ts[T_OURS].best;
         r.us_ours = sec * 1e6;
         r.gf_ours = expert_flop(s, tokens) / sec * 1e-9;
         r.gf_sgemm[BASE_ASIS] = gf_sgemm;
@@ -321,8 +332,9 @@ static int run_shape(int si, const bench_opts *o, const bench_machine *m,
             if (r.gf_sgemm[b] > r.gf_best) r.gf_best = r.gf_sgemm[b];
         r.ratio_sgemm = r.gf_ours / r.gf_best;
         if (tokens <= STREAM_MAX_TOKENS) {
+            r.gbs_stream = (double)pool.expert_floats * sizeof(float) / ts[T_STREAM].best * 1e-9;
             r.gbs_ours = weight_bytes / sec * 1e-9;
-            r.ratio_stream = r.gbs_ours / stream;
+            r.ratio_stream = r.gbs_ours / r.gbs_stream;
             n_checked[1]++;
             if (r.ratio_stream < TARGET_STREAM) n_miss[1]++;
         }
@@ -330,8 +342,8 @@ static int run_shape(int si, const bench_opts *o, const bench_machine *m,
             n_checked[0]++;
             if (r.ratio_sgemm < TARGET_SGEMM) n_miss[0]++;
         }
-        print_row(tokens, &r, stream);
-        if (json_rows != NULL) cJSON_AddItemToArray(json_rows, row_json(s, tokens, &r, stream));
+        print_row(tokens, &r);
+        if (json_rows != NULL) cJSON_AddItemToArray(json_rows, row_json(s, tokens, &r));
     }
     free(pool.base);
     free(x);
@@ -434,9 +446,9 @@ static void print_machine(const bench_machine *m, const bench_opts *o,
             printf("; %s = not run (%s)", base_names[b],
                    b == BASE_CLEAN ? "environment already clean" : "no better kernel to force");
     }
-    printf("\n# ours = mr_cpu_expert_ffn incl. SwiGLU; sgemm = 3 x cblas_sgemm; GFLOP/s = 6*n*D*inter/t;"
-           " targets: ours >= %.2f x best sgemm at >= %d tokens, ours >= %.2f x stream at <= %d "
-           "tokens\n",
+    printf("\n# ours = mr_cpu_expert_ffn incl. SwiGLU; sgemm = 3 x cblas_sgemm;"
+           " GFLOP/s = 6*n*D*inter/t\n# targets: ours >= %.2f x best sgemm at >= %d tokens,"
+           " ours >= %.2f x stream at <= %d tokens\n",
            TARGET_SGEMM, TARGET_SGEMM_FROM, TARGET_STREAM, STREAM_MAX_TOKENS);
     fflush(stdout);
 }

@@ -11,7 +11,9 @@
  *             and its same-size reply; time per round trip, algbw = 2*size/time
  * then, in the same UCX environment, ucx_perftest (server + client on
  * 127.0.0.1, error-handling endpoints like ours: -e) for the same size and
- * count: ucp_put_bw for put rows, ucp_am_bw for dispatch rows, and prints
+ * count: ucp_put_bw for put rows, ucp_am_lat (a same-size ping-pong, whose
+ * bandwidth column is size / one-way latency = 2*size/round trip, like ours)
+ * for dispatch rows, and prints
  * ratio = ours / perftest. #wrong counts rows whose bytes did not arrive
  * intact (checked after the timed loop). Best of --trials for both sides.
  * GB/s are 1e9 bytes/s (perftest's MB/s are MiB/s and converted).
@@ -19,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -79,16 +82,19 @@ static uint64_t bt_sum(const uint8_t *p, size_t len)
     return h;
 }
 
+/* Busy-poll like perftest does, but sleep (tp_wait) once nothing arrived for
+ * 0.2 s, so an idle rank leaves the CPUs to ucx_perftest. */
 static tp_msg bt_recv(tp_ctx *ctx, double timeout_s)
 {
     tp_msg m;
-    double deadline = mr_now() + timeout_s;
-    for (int idle = 0; !tp_poll(ctx, &m); idle++) {
-        if (mr_now() > deadline) {
+    double start = mr_now(), deadline = start + timeout_s;
+    while (!tp_poll(ctx, &m)) {
+        double now = mr_now();
+        if (now > deadline) {
             MR_ERROR("bench transport: rank %d got no message in %.0f s", tp_rank(ctx), timeout_s);
             exit(1);
         }
-        if (idle > 2000) tp_wait(ctx, 0.05); /* spin briefly, then sleep */
+        if (now - start > 0.2) tp_wait(ctx, 0.05);
     }
     if (m.type == TP_MSG_PEER_DEAD) {
         MR_ERROR("bench transport: rank %d died", m.src);
@@ -129,11 +135,16 @@ static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
     bt_must(tp_mem_pack(ctx, mem_alloc, &k[0], &k_len[0]), "tp_mem_pack");
     if (mem_reg) bt_must(tp_mem_pack(ctx, mem_reg, &k[1], &k_len[1]), "tp_mem_pack");
     uint64_t hdr[2] = {k_len[0], k_len[1]};
-    uint8_t *blob = malloc(sizeof hdr + k_len[0] + k_len[1]);
-    memcpy(blob, hdr, sizeof hdr);
-    memcpy(blob + sizeof hdr, k[0], k_len[0]);
-    if (k_len[1]) memcpy(blob + sizeof hdr + k_len[0], k[1], k_len[1]);
-    bt_must(tp_send(ctx, 0, MSG_KEYS, blob, sizeof hdr + k_len[0] + k_len[1]), "send keys");
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) CPU_ZERO(&cpus);
+    uint8_t *blob = malloc(sizeof cpus + sizeof hdr + k_len[0] + k_len[1]);
+    memcpy(blob, &cpus, sizeof cpus);
+    memcpy(blob + sizeof cpus, hdr, sizeof hdr);
+    memcpy(blob + sizeof cpus + sizeof hdr, k[0], k_len[0]);
+    if (k_len[1]) memcpy(blob + sizeof cpus + sizeof hdr + k_len[0], k[1], k_len[1]);
+    bt_must(tp_send(ctx, 0, MSG_KEYS, blob, sizeof cpus + sizeof hdr + k_len[0] + k_len[1]),
+            "send keys");
     free(blob);
     free(k[0]);
     free(k[1]);
@@ -178,26 +189,20 @@ static int bt_warmup(const bt_opts *o, const bt_row *row)
     return o->warmup ? o->warmup : row->count / 10 + 2;
 }
 
-static void bt_time_put(tp_ctx *ctx, const bt_opts *o, tp_rkey *rk, uint32_t region,
-                        const uint8_t *src, bt_row *row)
+/* One trial: seconds per put+flush. */
+static double bt_time_put(tp_ctx *ctx, const bt_opts *o, tp_rkey *rk, const uint8_t *src,
+                          const bt_row *row)
 {
-    double best = 1e300;
-    for (int t = 0; t < o->trials; t++) {
-        for (int i = 0; i < bt_warmup(o, row); i++) {
-            bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
-            bt_must(tp_flush(ctx, 1, 60), "tp_flush");
-        }
-        double t0 = mr_now();
-        for (int i = 0; i < row->count; i++) {
-            bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
-            bt_must(tp_flush(ctx, 1, 60), "tp_flush");
-        }
-        double dt = (mr_now() - t0) / row->count;
-        if (dt < best) best = dt;
+    for (int i = 0; i < bt_warmup(o, row); i++) {
+        bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
+        bt_must(tp_flush(ctx, 1, 60), "tp_flush");
     }
-    row->time_us = best * 1e6;
-    row->algbw = (double)row->size / best / 1e9;
-    row->wrong = bt_verdict(ctx, region, src, row->size);
+    double t0 = mr_now();
+    for (int i = 0; i < row->count; i++) {
+        bt_must(tp_put(ctx, 1, rk, 0, src, row->size), "tp_put");
+        bt_must(tp_flush(ctx, 1, 60), "tp_flush");
+    }
+    return (mr_now() - t0) / row->count;
 }
 
 /* One dispatch + reply; returns 1 if the reply is not the bytes sent. */
@@ -210,32 +215,41 @@ static int bt_round_trip(tp_ctx *ctx, const uint8_t *src, size_t size, bool veri
     return wrong;
 }
 
-static void bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src, bt_row *row)
+/* One trial: seconds per dispatch round trip. */
+static double bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src, const bt_row *row)
 {
-    double best = 1e300;
-    for (int t = 0; t < o->trials; t++) {
-        for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, false);
-        double t0 = mr_now();
-        for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, false);
-        double dt = (mr_now() - t0) / row->count;
-        if (dt < best) best = dt;
-    }
-    row->time_us = best * 1e6;
-    row->algbw = 2.0 * (double)row->size / best / 1e9;
-    row->wrong = bt_round_trip(ctx, src, row->size, true);
+    for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, false);
+    double t0 = mr_now();
+    for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, false);
+    return (mr_now() - t0) / row->count;
 }
 
 /* ---- ucx_perftest ---------------------------------------------------------- */
 
-static pid_t bt_spawn(char *const argv[], int out_fd)
+/* CPU sets of rank 0 and rank 1 (mpirun binds ranks to cores): perftest's
+ * client and server run on the same CPUs as our two ranks did. */
+static cpu_set_t bt_cpus[2];
+
+static pid_t bt_spawn(char *const argv[], int out_fd, const cpu_set_t *cpus)
 {
     pid_t pid = fork();
     if (pid != 0) return pid;
+    if (cpus && CPU_COUNT(cpus) > 0) sched_setaffinity(0, sizeof *cpus, cpus);
     int devnull = open("/dev/null", O_RDWR);
     dup2(out_fd >= 0 ? out_fd : devnull, STDOUT_FILENO);
     dup2(devnull, STDERR_FILENO);
     execvp(argv[0], argv);
     _exit(127);
+}
+
+/* While perftest runs, rank 0 keeps progressing so rank 1 keeps hearing its
+ * heartbeats (a rank silent for heartbeat_timeout_s is declared dead). */
+static tp_ctx *bt_keepalive_ctx;
+
+static void bt_idle(double seconds)
+{
+    if (bt_keepalive_ctx) tp_wait(bt_keepalive_ctx, seconds);
+    else usleep((useconds_t)(seconds * 1e6));
 }
 
 static bool bt_wait_pid(pid_t pid, double timeout_s, int *status)
@@ -250,7 +264,7 @@ static bool bt_wait_pid(pid_t pid, double timeout_s, int *status)
             waitpid(pid, status, 0);
             return false;
         }
-        usleep(10000);
+        bt_idle(0.01);
     }
 }
 
@@ -264,22 +278,26 @@ static double bt_perftest_once(const bt_opts *o, const char *test, size_t size, 
     snprintf(count_s, sizeof count_s, "%d", count);
     snprintf(warm_s, sizeof warm_s, "%d", warmup);
     char *server_argv[] = {(char *)o->perftest_bin, "-p", port, NULL};
+    /* -o: a one-sided test's target does not progress, like our rank 1 (asleep in tp_wait) */
+    bool one_sided = strstr(test, "put") != NULL;
     char *client_argv[] = {(char *)o->perftest_bin, "127.0.0.1", "-p", port, "-t", (char *)test,
-                           "-e", "-s", size_s, "-n", count_s, "-w", warm_s, "-f", NULL};
-    pid_t server = bt_spawn(server_argv, -1);
+                           "-e", "-s", size_s, "-n", count_s, "-w", warm_s, "-f",
+                           one_sided ? "-o" : NULL, NULL};
+    pid_t server = bt_spawn(server_argv, -1, &bt_cpus[1]);
     if (server < 0) return 0;
     double gbs = 0;
     for (int attempt = 0; attempt < 5 && gbs == 0; attempt++) {
-        usleep(attempt ? 300000 : 200000); /* let the server listen */
+        bt_idle(attempt ? 0.3 : 0.2); /* let the server listen */
         int pipefd[2];
         if (pipe(pipefd) != 0) break;
-        pid_t client = bt_spawn(client_argv, pipefd[1]);
+        pid_t client = bt_spawn(client_argv, pipefd[1], &bt_cpus[0]);
         close(pipefd[1]);
         char out[16384];
         size_t n = 0;
         double deadline = mr_now() + 120;
         for (;;) {
             struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
+            if (bt_keepalive_ctx) tp_wait(bt_keepalive_ctx, 0);
             if (poll(&pfd, 1, 100) > 0) {
                 ssize_t r = read(pipefd[0], out + n, sizeof out - 1 - n);
                 if (r <= 0) break;
@@ -304,16 +322,6 @@ static double bt_perftest_once(const bt_opts *o, const char *test, size_t size, 
     int status;
     bt_wait_pid(server, 5, &status);
     return gbs;
-}
-
-static double bt_perftest(const bt_opts *o, const char *test, size_t size, int count, int warmup)
-{
-    double best = 0;
-    for (int t = 0; t < o->trials; t++) {
-        double g = bt_perftest_once(o, test, size, count, warmup);
-        if (g > best) best = g;
-    }
-    return best;
 }
 
 /* ---- output ------------------------------------------------------------- */
@@ -367,8 +375,8 @@ static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc,
     printf("\n# put: tp_put+tp_flush into rank 1's tp_mem_alloc region (put-reg: tp_mem_register'd "
            "malloc memory), time per put+flush\n");
     printf("# dispatch: tp_send(size) to rank 1 + same-size reply, time per round trip, algbw = 2*size/time\n");
-    printf("# perftest: ucx_perftest -t TEST -e -s SIZE -n COUNT, server+client on 127.0.0.1, same UCX "
-           "env; ratio = algbw / perftest; best of %d trials each\n", o->trials);
+    printf("# perftest: ucx_perftest -t TEST -e -s SIZE -n COUNT [-o for put], server+client on 127.0.0.1 "
+           "on our ranks' CPUs, same UCX env; ratio = algbw / perftest; best of %d trials each\n", o->trials);
     printf("#\n# %-9s %12s %7s %12s %12s %7s  %-11s %12s %7s\n", "op", "size(B)", "count", "time(us)",
            "algbw(GB/s)", "#wrong", "perftest", "ref(GB/s)", "ratio");
     for (int i = 0; i < n_rows; i++) {
@@ -475,49 +483,53 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < max_size; i++) src[i] = (uint8_t)(i * 131 + (i >> 12));
     tp_msg m = bt_recv(ctx, 60);
     uint64_t k_len[2];
-    if (m.type != MSG_KEYS || m.len < sizeof k_len) bt_must(MR_EPROTO, "keys message");
-    memcpy(k_len, m.data, sizeof k_len);
-    const uint8_t *keys = (const uint8_t *)m.data + sizeof k_len;
+    if (m.type != MSG_KEYS || m.len < sizeof(cpu_set_t) + sizeof k_len) bt_must(MR_EPROTO, "keys message");
+    memcpy(&bt_cpus[1], m.data, sizeof(cpu_set_t));
+    memcpy(k_len, (const uint8_t *)m.data + sizeof(cpu_set_t), sizeof k_len);
+    const uint8_t *keys = (const uint8_t *)m.data + sizeof(cpu_set_t) + sizeof k_len;
+    if (sched_getaffinity(0, sizeof bt_cpus[0], &bt_cpus[0]) != 0) CPU_ZERO(&bt_cpus[0]);
     tp_rkey *rk_alloc = NULL, *rk_reg = NULL;
     bt_must(tp_rkey_import(ctx, 1, keys, k_len[0], 0, &rk_alloc), "import key");
     if (o.registered) bt_must(tp_rkey_import(ctx, 1, keys + k_len[0], k_len[1], 0, &rk_reg), "import key");
     tp_msg_free(&m);
+    bt_keepalive_ctx = ctx;
 
+    /* Per row, trials alternate ours and perftest's (rank 1 sleeps in tp_wait
+     * meanwhile), so both see the same machine noise; best of each. */
     bt_row rows[BT_MAX_ROWS];
     int n_rows = 0;
     for (int s = 0; s < o.n_sizes; s++) {
-        size_t size = o.sizes[s];
-        int count = o.count ? o.count : bt_auto_count(size);
-        bt_row *r = &rows[n_rows++];
-        *r = (bt_row){.op = "put", .size = size, .count = count, .ref_test = "ucp_put_bw"};
-        bt_time_put(ctx, &o, rk_alloc, REGION_ALLOC, src, r);
-        if (o.registered) {
-            r = &rows[n_rows++];
-            *r = (bt_row){.op = "put-reg", .size = size, .count = count, .ref_test = "ucp_put_bw"};
-            bt_time_put(ctx, &o, rk_reg, REGION_REG, src, r);
+        for (int op = 0; op < 3; op++) {
+            if (op == 1 && !o.registered) continue;
+            bt_row *r = &rows[n_rows++];
+            *r = (bt_row){.op = op == 0 ? "put" : op == 1 ? "put-reg" : "dispatch", .size = o.sizes[s],
+                          .count = o.count ? o.count : bt_auto_count(o.sizes[s]),
+                          .ref_test = op == 2 ? "ucp_am_lat" : "ucp_put_bw"};
+            double best = 1e300;
+            for (int t = 0; t < o.trials; t++) {
+                double dt = op == 2 ? bt_time_dispatch(ctx, &o, src, r)
+                                    : bt_time_put(ctx, &o, op == 0 ? rk_alloc : rk_reg, src, r);
+                if (dt < best) best = dt;
+                if (o.perftest && op != 1) {
+                    double g = bt_perftest_once(&o, r->ref_test, r->size, r->count, bt_warmup(&o, r));
+                    if (g > r->ref_gbs) r->ref_gbs = g;
+                }
+            }
+            r->time_us = best * 1e6;
+            r->algbw = (op == 2 ? 2.0 : 1.0) * (double)r->size / best / 1e9;
+            r->wrong = op == 2 ? bt_round_trip(ctx, src, r->size, true)
+                               : bt_verdict(ctx, op == 0 ? REGION_ALLOC : REGION_REG, src, r->size);
+            if (op == 1) r->ref_gbs = r[-1].ref_gbs; /* same test as the put row */
+            MR_INFO("%-8s %9zu B: %.2f GB/s, perftest %s %.2f GB/s", r->op, r->size, r->algbw,
+                    r->ref_test, r->ref_gbs);
+            if (o.perftest && op != 1 && r->ref_gbs == 0)
+                MR_WARN("%s %zu B: no result from %s", r->ref_test, r->size, o.perftest_bin);
         }
-        r = &rows[n_rows++];
-        *r = (bt_row){.op = "dispatch", .size = size, .count = count, .ref_test = "ucp_am_bw"};
-        bt_time_dispatch(ctx, &o, src, r);
-        MR_INFO("%zu B done", size);
     }
     tp_rkey_release(rk_alloc);
     tp_rkey_release(rk_reg);
     bt_must(tp_send(ctx, 1, MSG_QUIT, NULL, 0), "quit");
-    tp_finalize(ctx); /* rank 1 exits: perftest gets the CPUs */
-
-    if (o.perftest) {
-        for (int i = 0; i < n_rows; i++) {
-            bt_row *r = &rows[i];
-            /* put-reg rows reuse the put row's figure (same test) */
-            if (i > 0 && !strcmp(r->ref_test, rows[i - 1].ref_test) && r->size == rows[i - 1].size) {
-                r->ref_gbs = rows[i - 1].ref_gbs;
-                continue;
-            }
-            r->ref_gbs = bt_perftest(&o, r->ref_test, r->size, r->count, bt_warmup(&o, r));
-            if (r->ref_gbs == 0) MR_WARN("%s %zu B: no result from %s", r->ref_test, r->size, o.perftest_bin);
-        }
-    }
+    tp_finalize(ctx);
     bt_print(&o, rows, n_rows, argc, argv);
     int wrong = 0;
     for (int i = 0; i < n_rows; i++) wrong += rows[i].wrong;

@@ -1,15 +1,22 @@
 /* kernels/kernels.h — the math of moerun behind one backend table.
  *
  * struct mr_kernels is a table of function pointers filled by a backend:
- * kernels/cpu (OpenBLAS + plain C; the reference) and, later, kernels/cuda.
+ * kernels/cpu (OpenBLAS + plain C; the reference) and kernels/cuda (CUDA +
+ * cuBLAS, kernels_cuda.h).
  * Callers never #ifdef on the backend. Pointers passed to a backend live in
- * that backend's memory space (host memory for cpu).
+ * that backend's memory space (host memory for cpu, device memory for cuda);
+ * structs passed by pointer (mr_expert_w, mr_gate_params) are host memory,
+ * the arrays they point to are backend memory. Callers move data with the
+ * table's alloc / free / copy, and call sync before reading results that a
+ * backend may compute asynchronously (cuda; sync is a no-op on cpu).
  *
  * Conventions: row-major; weight matrices are [out, in] as HF stores them,
  * so a linear layer is y[M,N] = x[M,K] · W[N,K]ᵀ. Shapes are given in
- * comments as (rows, cols). Every op is thread-compatible (no shared state);
- * ops that need temporary memory take a caller-owned scratch buffer whose
- * size in floats the op's comment states.
+ * comments as (rows, cols). Every cpu op is thread-compatible (no shared
+ * state); the cuda ops share one stream and cuBLAS handle, so call them from
+ * one host thread at a time (kernels_cuda.h). Ops that need temporary
+ * memory take a caller-owned scratch buffer whose size in floats the op's
+ * comment states.
  */
 #ifndef MR_KERNELS_H
 #define MR_KERNELS_H
@@ -41,8 +48,22 @@ typedef struct mr_gate_params {
     bool v2_scaling;          /* HF V2 semantics: scale only when not normalized */
 } mr_gate_params;
 
+/* Direction of mr_kernels.copy. H = host memory, D = backend memory (for the
+ * cpu backend all three are plain host-to-host copies). */
+typedef enum mr_copy_dir { MR_COPY_H2D, MR_COPY_D2H, MR_COPY_D2D } mr_copy_dir;
+
 typedef struct mr_kernels {
     const char *name;
+
+    /* Backend memory. alloc returns NULL on failure (cuda: the error is also
+     * recorded, see kernels/cuda/kernels_cuda.h); free accepts NULL. copy moves
+     * `bytes` bytes (direction: mr_copy_dir) and returns when dst holds them;
+     * source and destination must not overlap. sync returns when every op
+     * issued before it has finished. */
+    void *(*alloc)(size_t bytes);
+    void (*free)(void *p);
+    void (*copy)(void *dst, const void *src, size_t bytes, int direction);
+    void (*sync)(void);
 
     /* y(m,n) = x(m,k) · w(n,k)ᵀ, or y += ... when accumulate. */
     void (*matmul)(const float *x, const float *w, float *y, int m, int n, int k,
@@ -103,7 +124,9 @@ typedef struct mr_kernels {
                       const int32_t *ctx_len, float scale, float *out, float *scratch);
 } mr_kernels;
 
-/* The CPU backend (always available). */
+/* The CPU backend (always available). The CUDA backend: mr_kernels_cuda()
+ * in kernels/cuda/kernels_cuda.h (declared in every build; NULL with a
+ * message when the build has no CUDA or no device is usable). */
 const mr_kernels *mr_kernels_cpu(void);
 
 #endif

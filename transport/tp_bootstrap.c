@@ -264,25 +264,9 @@ static void tp_fill_peers(tp_ctx *ctx, const tp_boot_rec *recs)
     }
 }
 
-mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts, tp_ctx **out)
+static mr_status tp_mpi_start(tp_ctx *ctx, int *argc, char ***argv)
 {
     mr_status st = MR_OK;
-    tp_boot_rec *recs = NULL;
-    char *addrs = NULL;
-    int *lens = NULL, *displs = NULL, *oks = NULL;
-    ucp_address_t *my_addr = NULL;
-    size_t my_addr_len = 0;
-    bool agreed = false; /* past the point where every rank fails together */
-
-    *out = NULL;
-    tp_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) return mr_fail(MR_ENOMEM, "tp_init: out of memory");
-    ctx->efd = ctx->epfd = ctx->pidfd_epfd = -1;
-    ctx->opts = opts ? *opts : tp_options_default();
-    snprintf(ctx->build_id, sizeof ctx->build_id, "%s",
-             ctx->opts.build_id ? ctx->opts.build_id : "");
-    ctx->opts.build_id = ctx->build_id;
-
     int initialized = 0;
     MPI_TRY(MPI_Initialized(&initialized));
     if (!initialized) {
@@ -292,32 +276,36 @@ mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts,
     MPI_TRY(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     MPI_TRY(MPI_Comm_rank(MPI_COMM_WORLD, &ctx->rank));
     MPI_TRY(MPI_Comm_size(MPI_COMM_WORLD, &ctx->size));
-    st = tp_ctx_alloc(ctx, ctx->size);
-    if (st != MR_OK) goto fail; /* (a rank out of memory here leaves the others in
-                                   the Allgather: mpirun ends the job) */
+fail:
+    return st;
+}
 
-    /* local setup: a failure is reported to everyone through the Allgather */
-    tp_boot_rec mine;
-    memset(&mine, 0, sizeof mine);
-    mine.role = (int32_t)role;
-    mine.pid = (int32_t)getpid();
-    mine.starttime = tp_proc_starttime(mine.pid);
-    mine.model_hash = ctx->opts.model_hash;
-    mine.build_hash = tp_fnv1a(ctx->build_id);
-    snprintf(mine.build_id, sizeof mine.build_id, "%.*s", (int)sizeof mine.build_id - 1, ctx->build_id);
-    if (gethostname(mine.host, sizeof mine.host - 1) != 0) snprintf(mine.host, sizeof mine.host, "?");
-    mine.ok = tp_local_setup(ctx, &ctx->opts, &mine, &my_addr, &my_addr_len) == MR_OK;
-    if (!mine.ok) snprintf(mine.error, sizeof mine.error, "%s", mr_last_error());
+/* This rank's record; a failed local setup is recorded in it (ok = 0), not
+ * returned, so that every rank learns about it from the Allgather. */
+static void tp_boot_local(tp_ctx *ctx, tp_role role, tp_boot_rec *mine, ucp_address_t **addr)
+{
+    size_t addr_len = 0;
+    memset(mine, 0, sizeof *mine);
+    mine->role = (int32_t)role;
+    mine->pid = (int32_t)getpid();
+    mine->starttime = tp_proc_starttime(mine->pid);
+    mine->model_hash = ctx->opts.model_hash;
+    mine->build_hash = tp_fnv1a(ctx->build_id);
+    snprintf(mine->build_id, sizeof mine->build_id, "%.*s", (int)sizeof mine->build_id - 1,
+             ctx->build_id);
+    if (gethostname(mine->host, sizeof mine->host - 1) != 0) snprintf(mine->host, sizeof mine->host, "?");
+    mine->ok = tp_local_setup(ctx, &ctx->opts, mine, addr, &addr_len) == MR_OK;
+    if (!mine->ok) snprintf(mine->error, sizeof mine->error, "%s", mr_last_error());
+}
 
-    recs = calloc((size_t)ctx->size, sizeof *recs);
-    lens = calloc((size_t)ctx->size, sizeof *lens);
-    displs = calloc((size_t)ctx->size, sizeof *displs);
-    oks = calloc((size_t)ctx->size, sizeof *oks);
-    if (!recs || !lens || !displs || !oks) {
-        st = mr_fail(MR_ENOMEM, "tp_init: out of memory");
-        goto fail;
-    }
-    MPI_TRY(MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, recs, (int)sizeof mine, MPI_BYTE,
+/* Allgather every rank's record, then every worker address. */
+static mr_status tp_boot_gather(tp_ctx *ctx, const tp_boot_rec *mine, const ucp_address_t *addr,
+                                tp_boot_rec *recs, char **addrs, int *displs)
+{
+    mr_status st = MR_OK;
+    int *lens = calloc((size_t)ctx->size, sizeof *lens);
+    if (!lens) return mr_fail(MR_ENOMEM, "tp_init: out of memory");
+    MPI_TRY(MPI_Allgather(mine, (int)sizeof *mine, MPI_BYTE, recs, (int)sizeof *mine, MPI_BYTE,
                           MPI_COMM_WORLD));
     size_t total = 0;
     for (int r = 0; r < ctx->size; r++) {
@@ -325,55 +313,88 @@ mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts,
         displs[r] = (int)total;
         total += recs[r].addr_len;
     }
-    addrs = malloc(total ? total : 1);
-    if (!addrs) {
+    if (!(*addrs = malloc(total ? total : 1))) {
         st = mr_fail(MR_ENOMEM, "tp_init: out of memory for %zu address bytes", total);
         goto fail;
     }
-    MPI_TRY(MPI_Allgatherv(mine.ok ? (void *)my_addr : NULL, (int)mine.addr_len, MPI_BYTE, addrs,
-                           lens, displs, MPI_BYTE, MPI_COMM_WORLD));
-    agreed = true;
-    st = tp_check_agreement(ctx, recs);
-    if (st != MR_OK) goto fail;
+    MPI_TRY(MPI_Allgatherv(mine->ok ? addr : NULL, (int)mine->addr_len, MPI_BYTE, *addrs, lens,
+                           displs, MPI_BYTE, MPI_COMM_WORLD));
+fail:
+    free(lens);
+    return st;
+}
 
-    tp_fill_peers(ctx, recs);
+/* Create the endpoints, then agree (Allgather) that every rank managed to. */
+static mr_status tp_boot_connect(tp_ctx *ctx, const tp_boot_rec *recs, const char *addrs,
+                                 const int *displs)
+{
+    mr_status st = MR_OK;
+    int *oks = calloc((size_t)ctx->size, sizeof *oks);
+    if (!oks) return mr_fail(MR_ENOMEM, "tp_init: out of memory");
     int ok = tp_connect_all(ctx, addrs, displs) == MR_OK;
     char conn_err[192];
     snprintf(conn_err, sizeof conn_err, "%s", ok ? "" : mr_last_error());
     MPI_TRY(MPI_Allgather(&ok, 1, MPI_INT, oks, 1, MPI_INT, MPI_COMM_WORLD));
-    for (int r = 0; r < ctx->size; r++) {
+    for (int r = 0; r < ctx->size && st == MR_OK; r++) {
         if (oks[r]) continue;
         char who[160];
         tp_describe(who, sizeof who, r, &recs[r]);
         st = r == ctx->rank ? mr_fail(MR_EIO, "bootstrap: %s could not connect: %s", who, conn_err)
                             : mr_fail(MR_EIO, "bootstrap: %s could not create its endpoints", who);
+    }
+fail:
+    free(oks);
+    return st;
+}
+
+mr_status tp_init(int *argc, char ***argv, tp_role role, const tp_options *opts, tp_ctx **out)
+{
+    mr_status st = MR_OK;
+    tp_boot_rec mine, *recs = NULL;
+    char *addrs = NULL;
+    int *displs = NULL;
+    ucp_address_t *my_addr = NULL;
+    bool agreed = false; /* past the point where every rank fails together */
+
+    *out = NULL;
+    tp_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return mr_fail(MR_ENOMEM, "tp_init: out of memory");
+    ctx->efd = ctx->epfd = ctx->pidfd_epfd = -1;
+    ctx->opts = opts ? *opts : tp_options_default();
+    snprintf(ctx->build_id, sizeof ctx->build_id, "%s", ctx->opts.build_id ? ctx->opts.build_id : "");
+    ctx->opts.build_id = ctx->build_id;
+
+    if ((st = tp_mpi_start(ctx, argc, argv)) != MR_OK) goto fail;
+    /* (a rank out of memory here leaves the others in the Allgather: mpirun ends the job) */
+    if ((st = tp_ctx_alloc(ctx, ctx->size)) != MR_OK) goto fail;
+    recs = calloc((size_t)ctx->size, sizeof *recs);
+    displs = calloc((size_t)ctx->size, sizeof *displs);
+    if (!recs || !displs) {
+        st = mr_fail(MR_ENOMEM, "tp_init: out of memory");
         goto fail;
     }
-
+    tp_boot_local(ctx, role, &mine, &my_addr);
+    if ((st = tp_boot_gather(ctx, &mine, my_addr, recs, &addrs, displs)) != MR_OK) goto fail;
+    agreed = true;
+    if ((st = tp_check_agreement(ctx, recs)) != MR_OK) goto fail;
+    tp_fill_peers(ctx, recs);
+    if ((st = tp_boot_connect(ctx, recs, addrs, displs)) != MR_OK) goto fail;
     tp_watch_processes(ctx);
     tp_hello(ctx);
-    MR_DEBUG("tp: rank %d/%d (%s) up, worker address %zu B", ctx->rank, ctx->size,
-             tp_role_name(role), my_addr_len);
-    ucp_worker_release_address(ctx->worker, my_addr);
-    free(recs);
-    free(addrs);
-    free(lens);
-    free(displs);
-    free(oks);
+    MR_DEBUG("tp: rank %d/%d (%s) up, worker address %u B", ctx->rank, ctx->size,
+             tp_role_name(role), mine.addr_len);
     *out = ctx;
-    return MR_OK;
-
 fail:
     if (my_addr) ucp_worker_release_address(ctx->worker, my_addr);
     free(recs);
     free(addrs);
-    free(lens);
     free(displs);
-    free(oks);
-    /* Every rank fails together once records are exchanged, so finalizing MPI
-     * is safe; before that (an MPI error) it could hang: leave it to exit. */
-    if (!agreed) ctx->mpi_owned = false;
-    tp_teardown(ctx);
+    if (st != MR_OK) {
+        /* Every rank fails together once records are exchanged, so finalizing
+         * MPI is safe; before that (an MPI error) it could hang: leave it. */
+        if (!agreed) ctx->mpi_owned = false;
+        tp_teardown(ctx);
+    }
     return st;
 }
 

@@ -174,7 +174,7 @@ void tp_declare_dead(tp_ctx *ctx, int rank, const char *why)
     ctx->peers[rank].alive = false;
     MR_WARN("tp: rank %d declares rank %d (%s[%d], pid %d on %s) dead: %s", ctx->rank, rank,
             tp_role_name(p->role), p->role_index, p->pid, p->host, why ? why : "");
-    tp_fence(ctx, rank);
+    if (!ctx->finalizing) tp_fence(ctx, rank); /* (leaving anyway: others will judge it) */
     tp_unwatch_process(ctx, rank);
     tp_abandon_requests(ctx, rank);
     tp_rx_abandon_from(ctx, rank);
@@ -208,6 +208,12 @@ static void tp_handle_events(tp_ctx *ctx)
         if (l->fin_recvd && !l->finack_sent && l->ep) {
             tp_send_control(ctx, r, TP_MSG_FINACK);
             l->finack_sent = true;
+            tp_link_mark_gone(ctx, r);
+        }
+        bool lost = l->proc_exited || (l->ep_error && l->ep);
+        if (lost && l->phase == TP_LINK_ALIVE && ctx->finalizing) {
+            /* we are leaving too: a peer that disconnects now (e.g. its FINACK
+             * was lost when it closed) is gone, not failed, and never fenced */
             tp_link_mark_gone(ctx, r);
         }
         if (l->proc_exited && l->phase == TP_LINK_ALIVE)

@@ -26,6 +26,9 @@ enum { TP_MSG_HEARTBEAT = 1, TP_MSG_FIN = 2, TP_MSG_FINACK = 3 };
 #define TP_HDR_MAGIC 0x4d525450u          /* "MRTP" */
 #define TP_MAX_INFLIGHT_BYTES (1ull << 30) /* per-peer send backpressure */
 #define TP_FIN_WAIT_S 5.0
+#define TP_BIG_BUF ((size_t)4 << 20)        /* from here on: huge-page hint, send-buffer reuse */
+#define TP_BUFCACHE_SLOTS 4
+#define TP_BUFCACHE_BYTES ((size_t)256 << 20)
 #define TP_EPOLL_WORKER 0u /* epoll data of the worker's event fd */
 #define TP_EPOLL_PIDFDS 1u /* epoll data of the nested pidfd set */
 
@@ -56,6 +59,7 @@ typedef struct tp_txreq {
     tp_am_hdr hdr;
     size_t len;     /* payload bytes (sends) */
     void *buf;      /* owned payload copy or NULL */
+    size_t buf_cap; /* allocation size of a non-inline buf */
 } tp_txreq;
 
 /* One received (or being received) message. */
@@ -144,6 +148,11 @@ struct tp_ctx {
     tp_rkey *rkeys;
     tp_mem *mems;
     tp_orphan *orphans;
+
+    /* big send buffers kept for reuse (a fresh mmap'd buffer costs more in
+     * page faults than the transfer); see tp_buf_get */
+    void *bufcache[TP_BUFCACHE_SLOTS];
+    size_t bufcache_cap[TP_BUFCACHE_SLOTS];
 };
 
 /* UCS_TRY / MPI_TRY: run a foreign call; on failure set `st` (an mr_status
@@ -185,6 +194,9 @@ void tp_txreq_release(tp_txreq *req); /* unlink, free request + buffers */
 void tp_txreq_send_cb(void *request, ucs_status_t status, void *user_data);
 void tp_abandon_requests(tp_ctx *ctx, int peer);
 void tp_orphan_add(tp_ctx *ctx, void *ptr);
+/* malloc(len), with a transparent-huge-page hint for big buffers (free() it). */
+void *tp_big_malloc(size_t len);
+void tp_bufcache_free_all(tp_ctx *ctx);
 
 /* tp_shutdown.c */
 void tp_teardown(tp_ctx *ctx); /* everything after the FIN exchange; frees ctx */

@@ -64,6 +64,7 @@ void tp_teardown(tp_ctx *ctx)
     } else if (ctx->ucp) {
         tp_rma_release_all(ctx);
     }
+    tp_bufcache_free_all(ctx);
     while (ctx->orphans) { /* nothing can touch them now */
         tp_orphan *o = ctx->orphans;
         ctx->orphans = o->next;

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
@@ -185,8 +186,34 @@ static void cpu_mla_naive(const float *q, const float *k, const float *v, int n_
     }
 }
 
+/* Backend memory of the cpu backend is host memory. */
+static void *cpu_alloc(size_t bytes)
+{
+    return malloc(bytes > 0 ? bytes : 1);
+}
+
+static void cpu_free(void *p)
+{
+    free(p);
+}
+
+static void cpu_copy(void *dst, const void *src, size_t bytes, int direction)
+{
+    (void)direction; /* H2D, D2H and D2D are all host-to-host here */
+    if (bytes > 0) memcpy(dst, src, bytes);
+}
+
+static void cpu_sync(void)
+{
+    /* every cpu op has finished when it returns */
+}
+
 static const mr_kernels cpu_kernels = {
     .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy = cpu_copy,
+    .sync = cpu_sync,
     .matmul = mr_cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

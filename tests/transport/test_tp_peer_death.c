@@ -1,27 +1,30 @@
-/* test_tp_peer_death — 3 ranks; rank 2 dies right after bootstrap.
+/* test_tp_peer_death — 3 ranks; rank 2 dies right after bootstrap and a key exchange.
  *
- *   test_tp_peer_death kill    rank 2 raises SIGKILL on itself: UCX reports it
- *                               (keepalive), expected well under 5 s
+ *   test_tp_peer_death kill    rank 2 raises SIGKILL on itself: seen at once
+ *                               (pidfd on this host; UCX endpoint error on tcp)
  *   test_tp_peer_death stop    rank 2 raises SIGSTOP on itself: UCX never
  *                               notices; the heartbeat (period 0.1 s, timeout
  *                               1 s) does, and the survivors fence it (SIGKILL)
+ *   test_tp_peer_death declare rank 2 stays healthy; rank 0's application calls
+ *                               tp_declare_dead(2): rank 2 is fenced, rank 1
+ *                               sees its process exit
  *
- * Before dying rank 2 ships the key of a tp_mem_alloc region and the time of
- * its death; ranks 0 and 1 keep rendezvous-sized sends and puts in flight to
- * it. Checks on ranks 0 and 1:
- *   test_death_reported_once_as_peer_dead_within_bound,
+ * Rank 2 ships the key of a tp_mem_alloc region, waits until both survivors
+ * imported it, sends the time of its death and dies; ranks 0 and 1 keep
+ * rendezvous-sized sends and puts in flight to it. Checks on ranks 0 and 1:
+ *   test_death_reported_once_as_peer_dead_within_5s,
  *   test_send_put_flush_to_dead_rank_return_epeer_without_blocking,
- *   test_survivors_still_exchange_messages, test_finalize_completes,
- *   (stop) test_stopped_rank_is_fenced: its process is gone afterwards. */
+ *   (stop) test_flush_to_stopped_rank_times_out_instead_of_hanging,
+ *   (stop) test_stopped_rank_is_fenced: its process is gone afterwards,
+ *   test_survivors_still_exchange_messages, test_finalize_completes. */
 #include "tp_test.h"
 
 #include <errno.h>
 #include <signal.h>
 
-enum { MSG_KEY = 16, MSG_BULK, MSG_PING, MSG_PONG };
+enum { MSG_KEY = 16, MSG_IMPORTED, MSG_DYING, MSG_BULK, MSG_PING };
 
 typedef struct {
-    double death_time;
     uint64_t key_len;
 } key_msg;
 
@@ -45,24 +48,39 @@ static bool process_gone(int pid)
     return p && (p[2] == 'Z' || p[2] == 'X'); /* zombie: killed, not yet reaped */
 }
 
-static void dying_rank(tp_ctx *ctx, bool stop)
+typedef enum { MODE_KILL, MODE_STOP, MODE_DECLARE } death_mode;
+
+static void dying_rank(tp_ctx *ctx, death_mode mode)
 {
     tp_mem *mem = NULL;
     CHECK_OK(tp_mem_alloc(ctx, 4 << 20, &mem));
     void *key = NULL;
     size_t key_len = 0;
     CHECK_OK(tp_mem_pack(ctx, mem, &key, &key_len));
-    key_msg h = {.death_time = mr_now(), .key_len = key_len};
+    key_msg h = {.key_len = key_len};
     for (int r = 0; r < 2; r++) CHECK_OK(tp_send2(ctx, r, MSG_KEY, &h, sizeof h, key, key_len));
-    CHECK_OK(tp_flush(ctx, 0, 5));
-    CHECK_OK(tp_flush(ctx, 1, 5));
-    raise(stop ? SIGSTOP : SIGKILL);
+    /* die only after both imported the key: UCX 1.13 crashes importing a
+     * posix key whose owner is already gone (see tp_rkey_import) */
+    for (int acks = 0; acks < 2; acks++) {
+        tp_msg m = tpt_recv(ctx, 10);
+        CHECK(m.type == MSG_IMPORTED, "ack type %u", m.type);
+        tp_msg_free(&m);
+    }
+    double death = mr_now();
+    for (int r = 1; r >= 0; r--) { /* rank 1 first: in "declare" mode rank 0 kills us on receipt */
+        CHECK_OK(tp_send(ctx, r, MSG_DYING, &death, sizeof death));
+        CHECK_OK(tp_flush(ctx, r, 5));
+    }
+    if (mode == MODE_DECLARE)
+        for (;;) tp_wait(ctx, 1.0); /* healthy, until rank 0 fences us */
+    raise(mode == MODE_STOP ? SIGSTOP : SIGKILL);
     /* SIGSTOP: the survivors' SIGKILL ends us here */
     for (;;) pause();
 }
 
-static void survivor(tp_ctx *ctx, bool stop)
+static void survivor(tp_ctx *ctx, death_mode mode)
 {
+    const bool stop = mode == MODE_STOP;
     const int me = tpt_rank, other = 1 - me, dead = 2;
     const int dead_pid = tp_peer_info(ctx, dead)->pid;
     tp_msg m = tpt_recv(ctx, 10);
@@ -70,9 +88,16 @@ static void survivor(tp_ctx *ctx, bool stop)
     CHECK(m.type == MSG_KEY && m.src == dead && m.len >= sizeof h, "key message");
     memcpy(&h, m.data, sizeof h);
     tp_rkey *rk = NULL;
-    mr_status st = tp_rkey_import(ctx, dead, (uint8_t *)m.data + sizeof h, h.key_len, 0, &rk);
-    CHECK(st == MR_OK || st == MR_EPEER, "import: %s", mr_status_name(st));
+    CHECK_OK(tp_rkey_import(ctx, dead, (uint8_t *)m.data + sizeof h, h.key_len, 0, &rk));
     tp_msg_free(&m);
+    CHECK_OK(tp_send(ctx, dead, MSG_IMPORTED, NULL, 0));
+    m = tpt_recv(ctx, 10);
+    double death_time;
+    CHECK(m.type == MSG_DYING && m.len == sizeof death_time, "dying message: type %u", m.type);
+    memcpy(&death_time, m.data, sizeof death_time);
+    tp_msg_free(&m);
+    mr_status st;
+    if (mode == MODE_DECLARE && me == 0) tp_declare_dead(ctx, dead, "test: the application says so");
 
     /* keep traffic in flight to the dying rank until tp says it is dead */
     size_t bulk = 1 << 20;
@@ -92,7 +117,7 @@ static void survivor(tp_ctx *ctx, bool stop)
     tp_msg early[4];
     double seen = 0, limit = stop ? 6.0 : 5.0;
     while (!n_dead) {
-        CHECK(mr_now() - h.death_time < limit, "no PEER_DEAD for rank 2 after %.1f s (its process %s)",
+        CHECK(mr_now() - death_time < limit, "no PEER_DEAD for rank 2 after %.1f s (its process %s)",
               limit, process_gone(dead_pid) ? (access("/proc/self", F_OK) == 0 && tpt_pid_exists(dead_pid) ? "is a zombie" : "is gone") : "still runs");
         if (n_sent < 16 && tp_peer_alive(ctx, dead)) {
             st = tp_send(ctx, dead, MSG_BULK, buf, bulk);
@@ -116,8 +141,10 @@ static void survivor(tp_ctx *ctx, bool stop)
             tp_msg_free(&m);
         }
     }
-    fprintf(stderr, "[rank %d] rank 2 reported dead %.3f s after it %s itself (%d bulk sends)\n", me,
-            seen - h.death_time, stop ? "stopped" : "killed", n_sent);
+    fprintf(stderr, "[rank %d] rank 2 reported dead %.3f s after it %s (%d bulk sends)\n", me,
+            seen - death_time,
+            mode == MODE_STOP ? "stopped itself" : mode == MODE_KILL ? "killed itself" : "was declared dead",
+            n_sent);
     CHECK(!tp_peer_alive(ctx, dead) && !tp_peer_info(ctx, dead)->alive, "still alive");
 
     double t0 = mr_now();
@@ -126,10 +153,10 @@ static void survivor(tp_ctx *ctx, bool stop)
     if (rk) CHECK(tp_put(ctx, dead, rk, 0, buf, 16) == MR_EPEER, "put to the dead");
     CHECK(mr_now() - t0 < 0.5, "calls on a dead rank blocked for %.2f s", mr_now() - t0);
     tp_rkey_release(rk);
-    if (stop) {
+    if (mode != MODE_KILL) {
         double t1 = mr_now();
         while (!process_gone(dead_pid) && mr_now() - t1 < 3) CHECK_OK(tp_wait(ctx, 0.05));
-        CHECK(process_gone(dead_pid), "stopped rank 2 (pid %d) was not fenced", dead_pid);
+        CHECK(process_gone(dead_pid), "rank 2 (pid %d) was not fenced", dead_pid);
     }
 
     /* survivors keep serving each other */
@@ -157,9 +184,10 @@ static void survivor(tp_ctx *ctx, bool stop)
 
 int main(int argc, char **argv)
 {
-    bool stop = argc > 1 && !strcmp(argv[1], "stop");
+    const char *what = argc > 1 ? argv[1] : "kill";
+    death_mode mode = !strcmp(what, "stop") ? MODE_STOP : !strcmp(what, "declare") ? MODE_DECLARE : MODE_KILL;
     tp_options o = tp_options_default();
-    if (stop) {
+    if (mode == MODE_STOP) {
         o.heartbeat_period_s = 0.1;
         o.heartbeat_timeout_s = 1.0;
     }
@@ -167,8 +195,8 @@ int main(int argc, char **argv)
     CHECK_OK(tp_init(&argc, &argv, TP_ROLE_OTHER, &o, &ctx));
     tpt_rank = tp_rank(ctx);
     CHECK(tp_size(ctx) == 3, "want 3 ranks");
-    if (tpt_rank == 2) dying_rank(ctx, stop);
-    survivor(ctx, stop);
+    if (tpt_rank == 2) dying_rank(ctx, mode);
+    survivor(ctx, mode);
     double t0 = mr_now();
     CHECK_OK(tp_finalize(ctx));
     fprintf(stderr, "[rank %d] tp_finalize took %.3f s\n", tpt_rank, mr_now() - t0);

@@ -1,0 +1,140 @@
+/* kernels/cuda/cuda_internal.cuh — pieces of the CUDA backend shared between
+ * its .cu files: the backend state accessors, the check macros and the ops
+ * the table in cuda_backend.cu points to. Not for use outside kernels/cuda.
+ *
+ * Error idiom (STYLE.md item 5): every op is a static mr_status function
+ * built from CUDA_TRY / CUBLAS_TRY / CU_LAUNCH_TRY, which turn a foreign
+ * error into mr_fail(MR_EIO, "file:line: call: cudaErrorX: text"); the void
+ * function the table points to passes that status to cu_record(), which keeps
+ * the first failure in the backend state (mr_kernels_cuda_last_status()).
+ */
+#ifndef MR_CUDA_INTERNAL_CUH
+#define MR_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+extern "C" {
+#include "kernels_cuda.h"
+}
+
+/* ---- checks ---------------------------------------------------------------- */
+
+mr_status cu_fail_cuda(cudaError_t err, const char *call, const char *file, int line);
+mr_status cu_fail_cublas(cublasStatus_t err, const char *call, const char *file, int line);
+
+#define CUDA_TRY(call)                                                   \
+    do {                                                                 \
+        cudaError_t cu_try_err_ = (call);                                \
+        if (cu_try_err_ != cudaSuccess)                                  \
+            return cu_fail_cuda(cu_try_err_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+#define CUBLAS_TRY(call)                                                   \
+    do {                                                                   \
+        cublasStatus_t cu_try_err_ = (call);                               \
+        if (cu_try_err_ != CUBLAS_STATUS_SUCCESS)                          \
+            return cu_fail_cublas(cu_try_err_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+/* After a <<<...>>> launch: launch-configuration errors (bad grid, too much
+ * shared memory) are reported here; execution errors at the next sync. */
+#define CU_LAUNCH_TRY() CUDA_TRY(cudaGetLastError())
+
+/* Keeps `status` as the backend's first error when it is not MR_OK and none
+ * is recorded yet (with the calling thread's mr_last_error() message). */
+void cu_record(mr_status status);
+
+/* ---- backend state (valid once mr_kernels_cuda() succeeded) --------------- */
+
+cudaStream_t cu_stream(void);
+cublasHandle_t cu_blas(void);
+mr_cuda_precision cu_precision(void);
+
+/* Grid size for a 1-D grid-stride loop over n elements with `block` threads. */
+static inline unsigned cu_grid_1d(size_t n, unsigned block)
+{
+    size_t blocks = (n + block - 1) / block;
+    const size_t cap = 65535u * 8u; /* plenty for grid-stride loops */
+    if (blocks < 1) blocks = 1;
+    return (unsigned)(blocks < cap ? blocks : cap);
+}
+
+/* ---- block reductions (blockDim.x a multiple of 32, <= 1024) -------------
+ * Every thread of the block must call them; every thread gets the result. */
+
+__device__ inline double cu_block_sum(double v)
+{
+    __shared__ double part[32];
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    double total = 0.0;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) total += part[w];
+    return total;
+}
+
+/* Max with the CPU reference's rule `m = v > m ? v : m` (NaN never wins). */
+__device__ inline float cu_block_max(float v)
+{
+    __shared__ float part[32];
+    for (int off = 16; off > 0; off /= 2) {
+        float o = __shfl_down_sync(0xffffffffu, v, off);
+        v = o > v ? o : v;
+    }
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) m = part[w] > m ? part[w] : m;
+    return m;
+}
+
+/* ---- row-major GEMM on cuBLAS -------------------------------------------------
+ * C(M,N) = alpha · op(A) · op(B) + beta · C for `batch` matrices, all row-major
+ * with leading dimensions lda/ldb/ldc and element strides sa/sb/sc between
+ * batch members; trans_a: op(A) = Aᵀ where A is stored (K, M), else A is
+ * (M, K); likewise B (N, K) when trans_b, else (K, N). Precision per
+ * cu_precision(). M, N or batch 0: nothing; K 0: C = beta·C. */
+mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                     const float *a, int lda, long long sa, const float *b, int ldb,
+                     long long sb, float beta, float *c, int ldc, long long sc, int batch);
+
+/* In place over n_rows rows of n floats: row r sees columns t < limit, where
+ * limit = n when ctx_len is NULL, else ctx_len[(r / q_div) % q_mod] clamped to
+ * [0, n] (ctx_len is device memory); hidden columns and fully hidden rows
+ * become 0. Visible columns: max-subtracted softmax as cpu_softmax. */
+mr_status cu_masked_softmax(float *x, int n_rows, int n, const int32_t *ctx_len, int q_div,
+                            int q_mod);
+
+/* out(i) = silu(gate(i)) · up(i), see mr_kernels.swiglu. */
+mr_status cu_swiglu_impl(const float *gate, const float *up, float *out, size_t n);
+
+/* ---- the ops of the table (contracts in kernels.h) ------------------------ */
+
+void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
+                  bool accumulate);
+void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
+                   int stride, float eps);
+void cu_op_rope(float *x, int n_vecs, int stride, int rope_dim, const float *cos_t,
+                const float *sin_t);
+void cu_op_softmax(float *x, int n_rows, int n);
+void cu_op_swiglu(const float *gate, const float *up, float *out, size_t n);
+void cu_op_moe_gate(const float *logits, const float *bias, int n_tokens,
+                    const mr_gate_params *p, int32_t *expert_ids, float *weights,
+                    float *scratch);
+void cu_op_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float *out,
+                      bool accumulate, float *scratch);
+void cu_op_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int n_heads,
+                        int kv_lora, int rope_dim, const float *ctx, int n_ctx,
+                        const int32_t *ctx_len, float scale, float *out_lat, float *scratch);
+void cu_op_mla_naive(const float *q, const float *k, const float *v, int n_q, int n_heads,
+                     int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
+                     float *out, float *scratch);
+
+#endif

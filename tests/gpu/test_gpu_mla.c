@@ -1,0 +1,111 @@
+/* tests/gpu/test_gpu_mla.c — CUDA MLA attention (absorbed and naive) against
+ * the CPU reference. Tolerance GT_TOL_GEMM_FP32 (FP32) / GT_TOL_CHAIN_BF16
+ * (BF16) of max|ref|.
+ *
+ * Shapes: one head and one context row, odd sizes, causal prefill chunks
+ * (query i sees n_ctx - n_q + i + 1 rows), explicit ctx_len with a fully
+ * masked query (ctx_len 0 → zero output), and DeepSeek-V3 head shapes (128
+ * heads, kv_lora 512, rope 64; naive qk 192, v 128) at short contexts.
+ * Inputs uniform in [-1, 1); scale 1/√(qk head dim).
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "gpu_test.h"
+
+/* ctx_len(i): explicit list when `lens` is non-NULL, else causal. */
+static int32_t *make_ctx_len(gt_ctx *t, int n_q, int n_ctx, const int32_t *lens)
+{
+    int32_t *len = (int32_t *)gt_host(t, (size_t)n_q);
+    for (int i = 0; i < n_q; i++) len[i] = lens != NULL ? lens[i] : n_ctx - n_q + i + 1;
+    return len;
+}
+
+static double mla_tol(const gt_ctx *t)
+{
+    return t->bf16 ? GT_TOL_CHAIN_BF16 : GT_TOL_GEMM_FP32;
+}
+
+static void check_absorbed(gt_ctx *t, int n_q, int n_heads, int kv_lora, int rope_dim,
+                           int n_ctx, const int32_t *lens)
+{
+    const size_t n_lat = (size_t)n_q * n_heads * kv_lora, n_pe = (size_t)n_q * n_heads * rope_dim;
+    const size_t n_ctx_f = (size_t)n_ctx * (kv_lora + rope_dim);
+    const size_t n_scratch = (size_t)n_q * n_heads * n_ctx;
+    float *q_lat = gt_host(t, n_lat), *q_pe = gt_host(t, n_pe), *ctx = gt_host(t, n_ctx_f);
+    float *out_cpu = gt_host(t, n_lat), *out_gpu = gt_host(t, n_lat);
+    float *scratch = gt_host(t, n_scratch);
+    int32_t *len = make_ctx_len(t, n_q, n_ctx, lens);
+    gt_fill(t, q_lat, n_lat, -1.0f, 1.0f);
+    gt_fill(t, q_pe, n_pe, -1.0f, 1.0f);
+    gt_fill(t, ctx, n_ctx_f, -1.0f, 1.0f);
+    const float scale = 1.0f / sqrtf((float)(kv_lora + rope_dim));
+    float *dq_lat = gt_upload(t, q_lat, n_lat * sizeof(float));
+    float *dq_pe = gt_upload(t, q_pe, n_pe * sizeof(float));
+    float *dctx = gt_upload(t, ctx, n_ctx_f * sizeof(float));
+    int32_t *dlen = gt_upload(t, len, (size_t)n_q * sizeof(int32_t));
+    float *dout = gt_dev_alloc(t, n_lat * sizeof(float));
+    float *dscratch = gt_dev_alloc(t, n_scratch * sizeof(float));
+    t->cpu->mla_absorbed(q_lat, q_pe, n_q, n_heads, kv_lora, rope_dim, ctx, n_ctx, len, scale,
+                         out_cpu, scratch);
+    t->gpu->mla_absorbed(dq_lat, dq_pe, n_q, n_heads, kv_lora, rope_dim, dctx, n_ctx, dlen,
+                         scale, dout, dscratch);
+    gt_download(t, out_gpu, dout, n_lat * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "mla_absorbed q=%d H=%d C=%d R=%d ctx=%d%s", n_q, n_heads,
+             kv_lora, rope_dim, n_ctx, lens != NULL ? " ctx_len given" : " causal");
+    gt_check_close(t, what, out_gpu, out_cpu, n_lat, mla_tol(t));
+    gt_case_end(t);
+}
+
+void gt_test_mla_absorbed(gt_ctx *t)
+{
+    check_absorbed(t, 1, 1, 1, 2, 1, NULL);
+    check_absorbed(t, 5, 16, 64, 16, 37, NULL); /* DeepSeek-V3 ratios, scaled down */
+    static const int32_t lens[3] = { 0, 7, 20 };
+    check_absorbed(t, 3, 3, 33, 8, 20, lens);   /* odd; query 0 sees nothing */
+    check_absorbed(t, 1, 128, 512, 64, 300, NULL); /* DeepSeek-V3 decode */
+    check_absorbed(t, 4, 128, 512, 64, 129, NULL); /* DeepSeek-V3 prefill chunk */
+}
+
+static void check_naive(gt_ctx *t, int n_q, int n_heads, int qk_dim, int v_dim, int n_ctx,
+                        const int32_t *lens)
+{
+    const size_t n_qf = (size_t)n_q * n_heads * qk_dim, n_kf = (size_t)n_ctx * n_heads * qk_dim;
+    const size_t n_vf = (size_t)n_ctx * n_heads * v_dim, n_out = (size_t)n_q * n_heads * v_dim;
+    const size_t n_scratch = (size_t)n_q * n_heads * n_ctx;
+    float *q = gt_host(t, n_qf), *k = gt_host(t, n_kf), *v = gt_host(t, n_vf);
+    float *out_cpu = gt_host(t, n_out), *out_gpu = gt_host(t, n_out);
+    float *scratch = gt_host(t, n_scratch);
+    int32_t *len = make_ctx_len(t, n_q, n_ctx, lens);
+    gt_fill(t, q, n_qf, -1.0f, 1.0f);
+    gt_fill(t, k, n_kf, -1.0f, 1.0f);
+    gt_fill(t, v, n_vf, -1.0f, 1.0f);
+    const float scale = 1.0f / sqrtf((float)qk_dim);
+    float *dq = gt_upload(t, q, n_qf * sizeof(float));
+    float *dk = gt_upload(t, k, n_kf * sizeof(float));
+    float *dv = gt_upload(t, v, n_vf * sizeof(float));
+    int32_t *dlen = gt_upload(t, len, (size_t)n_q * sizeof(int32_t));
+    float *dout = gt_dev_alloc(t, n_out * sizeof(float));
+    float *dscratch = gt_dev_alloc(t, n_scratch * sizeof(float));
+    t->cpu->mla_naive(q, k, v, n_q, n_heads, qk_dim, v_dim, n_ctx, len, scale, out_cpu,
+                      scratch);
+    t->gpu->mla_naive(dq, dk, dv, n_q, n_heads, qk_dim, v_dim, n_ctx, dlen, scale, dout,
+                      dscratch);
+    gt_download(t, out_gpu, dout, n_out * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "mla_naive q=%d H=%d qk=%d v=%d ctx=%d%s", n_q, n_heads, qk_dim,
+             v_dim, n_ctx, lens != NULL ? " ctx_len given" : " causal");
+    gt_check_close(t, what, out_gpu, out_cpu, n_out, mla_tol(t));
+    gt_case_end(t);
+}
+
+void gt_test_mla_naive(gt_ctx *t)
+{
+    check_naive(t, 1, 1, 1, 1, 1, NULL);
+    check_naive(t, 5, 16, 48, 32, 37, NULL);
+    static const int32_t lens[2] = { 0, 9 };
+    check_naive(t, 2, 3, 7, 5, 9, lens);
+    check_naive(t, 4, 128, 192, 128, 64, NULL); /* DeepSeek-V3 heads */
+    check_naive(t, 1, 128, 192, 128, 200, NULL);
+}
