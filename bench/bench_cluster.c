@@ -154,8 +154,8 @@ static char *read_file(const char *path)
     return text;
 }
 
-/* The launcher next to this binary: <dir of exe>/../launch or the source tree. */
-static mr_status find_launcher(char *out, size_t len, char *build_dir, size_t blen)
+mr_status mr_bench_find_script(const char *name, char *out, size_t len, char *build_dir,
+                               size_t blen)
 {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -164,12 +164,31 @@ static mr_status find_launcher(char *out, size_t len, char *build_dir, size_t bl
     char *slash = strrchr(exe, '/');
     if (slash) *slash = '\0';
     snprintf(build_dir, blen, "%s", exe);
-    const char *candidates[] = {"%s/launch/moerun-cluster", "%s/../launch/moerun-cluster"};
+    const char *candidates[] = {"%s/launch/%s", "%s/../launch/%s"};
     for (int i = 0; i < 2; i++) {
-        if (snprintf(out, len, candidates[i], exe) >= (int)len) continue;
+        if (snprintf(out, len, candidates[i], exe, name) >= (int)len) continue;
         if (access(out, X_OK) == 0) return MR_OK;
     }
-    return mr_fail(MR_EIO, "launch/moerun-cluster not found next to %s", exe);
+    return mr_fail(MR_EIO, "launch/%s not found next to %s", name, exe);
+}
+
+int bench_exec_transport(int argc, char **argv)
+{
+    char script[PATH_MAX], build_dir[PATH_MAX];
+    if (mr_bench_find_script("moerun-bench-transport", script, sizeof script, build_dir,
+                             sizeof build_dir) != MR_OK) {
+        fprintf(stderr, "moerun bench transport: %s\n", mr_last_error());
+        return 1;
+    }
+    setenv("MOERUN_BUILD_DIR", build_dir, 0);
+    char **args = calloc((size_t)argc + 1, sizeof(char *));
+    if (!args) return 1;
+    args[0] = script;
+    for (int i = 2; i < argc; i++) args[i - 1] = argv[i];
+    execv(script, args);
+    fprintf(stderr, "moerun bench transport: cannot run %s\n", script);
+    free(args);
+    return 1;
 }
 
 typedef struct cluster_result {
@@ -184,7 +203,8 @@ static mr_status run_cluster(const char *model_dir, const cluster_opts *o, const
                              const char *summary_path, cluster_result *res)
 {
     char launcher[PATH_MAX], build_dir[PATH_MAX], layout[3][16];
-    MR_TRY(find_launcher(launcher, sizeof launcher, build_dir, sizeof build_dir));
+    MR_TRY(mr_bench_find_script("moerun-cluster", launcher, sizeof launcher, build_dir,
+                                sizeof build_dir));
     snprintf(layout[0], sizeof layout[0], "%d", o->prefill);
     snprintf(layout[1], sizeof layout[1], "%d", o->decode);
     snprintf(layout[2], sizeof layout[2], "%d", o->expert);
