@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "commands.h"
 #include "mr_build_config.h"
 
@@ -25,6 +26,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    mr_process_init();
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,11 +1,18 @@
 #include "log.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static char log_tag[64] = "moerun";
+
+void mr_process_init(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+}
 
 void mr_log_set_tag(const char *tag)
 {

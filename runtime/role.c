@@ -62,6 +62,7 @@ void mr_msgq_free(mr_msgq *q)
 mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv)
 {
     memset(r, 0, sizeof *r);
+    mr_process_init();
     r->name = name;
     r->kind = kind;
     mr_role_opts_defaults(&r->opts);
