@@ -105,7 +105,10 @@ def check_kill(args, work, role):
         text = log.read()
         if text.count("ready:") >= 3:  # prefill + both decode ranks are serving
             time.sleep(0.7)
-            pids = subprocess.run(["pgrep", "-x", exe], capture_output=True, text=True).stdout.split()
+            # only this run's ranks: their command line names this run's model dir
+            pids = [p for p in subprocess.run(["pgrep", "-x", exe], capture_output=True,
+                                              text=True).stdout.split()
+                    if work in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
             if pids:
                 victim = int(pids[0])
                 os.kill(victim, signal.SIGKILL)
