@@ -9,6 +9,8 @@
  *             tp_mem_register (emulated on posix/sysv shared memory)
  *   dispatch  token dispatch: tp_send(size) of a hidden-state batch to rank 1
  *             and its same-size reply; time per round trip, algbw = 2*size/time
+ *   disp-nc   the same with tp_send_nocopy + tp_flush on both sides (no copy of
+ *             the payload into a tp-owned buffer) and tp_msg_release
  * then, in the same UCX environment, ucx_perftest (server + client on
  * 127.0.0.1, error-handling endpoints like ours: -e) for the same size and
  * count: ucp_put_bw for put rows, ucp_am_lat (a same-size ping-pong, whose
@@ -39,16 +41,16 @@
 #include "common/timer.h"
 #include "transport/tp.h"
 
-enum { MSG_KEYS = 16, MSG_CHECK, MSG_VERDICT, MSG_ECHO, MSG_QUIT };
+enum { MSG_KEYS = 16, MSG_CHECK, MSG_VERDICT, MSG_ECHO, MSG_ECHO_NC, MSG_QUIT };
 enum { REGION_ALLOC, REGION_REG };
 #define BT_MAX_SIZES 16
-#define BT_MAX_ROWS (3 * BT_MAX_SIZES)
+#define BT_MAX_ROWS (4 * BT_MAX_SIZES)
 
 typedef struct bt_opts {
     size_t sizes[BT_MAX_SIZES];
     int n_sizes;
     int count, warmup, trials; /* count/warmup 0: chosen per size */
-    bool json, perftest, registered;
+    bool json, perftest, registered, help;
     const char *perftest_bin;
 } bt_opts;
 
@@ -157,6 +159,14 @@ static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
         }
         if (m.type == MSG_ECHO) {
             bt_must(tp_send(ctx, 0, MSG_ECHO, m.data, m.len), "echo");
+            tp_msg_release(ctx, &m); /* the hot-path way: its buffer takes the next message */
+            continue;
+        }
+        if (m.type == MSG_ECHO_NC) {
+            bt_must(tp_send_nocopy(ctx, 0, MSG_ECHO_NC, m.data, m.len), "echo");
+            bt_must(tp_flush(ctx, 0, 60), "tp_flush"); /* m.data is free again */
+            tp_msg_release(ctx, &m);
+            continue;
         } else if (m.type == MSG_CHECK && m.len == sizeof(bt_check)) {
             bt_check c;
             memcpy(&c, m.data, sizeof c);
@@ -206,21 +216,25 @@ static double bt_time_put(tp_ctx *ctx, const bt_opts *o, tp_rkey *rk, const uint
 }
 
 /* One dispatch + reply; returns 1 if the reply is not the bytes sent. */
-static int bt_round_trip(tp_ctx *ctx, const uint8_t *src, size_t size, bool verify)
+static int bt_round_trip(tp_ctx *ctx, const uint8_t *src, size_t size, bool nocopy, bool verify)
 {
-    bt_must(tp_send(ctx, 1, MSG_ECHO, src, size), "tp_send");
+    if (nocopy) bt_must(tp_send_nocopy(ctx, 1, MSG_ECHO_NC, src, size), "tp_send_nocopy");
+    else bt_must(tp_send(ctx, 1, MSG_ECHO, src, size), "tp_send");
     tp_msg m = bt_recv(ctx, 60);
-    int wrong = verify && (m.type != MSG_ECHO || m.len != size || memcmp(m.data, src, size) != 0);
-    tp_msg_free(&m);
+    if (nocopy) bt_must(tp_flush(ctx, 1, 60), "tp_flush"); /* before src may change */
+    int wrong = verify && (m.len != size || memcmp(m.data, src, size) != 0 ||
+                           m.type != (nocopy ? MSG_ECHO_NC : MSG_ECHO));
+    tp_msg_release(ctx, &m);
     return wrong;
 }
 
 /* One trial: seconds per dispatch round trip. */
-static double bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src, const bt_row *row)
+static double bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src, const bt_row *row,
+                               bool nocopy)
 {
-    for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, false);
+    for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, nocopy, false);
     double t0 = mr_now();
-    for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, false);
+    for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, nocopy, false);
     return (mr_now() - t0) / row->count;
 }
 
@@ -374,7 +388,8 @@ static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc,
     for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
     printf("\n# put: tp_put+tp_flush into rank 1's tp_mem_alloc region (put-reg: tp_mem_register'd "
            "malloc memory), time per put+flush\n");
-    printf("# dispatch: tp_send(size) to rank 1 + same-size reply, time per round trip, algbw = 2*size/time\n");
+    printf("# dispatch: tp_send(size) to rank 1 + same-size reply, time per round trip, algbw = 2*size/time;"
+           " disp-nc: tp_send_nocopy+tp_flush\n");
     printf("# perftest: ucx_perftest -t TEST -e -s SIZE -n COUNT [-o for put], server+client on 127.0.0.1 "
            "on our ranks' CPUs, same UCX env; ratio = algbw / perftest; best of %d trials each\n", o->trials);
     printf("#\n# %-9s %12s %7s %12s %12s %7s  %-11s %12s %7s\n", "op", "size(B)", "count", "time(us)",
@@ -390,14 +405,22 @@ static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc,
 
 /* ---- main ----------------------------------------------------------------- */
 
-static int bt_usage(void)
+/* Before MPI is up: only the first rank talks. */
+static bool bt_first_rank(void)
 {
-    fprintf(stderr,
+    const char *r = getenv("OMPI_COMM_WORLD_RANK");
+    return !r || !strcmp(r, "0");
+}
+
+static int bt_usage(int code)
+{
+    if (!bt_first_rank()) return code;
+    fprintf(code ? stderr : stdout,
             "usage: moerun bench transport [--sizes MiB,...] [--count N] [--warmup N] [--trials N]\n"
             "                              [--registered] [--no-perftest] [--perftest-bin PATH]\n"
             "                              [--quick] [--json]\n"
             "  run through launch/moerun-bench-transport (2 MPI ranks, the cluster's UCX env)\n");
-    return 2;
+    return code;
 }
 
 static mr_status bt_parse(int argc, char **argv, bt_opts *o)
@@ -407,7 +430,8 @@ static mr_status bt_parse(int argc, char **argv, bt_opts *o)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--json")) o->json = true;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) o->help = true;
+        else if (!strcmp(a, "--json")) o->json = true;
         else if (!strcmp(a, "--registered")) o->registered = true;
         else if (!strcmp(a, "--no-perftest")) o->perftest = false;
         else if (!strcmp(a, "--quick")) {
@@ -456,9 +480,10 @@ int main(int argc, char **argv)
 {
     bt_opts o;
     mr_log_set_tag("bench transport");
-    if (bt_parse(argc, argv, &o) != MR_OK) {
-        fprintf(stderr, "moerun bench transport: %s\n", mr_last_error());
-        return bt_usage();
+    mr_status pst = bt_parse(argc, argv, &o);
+    if (pst != MR_OK || o.help) {
+        if (pst != MR_OK && bt_first_rank()) fprintf(stderr, "moerun bench transport: %s\n", mr_last_error());
+        return bt_usage(pst != MR_OK ? 2 : 0);
     }
     size_t max_size = 0;
     for (int i = 0; i < o.n_sizes; i++) max_size = o.sizes[i] > max_size ? o.sizes[i] : max_size;
@@ -499,30 +524,32 @@ int main(int argc, char **argv)
     bt_row rows[BT_MAX_ROWS];
     int n_rows = 0;
     for (int s = 0; s < o.n_sizes; s++) {
-        for (int op = 0; op < 3; op++) {
+        for (int op = 0; op < 4; op++) { /* put, put-reg, dispatch, disp-nc */
+            static const char *const names[] = {"put", "put-reg", "dispatch", "disp-nc"};
+            bool dispatch = op >= 2, reuse_ref = op == 1 || op == 3;
             if (op == 1 && !o.registered) continue;
             bt_row *r = &rows[n_rows++];
-            *r = (bt_row){.op = op == 0 ? "put" : op == 1 ? "put-reg" : "dispatch", .size = o.sizes[s],
+            *r = (bt_row){.op = names[op], .size = o.sizes[s],
                           .count = o.count ? o.count : bt_auto_count(o.sizes[s]),
-                          .ref_test = op == 2 ? "ucp_am_lat" : "ucp_put_bw"};
+                          .ref_test = dispatch ? "ucp_am_lat" : "ucp_put_bw"};
             double best = 1e300;
             for (int t = 0; t < o.trials; t++) {
-                double dt = op == 2 ? bt_time_dispatch(ctx, &o, src, r)
-                                    : bt_time_put(ctx, &o, op == 0 ? rk_alloc : rk_reg, src, r);
+                double dt = dispatch ? bt_time_dispatch(ctx, &o, src, r, op == 3)
+                                     : bt_time_put(ctx, &o, op == 0 ? rk_alloc : rk_reg, src, r);
                 if (dt < best) best = dt;
-                if (o.perftest && op != 1) {
+                if (o.perftest && !reuse_ref) {
                     double g = bt_perftest_once(&o, r->ref_test, r->size, r->count, bt_warmup(&o, r));
                     if (g > r->ref_gbs) r->ref_gbs = g;
                 }
             }
             r->time_us = best * 1e6;
-            r->algbw = (op == 2 ? 2.0 : 1.0) * (double)r->size / best / 1e9;
-            r->wrong = op == 2 ? bt_round_trip(ctx, src, r->size, true)
-                               : bt_verdict(ctx, op == 0 ? REGION_ALLOC : REGION_REG, src, r->size);
-            if (op == 1) r->ref_gbs = r[-1].ref_gbs; /* same test as the put row */
+            r->algbw = (dispatch ? 2.0 : 1.0) * (double)r->size / best / 1e9;
+            r->wrong = dispatch ? bt_round_trip(ctx, src, r->size, op == 3, true)
+                                : bt_verdict(ctx, op == 0 ? REGION_ALLOC : REGION_REG, src, r->size);
+            if (reuse_ref) r->ref_gbs = r[-1].ref_gbs; /* same perftest as the row above */
             MR_INFO("%-8s %9zu B: %.2f GB/s, perftest %s %.2f GB/s", r->op, r->size, r->algbw,
                     r->ref_test, r->ref_gbs);
-            if (o.perftest && op != 1 && r->ref_gbs == 0)
+            if (o.perftest && r->ref_gbs == 0)
                 MR_WARN("%s %zu B: no result from %s", r->ref_test, r->size, o.perftest_bin);
         }
     }

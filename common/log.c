@@ -10,8 +10,8 @@ static char log_tag[64] = "moerun";
 
 void mr_process_init(void)
 {
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    mallopt(M_MMAP_THRESHOLD, 32 << 20); /* glibc's maximum */
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 void mr_log_set_tag(const char *tag)

@@ -13,7 +13,7 @@ typedef enum { MR_LOG_DEBUG, MR_LOG_INFO, MR_LOG_WARN, MR_LOG_ERROR } mr_log_lev
 void mr_log_set_tag(const char *tag);
 
 /* Process set-up shared by every moerun executable: keep large freed
- * buffers (per-layer scratch, transport messages up to 256 MiB) in the heap
+ * buffers (per-layer scratch, transport messages up to 32 MiB) in the heap
  * instead of returning them to the kernel with munmap — otherwise every
  * message or expert batch pays fresh page faults. Call once at start. */
 void mr_process_init(void);

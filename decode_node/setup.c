@@ -37,8 +37,6 @@ mr_status dec_add_req(decode_state *d, dec_req *q)
 static mr_status announce_pool(decode_state *d)
 {
     void *base = mr_kv_pool_block(d->pool, 0);
-    size_t bytes = mr_kv_pool_block_bytes(d->pool) * (size_t)mr_kv_pool_total_blocks(d->pool);
-    MR_TRY(tp_mem_register(d->role.tp, base, bytes, &d->pool_mem));
     void *packed = NULL;
     size_t packed_len = 0;
     MR_TRY(tp_mem_pack(d->role.tp, d->pool_mem, &packed, &packed_len));
@@ -90,8 +88,14 @@ mr_status dec_setup(decode_state *d)
         return mr_fail(MR_ENOMEM, "decode: out of memory for batch buffers");
     for (int i = 0; i < n_ranks; i++) d->alive[i] = true;
 
-    MR_TRY(mr_kv_pool_create(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
-                             r->opts.block_tokens, r->opts.kv_blocks, &d->pool));
+    /* the pool lives in memory UCX allocated, so prefill's puts are native
+     * on every transport (shared memory included) */
+    size_t pool_bytes = mr_kv_pool_bytes_for(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
+                                             r->opts.block_tokens, r->opts.kv_blocks);
+    MR_TRY(tp_mem_alloc(r->tp, pool_bytes, &d->pool_mem));
+    MR_TRY(mr_kv_pool_create_in(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
+                                r->opts.block_tokens, r->opts.kv_blocks,
+                                tp_mem_base(d->pool_mem), &d->pool));
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
     mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &d->moe};
@@ -114,9 +118,9 @@ void dec_teardown(decode_state *d)
             free(d->reqs[i]);
         }
     free(d->reqs);
-    if (d->pool_mem) tp_mem_deregister(d->role.tp, d->pool_mem);
     mr_engine_destroy(d->engine);
-    mr_kv_pool_destroy(d->pool);
+    mr_kv_pool_destroy(d->pool); /* before the storage it lives in */
+    if (d->pool_mem) tp_mem_deregister(d->role.tp, d->pool_mem);
     mr_placement_free(&d->placement);
     int n_ranks = d->role.tp ? tp_size(d->role.tp) : 0;
     for (int i = 0; d->send_bufs && i < n_ranks; i++) free(d->send_bufs[i]);

@@ -1,5 +1,6 @@
 #include "kvcache.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,13 +10,19 @@ struct mr_kv_pool {
     int block_tokens;
     int n_blocks;
     float *data;
+    bool owns_data;
     int32_t *free_stack;
     int n_free;
     uint8_t *in_use;
 };
 
-mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
-                            mr_kv_pool **out)
+size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks)
+{
+    return sizeof(float) * (size_t)n_blocks * n_layers * block_tokens * latent_dim;
+}
+
+static mr_status pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                             void *storage, mr_kv_pool **out)
 {
     *out = NULL;
     if (n_layers <= 0 || latent_dim <= 0 || block_tokens <= 0 || n_blocks <= 0)
@@ -27,8 +34,9 @@ mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int 
     pool->latent_dim = latent_dim;
     pool->block_tokens = block_tokens;
     pool->n_blocks = n_blocks;
-    size_t floats = (size_t)n_blocks * n_layers * block_tokens * latent_dim;
-    pool->data = calloc(floats, sizeof(float));
+    pool->owns_data = storage == NULL;
+    pool->data = storage ? storage
+                         : calloc(mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks), 1);
     pool->free_stack = malloc(sizeof(int32_t) * (size_t)n_blocks);
     pool->in_use = calloc((size_t)n_blocks, 1);
     if (!pool->data || !pool->free_stack || !pool->in_use) goto fail;
@@ -43,10 +51,23 @@ fail:
                    block_tokens);
 }
 
+mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                            mr_kv_pool **out)
+{
+    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, NULL, out);
+}
+
+mr_status mr_kv_pool_create_in(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                               void *storage, mr_kv_pool **out)
+{
+    if (!storage) return mr_fail(MR_EINVAL, "KV pool: no storage given");
+    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, storage, out);
+}
+
 void mr_kv_pool_destroy(mr_kv_pool *pool)
 {
     if (!pool) return;
-    free(pool->data);
+    if (pool->owns_data) free(pool->data);
     free(pool->free_stack);
     free(pool->in_use);
     free(pool);

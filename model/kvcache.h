@@ -33,6 +33,13 @@ typedef struct mr_kv_seq {
 
 mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
                             mr_kv_pool **out);
+/* Bytes of block storage a pool of these sizes needs. */
+size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks);
+/* The same, over caller-owned zeroed storage of mr_kv_pool_bytes_for bytes
+ * (e.g. memory the transport exports for remote puts); the pool never frees
+ * it and it must outlive the pool. */
+mr_status mr_kv_pool_create_in(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                               void *storage, mr_kv_pool **out);
 void mr_kv_pool_destroy(mr_kv_pool *pool); /* accepts NULL */
 
 int mr_kv_pool_block_tokens(const mr_kv_pool *pool);

@@ -23,9 +23,11 @@
  * max_frame_bytes on both sides: the sender refuses to send a longer one, a
  * receiver drops (counts, warns) a longer one without allocating for it.
  *
- * Failures: a peer is declared dead exactly once — by UCX's error callback
- * (killed process, broken connection), by heartbeat silence, or by the
- * application (tp_declare_dead). Then its endpoint is force-closed, its
+ * Failures: a peer is declared dead exactly once — when its process exits
+ * (same host: a pidfd in the event loop, seen within ms; UCX keepalive alone
+ * misses deaths while rendezvous sends are in flight), by UCX's error callback
+ * (broken connection), by heartbeat silence (a stopped or hung peer), or by
+ * the application (tp_declare_dead). Then its endpoint is force-closed, its
  * outstanding requests are abandoned (never waited for), its remote keys are
  * destroyed, a same-host peer is fenced with SIGKILL (pid and process start
  * time exchanged at bootstrap), and one TP_MSG_PEER_DEAD message with
@@ -34,17 +36,20 @@
  * but never fenced. Calls naming a dead peer return MR_EPEER and never block.
  *
  * Ownership: tp_msg.data is malloc'd and belongs to the caller after tp_poll
- * (free with tp_msg_free). tp_send/tp_send2 copy the payload: the caller may
- * reuse its buffers as soon as they return. tp_put does NOT copy: the local
- * buffer must stay valid until tp_flush to that peer returns MR_OK (or until
- * the peer is dead and tp_flush returned MR_EPEER).
+ * (free with tp_msg_free or plain free(), or hand it back with
+ * tp_msg_release). tp_send/tp_send2 copy the payload: the caller may reuse
+ * its buffers as soon as they return. tp_put and tp_send_nocopy do NOT
+ * copy: the local buffer must stay valid until tp_flush to that peer returns
+ * MR_OK (or until the peer is dead and tp_flush returned MR_EPEER).
  *
  * Environment (the launcher sets it; see launch/moerun-bench-transport and
  * shared/TOOLCHAIN.md): single host: UCX_TLS=posix,self (or sm,self),
  * UCX_POSIX_ERROR_HANDLING=y, UCX_KEEPALIVE_INTERVAL=100ms,
- * UCX_KEEPALIVE_NUM_EPS=inf, `mpirun --enable-recovery --mca async_mpi_finalize 1`.
- * With the default UCX environment everything works too (shared memory then
- * falls back to tcp for PEER-mode endpoints: slower).
+ * UCX_KEEPALIVE_NUM_EPS=inf, `mpirun --enable-recovery --mca async_mpi_finalize 1`,
+ * and MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 (big
+ * message buffers then come from the heap instead of a page-faulting mmap per
+ * message: docs/PERF.md). With the default UCX environment everything works
+ * too (shared memory then falls back to tcp for PEER-mode endpoints: slower).
  */
 #ifndef MR_TP_H
 #define MR_TP_H
@@ -127,6 +132,12 @@ mr_status tp_send(tp_ctx *ctx, int dst, uint16_t type, const void *data, size_t 
 mr_status tp_send2(tp_ctx *ctx, int dst, uint16_t type, const void *hdr, size_t hdr_len,
                    const void *body, size_t body_len);
 
+/* Zero-copy send for hot paths (hidden-state batches): like tp_send, but
+ * data is NOT copied: it must stay valid and unchanged until tp_flush(ctx,
+ * dst, ...) returns MR_OK (or dst is dead: MR_EPEER). Saves one memcpy of
+ * len bytes per message. */
+mr_status tp_send_nocopy(tp_ctx *ctx, int dst, uint16_t type, const void *data, size_t len);
+
 typedef struct tp_msg {
     int src;
     uint16_t type;
@@ -137,8 +148,13 @@ typedef struct tp_msg {
 /* Progress the worker, run heartbeats / failure handling, and pop the oldest
  * deliverable message. Returns true with *out filled, false if none. */
 bool tp_poll(tp_ctx *ctx, tp_msg *out);
-/* Frees out->data and clears the message. Accepts NULL. */
+/* Frees msg->data and clears the message. Accepts NULL. */
 void tp_msg_free(tp_msg *msg);
+/* Same, but a big buffer (>= 4 MiB) is kept by ctx for the next big receive
+ * or send instead of going back to libc (a fresh mmap'd buffer costs more in
+ * page faults than moving the bytes). For hot paths; ctx must be the context
+ * the message came from. Accepts NULL. */
+void tp_msg_release(tp_ctx *ctx, tp_msg *msg);
 
 /* Sleep until a message may be available or timeout_s passes (ucp_worker_arm
  * + epoll on the worker's event fd; idle ranks use ~0 CPU). Returns MR_OK in
@@ -181,7 +197,8 @@ void tp_rkey_release(tp_rkey *rkey);
  * the peer is dead. */
 mr_status tp_put(tp_ctx *ctx, int peer, tp_rkey *rkey, uint64_t remote_offset,
                  const void *local, size_t len);
-/* Complete every put (and send) issued to peer. MR_EPEER if the peer died,
+/* Complete every put and send issued to peer (puts are then visible at the
+ * peer; sends fully handed over, tp_send_nocopy buffers free). MR_EPEER if the peer died,
  * MR_ETIMEDOUT when timeout_s passes — never hangs. After MR_ETIMEDOUT the
  * puts may still be running: declare the peer dead before reusing buffers. */
 mr_status tp_flush(tp_ctx *ctx, int peer, double timeout_s);

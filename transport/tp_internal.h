@@ -55,6 +55,7 @@ typedef struct tp_txreq {
     bool done;
     bool linked;    /* in the peer's list */
     bool inline_buf; /* buf lives in the same allocation */
+    bool borrowed;   /* buf is the caller's (tp_send_nocopy / tp_put) */
     ucs_status_t status;
     tp_am_hdr hdr;
     size_t len;     /* payload bytes (sends) */
@@ -71,8 +72,7 @@ typedef struct tp_rx {
     bool ready;       /* data complete, deliverable */
     bool failed;      /* receive failed: dropped at the next scan */
     bool posting;
-    void *rndv_desc;  /* rendezvous descriptor whose receive is not started yet */
-    void *ucx;        /* receive request while in flight */
+    void *ucx;        /* rendezvous receive request while in flight */
     void *data;
     size_t len;
 } tp_rx;
@@ -138,7 +138,6 @@ struct tp_ctx {
     tp_link_state *links; /* [size]; links[rank] unused */
 
     tp_rx *rx_head, *rx_tail;
-    size_t rndv_to_start; /* rx entries with rndv_desc set */
     unsigned *scan_mark;  /* [size], tp_poll's per-peer "blocked" marks */
     unsigned scan_gen;
 
@@ -180,7 +179,6 @@ mr_status tp_mpi_fail(int rc, const char *call, const char *file, int line);
 /* tp_msg.c */
 ucs_status_t tp_am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
                            size_t length, const ucp_am_recv_param_t *param);
-void tp_rx_start_pending(tp_ctx *ctx);
 bool tp_rx_has_deliverable(tp_ctx *ctx);
 void tp_rx_push_ready(tp_ctx *ctx, int src, uint16_t type, void *data, size_t len);
 void tp_rx_abandon_from(tp_ctx *ctx, int src);
@@ -217,17 +215,16 @@ void tp_unwatch_process(tp_ctx *ctx, int rank);
 bool tp_peer_process_gone(const tp_ctx *ctx, int rank);
 
 /* tp_progress.c */
-/* Drain the worker, start deferred receives, run health. True if anything moved. */
+/* Drain the worker, run health checks. True if anything moved. */
 bool tp_progress(tp_ctx *ctx);
 /* Sleep on the worker's event fd until an event or `deadline` (mr_now()
  * seconds), capped at the next heartbeat. Returns MR_OK or MR_EIO. */
 mr_status tp_sleep_until(tp_ctx *ctx, double deadline);
-/* Progress until done(ctx, arg) is true (MR_OK), peer (if >= 0) stops being
- * alive (MR_EPEER), or deadline passes (MR_ETIMEDOUT). */
+/* The one wait helper (STYLE.md 8's request_wait): progress until
+ * done(ctx, arg) is true (MR_OK), peer (if >= 0) stops being alive (MR_EPEER),
+ * or deadline passes (MR_ETIMEDOUT); sleeps on the event fd when idle. */
 typedef bool (*tp_done_fn)(tp_ctx *ctx, void *arg);
 mr_status tp_wait_until(tp_ctx *ctx, tp_done_fn done, void *arg, int peer, double deadline);
-/* The request_wait helper of STYLE.md 8 for a request that is not auto-freed. */
-mr_status tp_request_wait(tp_ctx *ctx, tp_txreq *req, double deadline);
 
 /* tp_rma.c */
 void tp_rkeys_drop_peer(tp_ctx *ctx, int peer);

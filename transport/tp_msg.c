@@ -122,7 +122,7 @@ void tp_txreq_release(tp_txreq *req)
 {
     tp_txreq_unlink(req);
     if (req->ucx) ucp_request_free(req->ucx);
-    if (!req->inline_buf) tp_buf_put(req->ctx, req->buf, req->buf_cap);
+    if (!req->inline_buf && !req->borrowed) tp_buf_put(req->ctx, req->buf, req->buf_cap);
     free(req);
 }
 
@@ -162,7 +162,9 @@ void tp_abandon_requests(tp_ctx *ctx, int peer)
             req->status = UCS_ERR_CONNECTION_RESET;
             continue;
         }
-        if (req->inline_buf) {
+        if (req->borrowed) { /* the caller's memory: nothing of ours to keep */
+            free(req);
+        } else if (req->inline_buf) {
             tp_orphan_add(ctx, req);
         } else {
             tp_orphan_add(ctx, req->buf);
@@ -268,6 +270,43 @@ static void tp_rx_recv_cb(void *request, ucs_status_t status, size_t length, voi
     rx->ucx = NULL;
 }
 
+/* Start receiving a rendezvous message into a new buffer, from the AM
+ * callback as UCX's own perftest does. Returns what the callback returns:
+ * UCS_INPROGRESS once UCX owns desc (even if the receive failed: rx is then
+ * marked failed and dropped at the next scan), UCS_ERR_NO_MEMORY if no buffer
+ * (desc untouched: UCX drops it and fails the sender's request). */
+static ucs_status_t tp_rx_start(tp_ctx *ctx, tp_rx *rx, void *desc)
+{
+    size_t cap;
+    if (!(rx->data = tp_buf_get(ctx, rx->len, &cap))) {
+        MR_ERROR("tp: out of memory for a %zu-byte message from rank %d: dropped", rx->len, rx->src);
+        return UCS_ERR_NO_MEMORY;
+    }
+    ucp_request_param_t param = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                        UCP_OP_ATTR_FIELD_DATATYPE,
+        .cb = {.recv_am = tp_rx_recv_cb},
+        .user_data = rx,
+        .datatype = ucp_dt_make_contig(1),
+    };
+    rx->posting = true;
+    ucs_status_ptr_t p = ucp_am_recv_data_nbx(ctx->worker, desc, rx->data, rx->len, &param);
+    rx->posting = false;
+    if (p == NULL) {
+        rx->ready = true;
+        tp_rx_count(ctx, rx);
+    } else if (UCS_PTR_IS_ERR(p)) {
+        MR_WARN("tp: receiving a %zu-byte message from rank %d failed to start: %s", rx->len, rx->src,
+                ucs_status_string(UCS_PTR_STATUS(p)));
+        rx->failed = true;
+    } else if (rx->ready || rx->failed) {
+        ucp_request_free(p); /* completed while posting */
+    } else {
+        rx->ucx = p;
+    }
+    return UCS_INPROGRESS;
+}
+
 ucs_status_t tp_am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
                            size_t length, const ucp_am_recv_param_t *param)
 {
@@ -316,11 +355,14 @@ ucs_status_t tp_am_recv_cb(void *arg, const void *header, size_t header_length, 
     rx->src = h.src;
     rx->type = h.type;
     rx->len = length;
-    if (rndv) { /* the receive is started from the main loop (ucp_client_server.c style) */
-        rx->rndv_desc = data;
-        ctx->rndv_to_start++;
+    if (rndv) {
         tp_rx_append(ctx, rx);
-        return UCS_INPROGRESS;
+        ucs_status_t s = tp_rx_start(ctx, rx, data);
+        if (s != UCS_INPROGRESS) {
+            tp_rx_remove(ctx, rx);
+            free(rx);
+        }
+        return s;
     }
     if (length) {
         if (!(rx->data = malloc(length))) {
@@ -341,10 +383,6 @@ nomem:
 static void tp_rx_drop(tp_ctx *ctx, tp_rx *rx)
 {
     tp_rx_remove(ctx, rx);
-    if (rx->rndv_desc) {
-        ucp_am_data_release(ctx->worker, rx->rndv_desc);
-        ctx->rndv_to_start--;
-    }
     if (rx->ucx) { /* still in flight: UCX may write into data later */
         ucp_request_free(rx->ucx);
         tp_orphan_add(ctx, rx->data);
@@ -352,46 +390,6 @@ static void tp_rx_drop(tp_ctx *ctx, tp_rx *rx)
         free(rx->data);
     }
     free(rx);
-}
-
-void tp_rx_start_pending(tp_ctx *ctx)
-{
-    for (tp_rx *rx = ctx->rx_head, *next; rx && ctx->rndv_to_start; rx = next) {
-        next = rx->next;
-        if (!rx->rndv_desc) continue;
-        void *desc = rx->rndv_desc;
-        rx->rndv_desc = NULL;
-        ctx->rndv_to_start--;
-        if (!(rx->data = tp_big_malloc(rx->len))) {
-            MR_ERROR("tp: out of memory for a %zu-byte message from rank %d: dropped", rx->len,
-                     rx->src);
-            ucp_am_data_release(ctx->worker, desc);
-            tp_rx_drop(ctx, rx);
-            continue;
-        }
-        ucp_request_param_t param = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                            UCP_OP_ATTR_FIELD_DATATYPE,
-            .cb = {.recv_am = tp_rx_recv_cb},
-            .user_data = rx,
-            .datatype = ucp_dt_make_contig(1),
-        };
-        rx->posting = true;
-        ucs_status_ptr_t p = ucp_am_recv_data_nbx(ctx->worker, desc, rx->data, rx->len, &param);
-        rx->posting = false;
-        if (p == NULL) {
-            rx->ready = true;
-            tp_rx_count(ctx, rx);
-        } else if (UCS_PTR_IS_ERR(p)) {
-            MR_WARN("tp: receiving a %zu-byte message from rank %d failed to start: %s", rx->len,
-                    rx->src, ucs_status_string(UCS_PTR_STATUS(p)));
-            tp_rx_drop(ctx, rx);
-        } else if (rx->ready || rx->failed) {
-            ucp_request_free(p); /* completed while posting */
-        } else {
-            rx->ucx = p;
-        }
-    }
 }
 
 /* Pending receives from a dead peer will never complete (or may, late). */
@@ -454,6 +452,13 @@ void tp_msg_free(tp_msg *msg)
     *msg = (tp_msg){.src = -1};
 }
 
+void tp_msg_release(tp_ctx *ctx, tp_msg *msg)
+{
+    if (!msg) return;
+    tp_buf_put(ctx, msg->data, msg->len); /* big buffers are kept, small ones freed */
+    *msg = (tp_msg){.src = -1};
+}
+
 /* ---- sending ------------------------------------------------------------ */
 
 typedef struct {
@@ -467,20 +472,16 @@ static bool tp_drained_below(tp_ctx *ctx, void *arg)
     return ctx->links[a->peer].inflight_bytes <= a->limit;
 }
 
-mr_status tp_send2(tp_ctx *ctx, int dst, uint16_t type, const void *hdr, size_t hdr_len,
-                   const void *body, size_t body_len)
+static mr_status tp_send_check(tp_ctx *ctx, int dst, uint16_t type, size_t len)
 {
     if (dst < 0 || dst >= ctx->size || dst == ctx->rank)
         return mr_fail(MR_EINVAL, "tp_send: rank %d: bad destination rank %d (size %d)", ctx->rank,
                        dst, ctx->size);
     if (type < TP_MSG_APP_MIN)
         return mr_fail(MR_EINVAL, "tp_send: type %u is reserved (< %d)", type, TP_MSG_APP_MIN);
-    if ((hdr_len && !hdr) || (body_len && !body))
-        return mr_fail(MR_EINVAL, "tp_send: NULL buffer with nonzero length");
-    size_t len = hdr_len + body_len;
-    if (len < hdr_len || len > ctx->opts.max_frame_bytes)
-        return mr_fail(MR_EINVAL, "tp_send: %zu+%zu-byte message to rank %d exceeds max_frame_bytes %zu",
-                       hdr_len, body_len, dst, ctx->opts.max_frame_bytes);
+    if (len > ctx->opts.max_frame_bytes)
+        return mr_fail(MR_EINVAL, "tp_send: %zu-byte message to rank %d exceeds max_frame_bytes %zu",
+                       len, dst, ctx->opts.max_frame_bytes);
     tp_link_state *l = &ctx->links[dst];
     if (l->phase != TP_LINK_ALIVE)
         return mr_fail(MR_EPEER, "tp_send: rank %d is %s", dst,
@@ -490,18 +491,48 @@ mr_status tp_send2(tp_ctx *ctx, int dst, uint16_t type, const void *hdr, size_t 
                           .limit = len >= TP_MAX_INFLIGHT_BYTES ? 0 : TP_MAX_INFLIGHT_BYTES - len};
         MR_TRY(tp_wait_until(ctx, tp_drained_below, &a, dst, 1e300));
     }
+    return MR_OK;
+}
+
+static mr_status tp_send_post(tp_ctx *ctx, int dst, uint16_t type, tp_txreq *req)
+{
+    size_t len = req->len; /* tp_am_post consumes req */
+    MR_TRY(tp_am_post(ctx, dst, type, req));
+    tp_link_stats *s = &ctx->links[dst].stats;
+    s->msgs_sent++;
+    s->bytes_sent += len;
+    tp_progress(ctx);
+    return MR_OK;
+}
+
+mr_status tp_send2(tp_ctx *ctx, int dst, uint16_t type, const void *hdr, size_t hdr_len,
+                   const void *body, size_t body_len)
+{
+    if ((hdr_len && !hdr) || (body_len && !body))
+        return mr_fail(MR_EINVAL, "tp_send: NULL buffer with nonzero length");
+    size_t len = hdr_len + body_len;
+    if (len < hdr_len) return mr_fail(MR_EINVAL, "tp_send: length overflow");
+    MR_TRY(tp_send_check(ctx, dst, type, len));
     tp_txreq *req = tp_txreq_new(ctx, dst, TP_REQ_SEND, len);
     if (!req) return mr_fail(MR_ENOMEM, "tp_send: out of memory copying %zu bytes for rank %d", len, dst);
     if (hdr_len) memcpy(req->buf, hdr, hdr_len);
     if (body_len) memcpy((char *)req->buf + hdr_len, body, body_len);
-    MR_TRY(tp_am_post(ctx, dst, type, req));
-    l->stats.msgs_sent++;
-    l->stats.bytes_sent += len;
-    tp_progress(ctx);
-    return MR_OK;
+    return tp_send_post(ctx, dst, type, req);
 }
 
 mr_status tp_send(tp_ctx *ctx, int dst, uint16_t type, const void *data, size_t len)
 {
     return tp_send2(ctx, dst, type, data, len, NULL, 0);
+}
+
+mr_status tp_send_nocopy(tp_ctx *ctx, int dst, uint16_t type, const void *data, size_t len)
+{
+    if (len && !data) return mr_fail(MR_EINVAL, "tp_send_nocopy: NULL buffer with nonzero length");
+    MR_TRY(tp_send_check(ctx, dst, type, len));
+    tp_txreq *req = tp_txreq_new(ctx, dst, TP_REQ_SEND, 0);
+    if (!req) return mr_fail(MR_ENOMEM, "tp_send_nocopy: out of memory");
+    req->buf = (void *)data; /* borrowed: UCX reads it until the send completes */
+    req->len = len;
+    req->borrowed = true;
+    return tp_send_post(ctx, dst, type, req);
 }

@@ -15,11 +15,6 @@ bool tp_progress(tp_ctx *ctx)
 {
     bool moved = false;
     for (int i = 0; i < TP_PROGRESS_BURST && ucp_worker_progress(ctx->worker); i++) moved = true;
-    if (ctx->rndv_to_start) {
-        tp_rx_start_pending(ctx);
-        for (int i = 0; i < TP_PROGRESS_BURST && ucp_worker_progress(ctx->worker); i++) moved = true;
-        moved = true;
-    }
     tp_health_step(ctx);
     return moved;
 }
@@ -75,22 +70,4 @@ mr_status tp_wait_until(tp_ctx *ctx, tp_done_fn done, void *arg, int peer, doubl
         double slice = now + TP_WAIT_SLICE_S;
         MR_TRY(tp_sleep_until(ctx, slice < deadline ? slice : deadline));
     }
-}
-
-static bool tp_req_done(tp_ctx *ctx, void *arg)
-{
-    (void)ctx;
-    return ((const tp_txreq *)arg)->done;
-}
-
-mr_status tp_request_wait(tp_ctx *ctx, tp_txreq *req, double deadline)
-{
-    mr_status st = tp_wait_until(ctx, tp_req_done, req, req->peer, deadline);
-    if (st == MR_OK && req->status != UCS_OK)
-        st = mr_fail(MR_EPEER, "tp: request to rank %d failed: %s", req->peer,
-                     ucs_status_string(req->status));
-    /* done, abandoned (peer dead: ucx already freed) or timed out: in every
-     * case release now; ucp_request_free stops any later callback */
-    tp_txreq_release(req);
-    return st;
 }

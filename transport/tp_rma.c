@@ -190,6 +190,7 @@ mr_status tp_put(tp_ctx *ctx, int peer, tp_rkey *rkey, uint64_t remote_offset, c
     if (len == 0) return MR_OK;
     tp_txreq *req = tp_txreq_new(ctx, peer, TP_REQ_PUT, 0);
     if (!req) return mr_fail(MR_ENOMEM, "tp_put: out of memory");
+    req->borrowed = true; /* local is the caller's */
     ucp_request_param_t param = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb = {.send = tp_txreq_send_cb},
@@ -217,6 +218,23 @@ mr_status tp_put(tp_ctx *ctx, int peer, tp_rkey *rkey, uint64_t remote_offset, c
     return MR_OK;
 }
 
+typedef struct {
+    int peer;
+    const tp_txreq *flush; /* NULL when ucp_ep_flush_nbx completed at once */
+} tp_flush_arg;
+
+/* The UCX flush is done (RMA complete at the target) and no other request to
+ * the peer is outstanding (ucp_ep_flush only covers RMA/AMO: our sends are
+ * tracked and waited for here, which gives tp_send_nocopy its meaning). */
+static bool tp_flush_done(tp_ctx *ctx, void *arg)
+{
+    const tp_flush_arg *a = arg;
+    if (a->flush && !a->flush->done) return false;
+    for (const tp_txreq *r = ctx->links[a->peer].reqs; r; r = r->next)
+        if (r != a->flush) return false;
+    return true;
+}
+
 mr_status tp_flush(tp_ctx *ctx, int peer, double timeout_s)
 {
     double deadline = mr_now() + (timeout_s > 0 ? timeout_s : 0);
@@ -235,19 +253,29 @@ mr_status tp_flush(tp_ctx *ctx, int peer, double timeout_s)
     req->posting = true;
     ucs_status_ptr_t p = ucp_ep_flush_nbx(l->ep, &param);
     req->posting = false;
-    if (p == NULL) {
-        tp_txreq_release(req);
-        return MR_OK;
-    }
     if (UCS_PTR_IS_ERR(p)) {
         tp_txreq_release(req);
         return mr_fail(MR_EPEER, "tp_flush: rank %d: %s", peer, ucs_status_string(UCS_PTR_STATUS(p)));
     }
-    req->ucx = p;
-    tp_txreq_link(req);
-    mr_status st = tp_request_wait(ctx, req, deadline);
+    tp_flush_arg a = {.peer = peer, .flush = NULL};
+    if (p == NULL) {
+        tp_txreq_release(req);
+        req = NULL;
+    } else {
+        req->ucx = p;
+        tp_txreq_link(req);
+        a.flush = req;
+    }
+    mr_status st = tp_wait_until(ctx, tp_flush_done, &a, peer, deadline);
+    if (st == MR_OK && req && req->status != UCS_OK)
+        st = mr_fail(MR_EPEER, "tp_flush: rank %d: %s", peer, ucs_status_string(req->status));
+    if (st == MR_OK && !tp_link_alive(ctx, peer)) /* its requests were abandoned, not completed */
+        st = mr_fail(MR_EPEER, "tp_flush: rank %d died", peer);
+    /* done, abandoned (peer dead: its UCX request is already freed) or timed
+     * out: release now; ucp_request_free stops any later callback */
+    if (req) tp_txreq_release(req);
     if (st == MR_ETIMEDOUT)
         return mr_fail(MR_ETIMEDOUT, "tp_flush: rank %d: not complete after %.3f s", peer, timeout_s);
-    if (st != MR_OK) return mr_fail_prefix(st, "tp_flush: ");
-    return MR_OK;
+    if (st != MR_OK && st != MR_EPEER) return mr_fail_prefix(st, "tp_flush: ");
+    return st;
 }

@@ -3,7 +3,8 @@
  *
  * test_all_to_all_every_message_arrives_once_byte_exact_in_per_peer_order:
  *   each message carries (src, dst, seq); the receiver checks the bytes, that
- *   seq from one src counts up without gaps, and the per-link counters. */
+ *   seq from one src counts up without gaps, and the per-link message and
+ *   byte counters. */
 #include "tp_test.h"
 
 enum { MSG_A2A = 16 };
@@ -73,6 +74,15 @@ int main(int argc, char **argv)
         CHECK(s->msgs_sent == K && s->msgs_recv == K && s->frames_rejected == 0,
               "link %d: sent %llu recv %llu", r, (unsigned long long)s->msgs_sent,
               (unsigned long long)s->msgs_recv);
+        uint64_t want_sent = 0, want_recv = 0;
+        for (uint32_t seq = 0; seq < K; seq++) {
+            want_sent += sizeof(a2a_hdr) + msg_len(me, r, seq);
+            want_recv += sizeof(a2a_hdr) + msg_len(r, me, seq);
+        }
+        CHECK(s->bytes_sent == want_sent && s->bytes_recv == want_recv,
+              "link %d: bytes sent %llu (want %llu) recv %llu (want %llu)", r,
+              (unsigned long long)s->bytes_sent, (unsigned long long)want_sent,
+              (unsigned long long)s->bytes_recv, (unsigned long long)want_recv);
     }
     free(buf);
     CHECK_OK(tp_finalize(ctx));

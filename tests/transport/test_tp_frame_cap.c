@@ -23,9 +23,9 @@ int main(int argc, char **argv)
         uint8_t *buf = calloc(1, big);
         CHECK_OK(tp_send(ctx, 1, MSG_BIG, buf, 64 << 10));
         CHECK_OK(tp_send(ctx, 1, MSG_BIG, buf, big));
+        CHECK_OK(tp_flush(ctx, 1, 10)); /* the rejected rendezvous send completes too */
         tpt_fill(buf, 100, 7);
         CHECK_OK(tp_send(ctx, 1, MSG_SMALL, buf, 100));
-        CHECK_OK(tp_flush(ctx, 1, 10)); /* the rejected rendezvous send completes too */
         tp_msg m = tpt_recv(ctx, 15);
         CHECK(m.type == MSG_REPLY && m.len == CAP, "reply type %u len %zu", m.type, m.len);
         tp_msg_free(&m);

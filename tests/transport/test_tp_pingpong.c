@@ -4,11 +4,13 @@
  *   rank 1 checks every byte and echoes it, rank 0 checks the echo.
  * test_burst_of_mixed_sizes_arrives_in_send_order: 8 MiB rendezvous messages
  *   interleaved with tiny eager ones, sent without waiting, arrive in order.
+ * test_released_buffers_are_recycled_without_corrupting_later_messages,
  * test_send2_gathers_header_and_body, test_sender_buffer_reusable_after_send,
+ * test_nocopy_send_buffer_reusable_after_flush,
  * test_roles_and_stats, test_peer_leaving_with_fin_is_reported_once. */
 #include "tp_test.h"
 
-enum { MSG_DATA = 16, MSG_ECHO, MSG_BURST, MSG_GATHER, MSG_BYE };
+enum { MSG_DATA = 16, MSG_ECHO, MSG_BURST, MSG_GATHER, MSG_NOCOPY, MSG_BYE };
 
 typedef struct {
     uint32_t seq;
@@ -62,6 +64,14 @@ static void rank0(tp_ctx *ctx)
     /* send2 with a header only and a body only */
     CHECK_OK(tp_send2(ctx, 1, MSG_GATHER, "head", 4, NULL, 0));
     CHECK_OK(tp_send2(ctx, 1, MSG_GATHER, NULL, 0, "body", 4));
+    /* zero-copy: the buffer is the sender's until tp_flush */
+    for (uint32_t i = 0; i < 3; i++) {
+        size_t len = i == 1 ? 0 : (size_t)(8 << 20) - i;
+        tpt_fill(buf, len, 2000 + i);
+        CHECK_OK(tp_send_nocopy(ctx, 1, MSG_NOCOPY, buf, len));
+        CHECK_OK(tp_flush(ctx, 1, 20));
+        memset(buf, 0xAB, len); /* after the flush, scribbling must not matter */
+    }
     tp_msg m = tpt_recv(ctx, 20);
     CHECK(m.type == MSG_ECHO && m.len == 0, "burst verdict");
     tp_msg_free(&m);
@@ -72,7 +82,7 @@ static void rank0(tp_ctx *ctx)
     CHECK(tp_send(ctx, 1, 3, "x", 1) == MR_EINVAL, "reserved type");
 
     const tp_link_stats *s = tp_link(ctx, 1);
-    CHECK(s && s->msgs_sent == N_SIZES + N_BURST + 2 && (s->msgs_recv == N_SIZES + 1 || s->msgs_recv == N_SIZES + 2) /* + bye */,
+    CHECK(s && s->msgs_sent == N_SIZES + N_BURST + 2 + 3 && (s->msgs_recv == N_SIZES + 1 || s->msgs_recv == N_SIZES + 2) /* + bye */,
           "stats sent %llu recv %llu", (unsigned long long)s->msgs_sent,
           (unsigned long long)s->msgs_recv);
     CHECK(tp_link(ctx, 9) == NULL, "stats out of range");
@@ -112,7 +122,8 @@ static void rank1(tp_ctx *ctx)
         CHECK(m.len == sizeof h + h.len, "burst %u length", i);
         const uint8_t *body = (const uint8_t *)m.data + sizeof h;
         CHECK(tpt_verify(body, h.len, 1000 + i) == h.len, "burst %u differs", i);
-        tp_msg_free(&m);
+        tp_msg_release(ctx, &m); /* big buffers are recycled: later messages must still be intact */
+        CHECK(m.data == NULL && m.len == 0, "released message not cleared");
     }
     tp_msg m = tpt_recv(ctx, 10);
     CHECK(m.type == MSG_GATHER && m.len == 4 && !memcmp(m.data, "head", 4), "header-only send2");
@@ -120,6 +131,13 @@ static void rank1(tp_ctx *ctx)
     m = tpt_recv(ctx, 10);
     CHECK(m.type == MSG_GATHER && m.len == 4 && !memcmp(m.data, "body", 4), "body-only send2");
     tp_msg_free(&m);
+    for (uint32_t i = 0; i < 3; i++) {
+        m = tpt_recv(ctx, 20);
+        size_t len = i == 1 ? 0 : (size_t)(8 << 20) - i;
+        CHECK(m.type == MSG_NOCOPY && m.len == len, "nocopy %u: type %u len %zu", i, m.type, m.len);
+        CHECK(tpt_verify(m.data, len, 2000 + i) == len, "nocopy %u differs", i);
+        tp_msg_free(&m);
+    }
     CHECK_OK(tp_send(ctx, 0, MSG_ECHO, NULL, 0));
     CHECK_OK(tp_send(ctx, 0, MSG_BYE, NULL, 0));
 }
