@@ -208,6 +208,10 @@ static mr_status run_cluster(const char *model_dir, const cluster_opts *o, const
     snprintf(layout[0], sizeof layout[0], "%d", o->prefill);
     snprintf(layout[1], sizeof layout[1], "%d", o->decode);
     snprintf(layout[2], sizeof layout[2], "%d", o->expert);
+    /* the KV pool the requests need (the single process allocates as much) */
+    char kv_blocks[16];
+    snprintf(kv_blocks, sizeof kv_blocks, "%d",
+             o->n_requests * ((o->prompt_len + o->new_tokens + 15) / 16));
     pid_t pid = fork();
     if (pid < 0) return mr_fail(MR_EIO, "fork failed");
     if (pid == 0) {
@@ -217,7 +221,7 @@ static mr_status run_cluster(const char *model_dir, const cluster_opts *o, const
         if (devnull >= 0) dup2(devnull, 1); /* results; the table goes to stderr */
         execl(launcher, launcher, "--prefill", layout[0], "--decode", layout[1], "--expert",
               layout[2], "--model", model_dir, "--requests", req_path, "--summary", summary_path,
-              "--max-batch-tokens", "4096", "--max-running", "256", "--kv-blocks", "4096",
+              "--max-batch-tokens", "4096", "--max-running", "256", "--kv-blocks", kv_blocks,
               (char *)NULL);
         _exit(127);
     }

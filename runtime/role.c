@@ -140,6 +140,10 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
 
 mr_status mr_role_send_ready(mr_role *r, int free_kv_blocks, int total_kv_blocks)
 {
+    /* serving starts now: start-up (model load, pools, engine) is not
+     * charged to the requests in RankStats */
+    r->cpu_at_start = mr_cpu_seconds();
+    r->compute_s = r->transfer_s = r->wait_s = 0;
     Moerun__Status s = MOERUN__STATUS__INIT;
     s.free_kv_blocks = free_kv_blocks;
     s.total_kv_blocks = total_kv_blocks;

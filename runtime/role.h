@@ -37,7 +37,7 @@ typedef struct mr_role {
     int rank;
     int coordinator;             /* rank of the coordinator (0) */
     mr_msgq deferred;            /* messages to handle after the current step */
-    double cpu_at_start;         /* after the model was loaded */
+    double cpu_at_start;         /* when start-up finished (mr_role_send_ready) */
     double compute_s, transfer_s, wait_s;
     uint64_t tokens_processed;
     uint64_t frames_rejected;    /* malformed frames this role refused */
@@ -64,7 +64,8 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
 void mr_role_reject(mr_role *r);
 /* Tell the coordinator this rank finished start-up (model loaded, ready to
  * serve): a Status frame. The coordinator starts its clock once every rank
- * is ready, so load time never counts as TTFT. */
+ * is ready, so load time never counts as TTFT; the rank's CPU and time
+ * accounting for RankStats also start here. */
 mr_status mr_role_send_ready(mr_role *r, int free_kv_blocks, int total_kv_blocks);
 /* RankStats to the coordinator (at Shutdown). */
 mr_status mr_role_send_stats(mr_role *r);

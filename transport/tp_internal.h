@@ -143,6 +143,7 @@ struct tp_ctx {
 
     bool pending_events;  /* an error callback or FIN awaits the main loop */
     double next_heartbeat;
+    long busy_nap_ns;          /* back-off while the worker cannot be armed (tp_progress.c) */
 
     tp_rkey *rkeys;
     tp_mem *mems;

@@ -4,11 +4,14 @@
 #include "transport/tp_internal.h"
 
 #include <errno.h>
+#include <time.h>
 #include <string.h>
 #include <sys/epoll.h>
 
 #define TP_PROGRESS_BURST 4096 /* ucp_worker_progress calls per drain, at most */
 #define TP_SPIN_ROUNDS 64      /* idle progress rounds before sleeping in a wait */
+#define TP_BUSY_NAP_MIN_NS 50000   /* first nap when the worker cannot be armed but is idle */
+#define TP_BUSY_NAP_MAX_NS 1000000 /* longest nap: bounds the added latency */
 #define TP_WAIT_SLICE_S 0.01   /* longest sleep inside tp_wait_until */
 
 bool tp_progress(tp_ctx *ctx)
@@ -25,7 +28,25 @@ mr_status tp_sleep_until(tp_ctx *ctx, double deadline)
     double wake = deadline < ctx->next_heartbeat ? deadline : ctx->next_heartbeat;
     if (wake <= now) return MR_OK;
     ucs_status_t s = ucp_worker_arm(ctx->worker);
-    if (s == UCS_ERR_BUSY) return MR_OK; /* events pending: progress again */
+    if (s == UCS_ERR_BUSY) {
+        /* UCX 1.13 keeps answering BUSY while an operation is in flight (e.g.
+         * a rendezvous or a keepalive whose peer has not answered yet) even
+         * when progress finds nothing to do: measured ~100k BUSY per second
+         * in a decode rank waiting for an expert rank. Spinning on it steals
+         * the core the peer needs, so back off: naps from 50 us doubling to
+         * 1 ms while nothing moves, reset as soon as something does. */
+        if (ucp_worker_progress(ctx->worker)) {
+            ctx->busy_nap_ns = 0;
+            return MR_OK;
+        }
+        long nap_ns = ctx->busy_nap_ns ? ctx->busy_nap_ns : TP_BUSY_NAP_MIN_NS;
+        long left_ns = (long)((wake - now) * 1e9);
+        struct timespec nap = {0, nap_ns < left_ns ? nap_ns : left_ns};
+        nanosleep(&nap, NULL);
+        ctx->busy_nap_ns = nap_ns * 2 < TP_BUSY_NAP_MAX_NS ? nap_ns * 2 : TP_BUSY_NAP_MAX_NS;
+        return MR_OK;
+    }
+    ctx->busy_nap_ns = 0;
     if (s != UCS_OK) return tp_ucs_fail(s, "ucp_worker_arm", __FILE__, __LINE__);
     double ms = (wake - now) * 1000.0 + 1.0;
     int timeout_ms = ms > 3600e3 ? 3600 * 1000 : (int)ms;
