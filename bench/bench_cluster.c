@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "../common/args.h"
+#include "../common/fileio.h"
 #include "../common/timer.h"
 #include "../model/engine.h"
 #include "../model/model.h"
@@ -136,23 +137,6 @@ static mr_status write_requests(const char *path, const cluster_opts *o, int voc
     return fclose(fp) == 0 ? MR_OK : mr_fail(MR_EIO, "%s: write failed", path);
 }
 
-static char *read_file(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *text = len >= 0 ? malloc((size_t)len + 1) : NULL;
-    if (text && fread(text, 1, (size_t)len, fp) == (size_t)len) {
-        text[len] = '\0';
-    } else {
-        free(text);
-        text = NULL;
-    }
-    fclose(fp);
-    return text;
-}
 
 mr_status mr_bench_find_script(const char *name, char *out, size_t len, char *build_dir,
                                size_t blen)
@@ -229,8 +213,10 @@ static mr_status run_cluster(const char *model_dir, const cluster_opts *o, const
     waitpid(pid, &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return mr_fail(MR_EIO, "cluster run failed (launcher status %d)", status);
-    char *text = read_file(summary_path);
-    cJSON *s = text ? cJSON_Parse(text) : NULL;
+    char *text = NULL;
+    size_t text_len = 0;
+    MR_TRY(mr_read_small_file(summary_path, 64u << 20, &text, &text_len));
+    cJSON *s = cJSON_Parse(text);
     free(text);
     if (!s) return mr_fail(MR_EPROTO, "%s: no summary", summary_path);
     memset(res, 0, sizeof *res);

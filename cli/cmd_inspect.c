@@ -80,19 +80,6 @@ static bool is_routed_expert(const char *name)
     return strstr(name, ".mlp.experts.") != NULL;
 }
 
-/* model.layers.N.* with N >= n_layers (MTP): present but not used. */
-static bool is_extra_layer(const char *name, int n_layers)
-{
-    static const char prefix[] = "model.layers.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *digits = name + sizeof prefix - 1;
-    char *end = NULL;
-    if (*digits < '0' || *digits > '9')
-        return false;
-    unsigned long long layer = strtoull(digits, &end, 10); /* ULLONG_MAX on overflow */
-    return *end == '.' && layer >= (unsigned long long)n_layers;
-}
 
 static void print_tensors(const mr_config *c, const mr_st_archive *archive)
 {
@@ -105,7 +92,7 @@ static void print_tensors(const mr_config *c, const mr_st_archive *archive)
         count[t->dtype]++;
         bytes[t->dtype] += t->nbytes;
         total_bytes += t->nbytes;
-        if (is_extra_layer(t->name, c->num_hidden_layers)) {
+        if (mr_weights_is_mtp_tensor(t->name, c->num_hidden_layers)) {
             skipped++;
             continue;
         }

@@ -218,25 +218,13 @@ static void handle_message(decode_state *d, tp_msg *m)
         MR_DEBUG("stale combine from rank %d dropped", m->src);
         return;
     }
-    if (m->type != MSG_CONTROL) {
-        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
-        mr_role_reject(&d->role);
-        return;
-    }
-    Moerun__Frame *f = NULL;
-    if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-        mr_role_reject(&d->role);
-        return;
-    }
+    Moerun__Frame *f = mr_role_control_frame(&d->role, m);
+    if (!f) return;
     switch (f->body_case) {
     case MOERUN__FRAME__BODY_ADMIT: on_admit(d, f->admit); break;
     case MOERUN__FRAME__BODY_KV_READY: on_kv_ready(d, m->src, f->kv_ready); break;
     case MOERUN__FRAME__BODY_SHUTDOWN: d->role.shutdown = true; break;
-    default:
-        mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
-                m->src);
-        mr_role_reject(&d->role);
-        break;
+    default: mr_role_reject_frame(&d->role, f, m->src); break;
     }
     mr_frame_free(f);
 }

@@ -165,23 +165,12 @@ static void handle_message(expert_state *x, tp_msg *m)
         }
         x->batch[x->n_batch++] = *m;
         memset(m, 0, sizeof *m); /* ownership moved to the batch */
-    } else if (m->type == MSG_CONTROL) {
-        Moerun__Frame *f = NULL;
-        if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-            mr_role_reject(&x->role);
-            return;
-        }
-        if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) {
-            x->role.shutdown = true;
-        } else {
-            mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
-                    m->src);
-            mr_role_reject(&x->role);
-        }
-        mr_frame_free(f);
     } else {
-        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
-        mr_role_reject(&x->role);
+        Moerun__Frame *f = mr_role_control_frame(&x->role, m);
+        if (!f) return;
+        if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) x->role.shutdown = true;
+        else mr_role_reject_frame(&x->role, f, m->src);
+        mr_frame_free(f);
     }
 }
 

@@ -7,6 +7,8 @@
  */
 #include "config.h"
 
+#include "../common/fileio.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -412,34 +414,10 @@ fail:
 
 mr_status mr_config_load(const char *path, mr_config *out)
 {
-    mr_status status = MR_OK;
     char *text = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_fail(MR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    long size = -1;
-    if (fseek(fp, 0, SEEK_END) == 0)
-        size = ftell(fp);
-    if (size < 0 || size > CONFIG_MAX_BYTES) {
-        status = mr_fail(MR_EIO, "%s: cannot size the file or larger than %ld bytes", path,
-                         CONFIG_MAX_BYTES);
-        goto fail;
-    }
-    rewind(fp);
-    text = malloc((size_t)size + 1);
-    if (!text) {
-        status = mr_fail(MR_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
-    if (fread(text, 1, (size_t)size, fp) != (size_t)size) {
-        status = mr_fail(MR_EIO, "%s: short read", path);
-        goto fail;
-    }
-    text[size] = '\0';
-    status = mr_config_parse(text, (size_t)size, path, out);
-
-fail:
+    size_t len = 0;
+    MR_TRY(mr_read_small_file(path, CONFIG_MAX_BYTES, &text, &len));
+    mr_status status = mr_config_parse(text, len, path, out);
     free(text);
-    fclose(fp);
     return status;
 }

@@ -9,6 +9,8 @@
  */
 #include "safetensors.h"
 
+#include "../common/fileio.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -305,41 +307,6 @@ static mr_status add_file(mr_st_archive *archive, const char *model_dir, const c
     return map_file(file->path, file);
 }
 
-static mr_status read_small_file(const char *path, size_t cap, char **out, size_t *out_len)
-{
-    mr_status status = MR_OK;
-    char *text = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_fail(MR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    if (fseek(fp, 0, SEEK_END) != 0) {
-        status = mr_fail(MR_EIO, "%s: cannot seek", path);
-        goto fail;
-    }
-    long size = ftell(fp);
-    if (size < 0 || (unsigned long)size > cap) {
-        status = mr_fail(MR_EPROTO, "%s: size %ld outside 0..%zu bytes", path, size, cap);
-        goto fail;
-    }
-    rewind(fp);
-    text = malloc((size_t)size + 1);
-    if (!text) {
-        status = mr_fail(MR_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
-    if (fread(text, 1, (size_t)size, fp) != (size_t)size) {
-        status = mr_fail(MR_EIO, "%s: short read", path);
-        goto fail;
-    }
-    text[size] = '\0';
-    *out = text;
-    *out_len = (size_t)size;
-    text = NULL;
-fail:
-    free(text);
-    fclose(fp);
-    return status;
-}
 
 /* Shard file names must be plain names inside the model directory. */
 static bool plain_file_name(const char *name)
@@ -358,7 +325,7 @@ static mr_status open_sharded(mr_st_archive *archive, const char *model_dir,
     st_index_entry *entries = NULL;
     size_t n_entries = 0;
 
-    status = read_small_file(index_path, ST_MAX_INDEX_BYTES, &text, &text_len);
+    status = mr_read_small_file(index_path, ST_MAX_INDEX_BYTES, &text, &text_len);
     if (status != MR_OK)
         goto fail;
     index = cJSON_ParseWithLength(text, text_len);

@@ -262,7 +262,7 @@ static mr_status resolve_spec(const mr_config *cfg, const mr_st_archive *archive
 }
 
 /* model.layers.N.* with N >= num_hidden_layers: multi-token-prediction layers. */
-static bool is_extra_layer(const char *name, int n_layers)
+bool mr_weights_is_mtp_tensor(const char *name, int n_layers)
 {
     static const char prefix[] = "model.layers.";
     if (strncmp(name, prefix, sizeof prefix - 1) != 0)
@@ -294,7 +294,7 @@ static mr_status plan_resolve(const mr_config *cfg, const mr_st_archive *archive
     }
     for (size_t i = 0; i < count; i++) {
         const mr_tensor_info *t = mr_st_at(archive, i);
-        if (!consumed[i] && !is_extra_layer(t->name, cfg->num_hidden_layers)) {
+        if (!consumed[i] && !mr_weights_is_mtp_tensor(t->name, cfg->num_hidden_layers)) {
             status = mr_fail(MR_EINVAL, "%s: unexpected tensor %s", t->file, t->name);
             goto fail;
         }

@@ -76,6 +76,10 @@ mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
                           mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
 
+/* A tensor of a layer >= n_layers (model.layers.N.*, N >= num_hidden_layers):
+ * the multi-token-prediction layers the engine ignores. */
+bool mr_weights_is_mtp_tensor(const char *name, int n_layers);
+
 /* Every check of mr_weights_load (names, missing/unexpected tensors, shapes,
  * dtypes, fp8 scale shapes) without converting any tensor data; cheap even for
  * a full-size checkpoint (used by `moerun inspect`). NaN fp8 codes are only

@@ -288,25 +288,13 @@ static void handle_message(prefill_state *p, tp_msg *m)
         mr_msgq_push(&p->ep_pending, m); /* a peer started the next iteration */
         return;
     }
-    if (m->type != MSG_CONTROL) {
-        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
-        mr_role_reject(&p->role);
-        return;
-    }
-    Moerun__Frame *f = NULL;
-    if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) != MR_OK) {
-        mr_role_reject(&p->role);
-        return;
-    }
+    Moerun__Frame *f = mr_role_control_frame(&p->role, m);
+    if (!f) return;
     switch (f->body_case) {
     case MOERUN__FRAME__BODY_KV_GRANT: on_kv_grant(p, f->kv_grant); break;
     case MOERUN__FRAME__BODY_KV_POOL_INFO: on_pool_info(p, m->src, f->kv_pool_info); break;
     case MOERUN__FRAME__BODY_SHUTDOWN: p->role.shutdown = true; break;
-    default:
-        mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case,
-                m->src);
-        mr_role_reject(&p->role);
-        break;
+    default: mr_role_reject_frame(&p->role, f, m->src); break;
     }
     mr_frame_free(f);
 }

@@ -1,5 +1,7 @@
 #include "placement.h"
 
+#include "common/fileio.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -103,27 +105,11 @@ mr_status mr_placement_load(const char *path, const mr_config *cfg, const int *r
                             int n_ranks, mr_placement *out)
 {
     MR_TRY(mr_placement_round_robin(cfg, ranks, n_ranks, out));
-    FILE *fp = fopen(path, "rb");
     char *text = NULL;
     cJSON *root = NULL;
-    mr_status st = MR_OK;
-    if (!fp) {
-        st = mr_fail(MR_EIO, "%s: cannot open: %s", path, strerror(errno));
-        goto done;
-    }
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    if (len < 0 || len > (64 << 20)) {
-        st = mr_fail(MR_EINVAL, "%s: unreasonable size", path);
-        goto done;
-    }
-    text = malloc((size_t)len + 1);
-    if (!text || fread(text, 1, (size_t)len, fp) != (size_t)len) {
-        st = mr_fail(MR_EIO, "%s: read failed", path);
-        goto done;
-    }
-    text[len] = '\0';
+    size_t len = 0;
+    mr_status st = mr_read_small_file(path, 64u << 20, &text, &len);
+    if (st != MR_OK) goto done;
     root = cJSON_Parse(text);
     if (!root) {
         st = mr_fail(MR_EINVAL, "%s: not valid JSON", path);
@@ -131,7 +117,6 @@ mr_status mr_placement_load(const char *path, const mr_config *cfg, const int *r
     }
     st = apply_file(path, root, cfg, ranks, n_ranks, out);
 done:
-    if (fp) fclose(fp);
     free(text);
     cJSON_Delete(root);
     if (st != MR_OK) mr_placement_free(out);

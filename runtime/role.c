@@ -159,6 +159,23 @@ void mr_role_reject(mr_role *r)
     MR_WARN("%s", mr_last_error());
 }
 
+Moerun__Frame *mr_role_control_frame(mr_role *r, const tp_msg *m)
+{
+    Moerun__Frame *f = NULL;
+    if (m->type != MSG_CONTROL)
+        mr_fail(MR_EPROTO, "message of unexpected type %u from rank %d rejected", m->type, m->src);
+    else if (mr_frame_unpack(m->data, m->len, MR_FRAME_MAX_BYTES, m->src, &f) == MR_OK)
+        return f;
+    mr_role_reject(r);
+    return NULL;
+}
+
+void mr_role_reject_frame(mr_role *r, const Moerun__Frame *f, int src)
+{
+    mr_fail(MR_EPROTO, "unexpected control frame %d from rank %d rejected", f->body_case, src);
+    mr_role_reject(r);
+}
+
 mr_status mr_role_send_stats(mr_role *r)
 {
     int n = tp_size(r->tp);

@@ -62,6 +62,12 @@ mr_status mr_role_send_token(mr_role *r, const char *id, int token, Moerun__Fini
                              const char *error);
 /* Log and count a frame this role refused (message from mr_last_error()). */
 void mr_role_reject(mr_role *r);
+/* The control frame in m, unpacked (size-capped); NULL after rejecting a
+ * message that is not MSG_CONTROL or not a valid frame. Free with
+ * mr_frame_free. */
+Moerun__Frame *mr_role_control_frame(mr_role *r, const tp_msg *m);
+/* Reject a valid frame this role has no use for. */
+void mr_role_reject_frame(mr_role *r, const Moerun__Frame *f, int src);
 /* Tell the coordinator this rank finished start-up (model loaded, ready to
  * serve): a Status frame. The coordinator starts its clock once every rank
  * is ready, so load time never counts as TTFT; the rank's CPU and time
