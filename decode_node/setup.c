@@ -98,7 +98,8 @@ mr_status dec_setup(decode_state *d)
                                 tp_mem_base(d->pool_mem), &d->pool));
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
-    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &d->moe};
+    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &d->moe,
+                         .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
     MR_TRY(announce_pool(d));
     MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));

@@ -134,7 +134,10 @@ static void serve_batch(expert_state *x)
             memcpy(&h, x->batch[i].data, sizeof h);
             any = h.layer == layer;
         }
-        if (any) serve_layer(x, layer);
+        if (any) {
+            serve_layer(x, layer);
+            mr_role_service(&x->role); /* heartbeats between layers */
+        }
     }
     for (int i = 0; i < x->n_batch; i++) tp_msg_free(&x->batch[i]);
     x->n_batch = 0;

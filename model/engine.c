@@ -18,6 +18,8 @@ struct mr_engine {
     mr_attn_mode attn;
     mr_moe_exec moe;
     bool moe_is_local;
+    void (*between_layers)(void *ctx);
+    void *between_layers_ctx;
 
     float softmax_scale;
     float rope_mscale;        /* multiplies cos/sin (YaRN mscale ratio) */
@@ -191,6 +193,8 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     e->weights = weights;
     e->k = opts && opts->kernels ? opts->kernels : mr_kernels_cpu();
     e->attn = opts ? opts->attn : MR_ATTN_ABSORB;
+    e->between_layers = opts ? opts->between_layers : NULL;
+    e->between_layers_ctx = opts ? opts->between_layers_ctx : NULL;
     if (opts && opts->moe) {
         e->moe = *opts->moe;
     } else {
@@ -517,6 +521,7 @@ mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
     for (int l = 0; l < c->num_hidden_layers; l++) {
         MR_TRY(attention_block(e, l, b));
         MR_TRY(ffn_block(e, l, T));
+        if (e->between_layers) e->between_layers(e->between_layers_ctx);
     }
     /* final norm + lm_head for the tokens that want logits */
     float *xn = grow(&e->xn, (size_t)T * D, &st);

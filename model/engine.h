@@ -49,6 +49,10 @@ typedef struct mr_engine_opts {
     const mr_kernels *kernels;   /* NULL = CPU */
     mr_attn_mode attn;
     const mr_moe_exec *moe;      /* NULL = local experts from the weights */
+    /* Called after every layer (NULL = none): cluster roles keep their
+     * transport serviced (heartbeats) through long forward passes. */
+    void (*between_layers)(void *ctx);
+    void *between_layers_ctx;
 } mr_engine_opts;
 
 typedef struct mr_batch {

@@ -339,7 +339,8 @@ static mr_status setup(prefill_state *p)
                              r->opts.kv_blocks, &p->pool));
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;
-    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &p->moe};
+    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &p->moe,
+                         .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &p->engine));
     MR_INFO("ready: %d prefill ranks (expert-parallel), budget %d tokens/iteration", p->n_prefill, B);
     return mr_role_send_ready(r, 0, 0);

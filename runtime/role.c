@@ -101,6 +101,12 @@ mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_c
     return MR_OK;
 }
 
+void mr_role_service(void *role)
+{
+    mr_role *r = role;
+    tp_service(r->tp);
+}
+
 bool mr_role_next(mr_role *r, tp_msg *out)
 {
     if (mr_msgq_pop(&r->deferred, out)) return true;

@@ -51,6 +51,10 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
 /* Load the model (filter may skip routed experts) and start CPU accounting. */
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
 
+/* For mr_engine_opts.between_layers: keep the transport serviced (ctx is the
+ * mr_role). */
+void mr_role_service(void *role);
+
 /* Next message: deferred ones first, then the transport (non-blocking). */
 bool mr_role_next(mr_role *r, tp_msg *out);
 /* Wait up to timeout_s for traffic, counted as wait time. */

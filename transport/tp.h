@@ -145,6 +145,12 @@ typedef struct tp_msg {
     size_t len;
 } tp_msg;
 
+/* Progress the worker and run heartbeats / failure handling without popping
+ * anything: received messages stay queued for tp_poll. Cheap; long compute
+ * calls it between steps (e.g. between layers) so peers keep hearing from
+ * this rank. */
+void tp_service(tp_ctx *ctx);
+
 /* Progress the worker, run heartbeats / failure handling, and pop the oldest
  * deliverable message. Returns true with *out filled, false if none. */
 bool tp_poll(tp_ctx *ctx, tp_msg *out);

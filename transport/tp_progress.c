@@ -22,6 +22,11 @@ bool tp_progress(tp_ctx *ctx)
     return moved;
 }
 
+void tp_service(tp_ctx *ctx)
+{
+    tp_progress(ctx);
+}
+
 mr_status tp_sleep_until(tp_ctx *ctx, double deadline)
 {
     double now = mr_now();
