@@ -54,21 +54,10 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, int
     *n_pending = 0;
     for (int r = 0; r < n_ranks; r++) {
         if (d->rows_per_rank[r] == 0) continue;
-        size_t size = mr_bulk_size(MSG_DISPATCH, d->rows_per_rank[r], D);
-        uint8_t *buf = malloc(size);
-        if (!buf) return mr_fail(MR_ENOMEM, "dispatch: out of memory (%zu bytes)", size);
-        int32_t *slots, *experts;
-        float *rows;
-        mr_bulk_init(buf, MSG_DISPATCH, layer, d->rows_per_rank[r], D, d->step, &slots, &experts,
-                     &rows);
-        int n = 0;
-        for (int slot = 0; slot < n_slots; slot++) {
-            if (d->route[slot] != r) continue;
-            slots[n] = slot;
-            experts[n] = expert_ids[slot];
-            memcpy(rows + (size_t)n * D, h + (size_t)(slot / K) * D, sizeof(float) * D);
-            n++;
-        }
+        size_t size = 0;
+        uint8_t *buf = mr_bulk_pack_routed(MSG_DISPATCH, layer, d->step, h, D, K, expert_ids,
+                                           d->route, n_slots, r, &size);
+        if (!buf) return mr_fail(MR_ENOMEM, "dispatch: out of memory");
         mr_status st = tp_send(d->role.tp, r, MSG_DISPATCH, buf, size);
         free(buf);
         if (st != MR_OK) return mr_fail_prefix(st, "dispatch to expert rank %d: ", r);

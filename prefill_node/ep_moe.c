@@ -94,28 +94,16 @@ typedef struct ep_layer {
 } ep_layer;
 
 static mr_status send_dispatches(prefill_state *p, int layer, const float *h, int n_slots,
-                                 const int32_t *expert_ids, uint64_t seq)
+                                 const int32_t *expert_ids, const int32_t *route, uint64_t seq)
 {
     const int D = p->role.model.cfg.hidden_size, K = p->role.model.cfg.num_experts_per_tok;
     for (int i = 0; i < p->n_prefill; i++) {
         int r = p->prefill_ranks[i];
         if (r == p->role.rank) continue;
-        int n = 0;
-        for (int s = 0; s < n_slots; s++) n += pf_expert_owner(p, expert_ids[s]) == r;
-        size_t size = mr_bulk_size(MSG_EP_DISPATCH, n, D);
-        uint8_t *buf = malloc(size);
+        size_t size = 0; /* possibly empty: every peer takes part in every layer */
+        uint8_t *buf = mr_bulk_pack_routed(MSG_EP_DISPATCH, layer, seq, h, D, K, expert_ids, route,
+                                           n_slots, r, &size);
         if (!buf) return mr_fail(MR_ENOMEM, "EP dispatch: out of memory");
-        int32_t *slots, *experts;
-        float *rows;
-        mr_bulk_init(buf, MSG_EP_DISPATCH, layer, n, D, seq, &slots, &experts, &rows);
-        n = 0;
-        for (int s = 0; s < n_slots; s++) {
-            if (pf_expert_owner(p, expert_ids[s]) != r) continue;
-            slots[n] = s;
-            experts[n] = expert_ids[s];
-            memcpy(rows + (size_t)n * D, h + (size_t)(s / K) * D, sizeof(float) * D);
-            n++;
-        }
         mr_status st = tp_send(p->role.tp, r, MSG_EP_DISPATCH, buf, size);
         free(buf);
         if (st != MR_OK) return mr_fail_prefix(st, "EP dispatch to prefill rank %d: ", r);
@@ -218,8 +206,11 @@ mr_status pf_ep_moe(void *ctx, int layer, const float *h, int n_tokens,
     ep_layer el = {0};
     el.reply = calloc((size_t)p->n_prefill, sizeof(uint8_t *));
     el.dispatch_in = calloc((size_t)p->n_prefill, sizeof(tp_msg));
-    mr_status st = el.reply && el.dispatch_in ? MR_OK : mr_fail(MR_ENOMEM, "EP: out of memory");
-    if (st == MR_OK) st = send_dispatches(p, layer, h, n_slots, expert_ids, seq);
+    int32_t *route = malloc(sizeof(int32_t) * (size_t)(n_slots + 1));
+    mr_status st = el.reply && el.dispatch_in && route ? MR_OK
+                                                       : mr_fail(MR_ENOMEM, "EP: out of memory");
+    for (int s = 0; route && s < n_slots; s++) route[s] = pf_expert_owner(p, expert_ids[s]);
+    if (st == MR_OK) st = send_dispatches(p, layer, h, n_slots, expert_ids, route, seq);
     for (int i = 0; i < p->n_prefill && st == MR_OK; i++) {
         int r = p->prefill_ranks[i];
         if (r != p->role.rank) st = await_ep(p, MSG_EP_DISPATCH, r, seq, layer, &el.dispatch_in[i]);
@@ -252,6 +243,7 @@ mr_status pf_ep_moe(void *ctx, int layer, const float *h, int n_tokens,
     }
     free(el.reply);
     free(el.dispatch_in);
+    free(route);
     p->ep_wait_s += mr_now() - t0 - t_compute;
     return st;
 }

@@ -64,6 +64,29 @@ void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t 
     *rows = (float *)(void *)((uint8_t *)buf + r_at);
 }
 
+uint8_t *mr_bulk_pack_routed(int kind, int layer, uint64_t seq, const float *h, int dim,
+                             int top_k, const int32_t *expert_ids, const int32_t *route,
+                             int n_slots, int dst, size_t *size)
+{
+    int n = 0;
+    for (int s = 0; s < n_slots; s++) n += route[s] == dst;
+    *size = mr_bulk_size(kind, n, dim);
+    uint8_t *buf = malloc(*size);
+    if (!buf) return NULL;
+    int32_t *slots, *experts;
+    float *rows;
+    mr_bulk_init(buf, kind, layer, n, dim, seq, &slots, &experts, &rows);
+    n = 0;
+    for (int s = 0; s < n_slots; s++) {
+        if (route[s] != dst) continue;
+        slots[n] = s;
+        experts[n] = expert_ids[s];
+        memcpy(rows + (size_t)n * dim, h + (size_t)(s / top_k) * dim, sizeof(float) * (size_t)dim);
+        n++;
+    }
+    return buf;
+}
+
 mr_status mr_bulk_view_of(const void *data, size_t len, int expect_kind, int dim, int n_layers,
                           int n_experts, int src_rank, mr_bulk_view *out)
 {

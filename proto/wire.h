@@ -72,6 +72,15 @@ size_t mr_bulk_size(int kind, int n_rows, int dim);
 void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t seq,
                   int32_t **slots, int32_t **experts, float **rows);
 
+/* A dispatch-kind message (MSG_DISPATCH / MSG_EP_DISPATCH) of the routed
+ * slots whose destination is dst: for each slot s with route[s] == dst, in
+ * slot order, its slot id, expert_ids[s] and the hidden row h[s / top_k]
+ * (h is (n_slots / top_k, dim)). Returns a malloc'd buffer of *size bytes,
+ * or NULL when out of memory. */
+uint8_t *mr_bulk_pack_routed(int kind, int layer, uint64_t seq, const float *h, int dim,
+                             int top_k, const int32_t *expert_ids, const int32_t *route,
+                             int n_slots, int dst, size_t *size);
+
 /* Validate a received buffer; n_layers / n_experts bound layer and expert ids. */
 mr_status mr_bulk_view_of(const void *data, size_t len, int expect_kind, int dim, int n_layers,
                           int n_experts, int src_rank, mr_bulk_view *out);
