@@ -11,5 +11,6 @@ int mr_cmd_generate(int argc, char **argv);
 int mr_cmd_synth(int argc, char **argv);
 int mr_cmd_inspect(int argc, char **argv);
 int mr_cmd_bench(int argc, char **argv);
+int mr_cmd_plan(int argc, char **argv);
 
 #endif

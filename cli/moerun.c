@@ -17,7 +17,8 @@ static void usage(FILE *out)
             "  generate   single-process reference engine (the correctness oracle)\n"
             "  synth      write a random-weight model in the real checkpoint format\n"
             "  inspect    validate a model directory and summarize it\n"
-            "  bench      benchmarks (bench ops)\n"
+            "  bench      benchmarks (ops, decode, cluster, transport)\n"
+            "  plan       expert placement with redundant replicas from measured load\n"
             "\n"
             "The cluster is started with launch/moerun-cluster.\n"
             "Run 'moerun <command> --help' for the options of a command.\n",
@@ -36,6 +37,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "synth")) return mr_cmd_synth(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return mr_cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return mr_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "plan")) return mr_cmd_plan(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;
