@@ -60,9 +60,8 @@ static void test_plan_is_more_balanced_than_round_robin_on_skewed_load(void **st
     assert_int_equal(mr_eplb_balance(load, 64, 8, 8, l), MR_OK);
     double rr = mr_eplb_round_robin_imbalance(load, 64, 8);
     double planned = mr_eplb_imbalance(l);
-    assert_true(rr > 2.0);
-    assert_true(planned < 1.3); /* every rank holds 9 replicas: ranks with two hot ones carry ~1.22x */
-    assert_true(planned < rr / 2);
+    assert_true(rr > 1.6);      /* round robin: hot experts 0..3 on ranks 0..3 (~1.70) */
+    assert_true(planned < 1.2); /* 3 replicas per hot expert, 9 per rank (~1.19) */
     /* no token is lost: the ranks carry the total load */
     double sum = 0, want = 0;
     for (int r = 0; r < 8; r++) sum += l->rank_load[r];
