@@ -17,7 +17,6 @@ struct mr_engine {
     const mr_kernels *k;
     mr_attn_mode attn;
     mr_moe_exec moe;
-    bool moe_is_local;
     void (*between_layers)(void *ctx);
     void *between_layers_ctx;
 
@@ -200,7 +199,6 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     } else {
         e->moe.run = local_moe_run;
         e->moe.ctx = e;
-        e->moe_is_local = true;
     }
 
     double scale = 1.0 / sqrt((double)mr_config_qk_head_dim(cfg));
@@ -373,7 +371,6 @@ static mr_status attention_block(mr_engine *e, int layer, const mr_batch *b)
         float *q_lat = grow(&e->q_lat, (size_t)T * H * C, &st);
         grow(&e->out_lat, (size_t)T * H * C, &st);
         float *head_out = grow(&e->head_out, (size_t)T * (C > vd ? C : vd), &st);
-        if (st != MR_OK) return st;
         /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C) */
         float *head_in = grow(&e->head_in, (size_t)T * nope, &st);
         if (st != MR_OK) return st;
@@ -383,27 +380,23 @@ static mr_status attention_block(mr_engine *e, int layer, const mr_batch *b)
                          false);
             scatter_cols(head_out, T, C, q_lat, H * C, h * C);
         }
-        for (int first = 0; first < T;) {
-            int n = 1;
-            while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
-            MR_TRY(attend_sequence(e, layer, b, first, n));
-            first += n;
-        }
+    }
+    /* attention per sequence: a run of consecutive tokens of one sequence */
+    for (int first = 0; first < T;) {
+        int n = 1;
+        while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
+        MR_TRY(attend_sequence(e, layer, b, first, n));
+        first += n;
+    }
+    if (e->attn == MR_ATTN_ABSORB) {
         /* attn_out[:, h] = out_lat[:, h] · W_uvᵀ  with W_uv = kv_b value rows (v, C) */
         float *lat_in = grow(&e->head_in, (size_t)T * C, &st);
         if (st != MR_OK) return st;
         for (int h = 0; h < H; h++) {
             gather_cols(e->out_lat.data, H * C, h * C, C, T, lat_in);
-            e->k->matmul(lat_in, lw->kv_b.w + ((size_t)h * (nope + vd) + nope) * C, head_out, T,
-                         vd, C, false);
-            scatter_cols(head_out, T, vd, attn_out, H * vd, h * vd);
-        }
-    } else {
-        for (int first = 0; first < T;) {
-            int n = 1;
-            while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
-            MR_TRY(attend_sequence(e, layer, b, first, n));
-            first += n;
+            e->k->matmul(lat_in, lw->kv_b.w + ((size_t)h * (nope + vd) + nope) * C,
+                         e->head_out.data, T, vd, C, false);
+            scatter_cols(e->head_out.data, T, vd, attn_out, H * vd, h * vd);
         }
     }
     /* x += o_proj(attn_out) */
