@@ -178,8 +178,8 @@ static void on_kv_ready(decode_state *d, int src, Moerun__KvReady *k)
     memcpy(q->sampler.rng_state, k->rng_state, sizeof q->sampler.rng_state);
     if (q->want_logits && d->role.opts.logits_dir) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s.npy", d->role.opts.logits_dir, q->id);
-        if (mr_npy_open_append(path, (size_t)d->role.model.cfg.vocab_size, &q->logits) != MR_OK)
+        if (mr_role_logits_path(&d->role, q->id, path, sizeof path) != MR_OK ||
+            mr_npy_open_append(path, (size_t)d->role.model.cfg.vocab_size, &q->logits) != MR_OK)
             MR_WARN("logits for '%s' not written: %s", q->id, mr_last_error());
     }
     q->state = REQ_RUNNING;

@@ -127,8 +127,8 @@ static int build_batch(prefill_state *p, pf_req **members, int *chunk, int *n_me
             q->started = true;
             if (q->request->want_logits && p->role.opts.logits_dir) {
                 char path[1024];
-                snprintf(path, sizeof path, "%s/%s.npy", p->role.opts.logits_dir, q->id);
-                if (mr_npy_open(path, (size_t)q->prompt_len, (size_t)p->role.model.cfg.vocab_size,
+                if (mr_role_logits_path(&p->role, q->id, path, sizeof path) != MR_OK ||
+                    mr_npy_open(path, (size_t)q->prompt_len, (size_t)p->role.model.cfg.vocab_size,
                                 &q->logits) != MR_OK)
                     MR_WARN("logits for '%s' not written: %s", q->id, mr_last_error());
             }

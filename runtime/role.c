@@ -221,6 +221,15 @@ mr_status mr_role_send_stats(mr_role *r)
     return st;
 }
 
+mr_status mr_role_logits_path(const mr_role *r, const char *id, char *out, size_t len)
+{
+    if (!id[0] || id[0] == '.' || strchr(id, '/'))
+        return mr_fail(MR_EINVAL, "request id '%s' cannot name a logits file", id);
+    if (snprintf(out, len, "%s/%s.npy", r->opts.logits_dir, id) >= (int)len)
+        return mr_fail(MR_EINVAL, "logits path for request '%s' too long", id);
+    return MR_OK;
+}
+
 int *mr_role_ranks(const mr_role *r, tp_role kind, int *n)
 {
     *n = tp_count_role(r->tp, kind);

@@ -80,6 +80,11 @@ mr_status mr_role_send_ready(mr_role *r, int free_kv_blocks, int total_kv_blocks
 /* RankStats to the coordinator (at Shutdown). */
 mr_status mr_role_send_stats(mr_role *r);
 
+/* --logits-dir file of a request: <dir>/<id>.npy. Request ids are user
+ * strings: an id with '/' or a leading '.' is refused (MR_EINVAL) so it can
+ * never name a file outside the directory. */
+mr_status mr_role_logits_path(const mr_role *r, const char *id, char *out, size_t len);
+
 /* Ranks of one role, in role order; *n set. Caller frees. */
 int *mr_role_ranks(const mr_role *r, tp_role kind, int *n);
 
