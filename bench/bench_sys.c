@@ -1,6 +1,8 @@
 /* bench/bench_sys.c — see bench_sys.h. */
 #include "bench_sys.h"
 
+#include "../common/blas_core.h"
+
 #include <cblas.h>
 #include <errno.h>
 #include <pthread.h>
@@ -85,16 +87,8 @@ void bench_machine_get(bench_machine *m)
     env = getenv("OPENBLAS_L2_SIZE");
     snprintf(m->l2_env, sizeof m->l2_env, "%s", env ? env : "(unset)");
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx512 && __builtin_cpu_supports("avx512bf16"))
-        snprintf(m->forced_core, sizeof m->forced_core, "Cooperlake");
-    else if (avx512)
-        snprintf(m->forced_core, sizeof m->forced_core, "SkylakeX");
-    else if (avx2)
-        snprintf(m->forced_core, sizeof m->forced_core, "Haswell");
+    const char *best = mr_blas_best_core();
+    if (best) snprintf(m->forced_core, sizeof m->forced_core, "%s", best);
     snprintf(m->isa, sizeof m->isa, "%s%s%s", __builtin_cpu_supports("avx512f") ? "avx512f " : "",
              __builtin_cpu_supports("avx2") ? "avx2 " : "",
              __builtin_cpu_supports("fma") ? "fma" : "");

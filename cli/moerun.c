@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../common/blas_core.h"
 #include "../common/log.h"
 #include "commands.h"
 #include "mr_build_config.h"
@@ -27,6 +28,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    mr_blas_pick_core(argv); /* may re-exec with OPENBLAS_CORETYPE set */
     mr_process_init();
     if (argc < 2) {
         usage(stderr);

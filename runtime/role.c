@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/blas_core.h"
 #include "common/log.h"
 #include "common/timer.h"
 #include "mr_build_config.h"
@@ -61,6 +62,7 @@ void mr_msgq_free(mr_msgq *q)
 
 mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv)
 {
+    mr_blas_pick_core(argv); /* may re-exec with OPENBLAS_CORETYPE set */
     memset(r, 0, sizeof *r);
     mr_process_init();
     r->name = name;
