@@ -37,9 +37,15 @@ void mr_blas_pick_core(char **argv)
     const char *best = mr_blas_best_core();
     const char *loaded = openblas_get_corename();
     if (!best || !loaded || good_enough(loaded, best)) return;
+    /* exec the real path, not /proc/self/exe, so the process keeps its name
+     * (ps, pgrep, mpirun's messages) */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return;
+    exe[n] = '\0';
     setenv("OPENBLAS_CORETYPE", best, 1);
     setenv("MOERUN_BLAS_CORE_SET", loaded, 1);
-    execv("/proc/self/exe", argv);
+    execv(exe, argv);
     /* exec failed: carry on with the kernels we have */
     unsetenv("OPENBLAS_CORETYPE");
 }

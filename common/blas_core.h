@@ -18,7 +18,7 @@
 const char *mr_blas_best_core(void);
 
 /* If OPENBLAS_CORETYPE is unset and the loaded kernel set is weaker than
- * mr_blas_best_core(), set it and execv(/proc/self/exe, argv). Returns when
+ * mr_blas_best_core(), set it and execv(this executable, argv). Returns when
  * there is nothing to do (or the exec failed: then nothing changed). Call
  * first thing in main, before any thread or MPI exists. */
 void mr_blas_pick_core(char **argv);
