@@ -27,10 +27,24 @@ void tp_service(tp_ctx *ctx)
     tp_progress(ctx);
 }
 
+/* Sends, puts or rendezvous receives still under way. UCX 1.13 does not
+ * signal the worker's event fd for every protocol step of a rendezvous on
+ * shared memory, so while anything is in flight a sleep is kept short. */
+static bool ops_in_flight(const tp_ctx *ctx)
+{
+    for (const tp_rx *rx = ctx->rx_head; rx; rx = rx->next)
+        if (!rx->ready && !rx->failed) return true;
+    for (int r = 0; r < ctx->size; r++)
+        if (ctx->links[r].reqs && tp_link_alive(ctx, r)) return true;
+    return false;
+}
+
 mr_status tp_sleep_until(tp_ctx *ctx, double deadline)
 {
     double now = mr_now();
     double wake = deadline < ctx->next_heartbeat ? deadline : ctx->next_heartbeat;
+    if (wake > now + TP_BUSY_NAP_MAX_NS * 1e-9 && ops_in_flight(ctx))
+        wake = now + TP_BUSY_NAP_MAX_NS * 1e-9;
     if (wake <= now) return MR_OK;
     ucs_status_t s = ucp_worker_arm(ctx->worker);
     if (s == UCS_ERR_BUSY) {
