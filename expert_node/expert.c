@@ -197,7 +197,7 @@ static mr_status setup(expert_state *x)
                  : mr_placement_round_robin(&cfg, experts, n_expert, &x->placement);
     free(experts);
     MR_TRY(st);
-    MR_TRY(mr_role_load_model(&x->role, holds, x));
+    MR_TRY(mr_role_load_experts(&x->role, holds, x));
     x->load = calloc((size_t)cfg.num_hidden_layers * cfg.n_routed_experts, sizeof(uint64_t));
     if (!x->load) return mr_fail(MR_ENOMEM, "expert: out of memory");
     x->last_report = mr_now();

@@ -12,7 +12,7 @@
 #include "synth.h"
 
 static mr_status load_dir(const char *dir, mr_expert_filter filter, void *filter_ctx,
-                          mr_model *out)
+                          bool routed_only, mr_model *out)
 {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
@@ -20,7 +20,9 @@ static mr_status load_dir(const char *dir, mr_expert_filter filter, void *filter
     MR_TRY(mr_config_load(path, &out->cfg));
     mr_st_archive *archive = NULL;
     MR_TRY(mr_st_open_dir(dir, &archive));
-    mr_status st = mr_weights_load(&out->cfg, archive, filter, filter_ctx, &out->weights);
+    mr_status st = routed_only
+                       ? mr_weights_load_routed(&out->cfg, archive, filter, filter_ctx, &out->weights)
+                       : mr_weights_load(&out->cfg, archive, filter, filter_ctx, &out->weights);
     mr_st_close(archive);
     return st;
 }
@@ -41,13 +43,13 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
-mr_status mr_model_load(const char *dir, mr_expert_filter filter, void *filter_ctx,
-                        mr_model *out)
+static mr_status model_load(const char *dir, mr_expert_filter filter, void *filter_ctx,
+                           bool routed_only, mr_model *out)
 {
     memset(out, 0, sizeof *out);
     if (dir) {
         snprintf(out->source, sizeof out->source, "%s", dir);
-        mr_status st = load_dir(dir, filter, filter_ctx, out);
+        mr_status st = load_dir(dir, filter, filter_ctx, routed_only, out);
         if (st != MR_OK) return mr_fail_prefix(st, "model %s: ", dir);
         return MR_OK;
     }
@@ -57,11 +59,23 @@ mr_status mr_model_load(const char *dir, mr_expert_filter filter, void *filter_c
     if (!mkdtemp(tmpl)) return mr_fail(MR_EIO, "cannot create a temporary directory in %s", tmpl);
     mr_synth_opts opts = {.preset = "tiny", .dtype = MR_SYNTH_F32, .seed = 0, .shards = 1};
     mr_status st = mr_synth_write(tmpl, &opts);
-    if (st == MR_OK) st = load_dir(tmpl, filter, filter_ctx, out);
+    if (st == MR_OK) st = load_dir(tmpl, filter, filter_ctx, routed_only, out);
     remove_dir(tmpl);
     snprintf(out->source, sizeof out->source, "built-in tiny (seed 0)");
     if (st != MR_OK) return mr_fail_prefix(st, "built-in tiny model: ");
     return MR_OK;
+}
+
+mr_status mr_model_load(const char *dir, mr_expert_filter filter, void *filter_ctx,
+                        mr_model *out)
+{
+    return model_load(dir, filter, filter_ctx, false, out);
+}
+
+mr_status mr_model_load_routed(const char *dir, mr_expert_filter filter, void *filter_ctx,
+                               mr_model *out)
+{
+    return model_load(dir, filter, filter_ctx, true, out);
 }
 
 void mr_model_free(mr_model *model)

@@ -22,6 +22,9 @@ typedef struct mr_model {
 
 mr_status mr_model_load(const char *dir, mr_expert_filter filter, void *filter_ctx,
                         mr_model *out);
+/* Only the routed experts the filter accepts are loaded (mr_weights_load_routed). */
+mr_status mr_model_load_routed(const char *dir, mr_expert_filter filter, void *filter_ctx,
+                               mr_model *out);
 void mr_model_free(mr_model *model); /* accepts NULL */
 
 /* A cheap fingerprint of a model directory for the cluster's start-up check

@@ -325,8 +325,9 @@ static mr_status load_spec(const mr_config *cfg, const wt_spec *spec, uint64_t *
     return MR_OK;
 }
 
-mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
-                          mr_expert_filter filter, void *filter_ctx, mr_weights *out)
+static mr_status weights_load(const mr_config *cfg, const mr_st_archive *archive,
+                              mr_expert_filter filter, void *filter_ctx, bool routed_only,
+                              mr_weights *out)
 {
     wt_plan plan = {0};
     mr_weights w;
@@ -334,6 +335,8 @@ mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
     memset(out, 0, sizeof *out);
 
     mr_status status = plan_build(cfg, filter, filter_ctx, &w, &plan);
+    for (size_t i = 0; routed_only && i < plan.n_specs; i++)
+        if (!strstr(plan.specs[i].name, ".mlp.experts.")) plan.specs[i].load = false;
     if (status == MR_OK)
         status = plan_resolve(cfg, archive, &plan);
     for (size_t i = 0; i < plan.n_specs && status == MR_OK; i++) {
@@ -348,6 +351,18 @@ mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
     }
     *out = w;
     return MR_OK;
+}
+
+mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
+                          mr_expert_filter filter, void *filter_ctx, mr_weights *out)
+{
+    return weights_load(cfg, archive, filter, filter_ctx, false, out);
+}
+
+mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *archive,
+                                 mr_expert_filter filter, void *filter_ctx, mr_weights *out)
+{
+    return weights_load(cfg, archive, filter, filter_ctx, true, out);
 }
 
 mr_status mr_weights_check(const mr_config *cfg, const mr_st_archive *archive)

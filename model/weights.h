@@ -74,6 +74,10 @@ typedef bool (*mr_expert_filter)(void *ctx, int layer, int expert);
 /* filter NULL = load every expert. */
 mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
                           mr_expert_filter filter, void *filter_ctx, mr_weights *out);
+/* The same, but only routed experts are loaded (those the filter accepts);
+ * every other tensor is checked and left NULL: what an expert rank needs. */
+mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *archive,
+                                 mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
 
 /* A tensor of a layer >= n_layers (model.layers.N.*, N >= num_hidden_layers):

@@ -93,10 +93,12 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
     return MR_OK;
 }
 
-mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx)
+static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx,
+                           bool routed_only)
 {
     double t0 = mr_now();
-    MR_TRY(mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
+    MR_TRY(routed_only ? mr_model_load_routed(r->opts.model_dir, filter, filter_ctx, &r->model)
+                       : mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
     MR_INFO("model %s loaded in %.2f s (%.1f MB of weights held)", r->model.source, mr_now() - t0,
             (double)r->model.weights.n_bytes / 1e6);
     r->cpu_at_start = mr_cpu_seconds();
@@ -107,6 +109,16 @@ void mr_role_service(void *role)
 {
     mr_role *r = role;
     tp_service(r->tp);
+}
+
+mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx)
+{
+    return load_model(r, filter, filter_ctx, false);
+}
+
+mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx)
+{
+    return load_model(r, filter, filter_ctx, true);
 }
 
 bool mr_role_next(mr_role *r, tp_msg *out)

@@ -50,6 +50,8 @@ typedef struct mr_role {
 mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv);
 /* Load the model (filter may skip routed experts) and start CPU accounting. */
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+/* The same for a rank that only runs routed experts: nothing else is loaded. */
+mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx);
 
 /* For mr_engine_opts.between_layers: keep the transport serviced (ctx is the
  * mr_role). */

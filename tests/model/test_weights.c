@@ -304,6 +304,33 @@ static void test_filter_leaves_rejected_experts_unloaded(void **state)
     unload(&some);
 }
 
+static void test_routed_only_load_holds_just_the_accepted_experts(void **state)
+{
+    fixture *f = *state;
+    mt_synth(f->src, "tiny", MR_SYNTH_F32, 1, 1);
+    loaded l;
+    int calls = 0;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(mr_config_load(mt_path(f->src, "config.json"), &l.cfg), MR_OK);
+    assert_int_equal(mr_st_open_dir(f->src, &l.archive), MR_OK);
+    assert_int_equal(mr_weights_load_routed(&l.cfg, l.archive, even_experts_of_layer_1, &calls,
+                                            &l.w), MR_OK);
+    assert_null(l.w.embed);
+    assert_null(l.w.lm_head.w);
+    assert_null(l.w.final_norm);
+    for (int layer = 0; layer < 3; layer++) {
+        assert_null(l.w.layers[layer].attn_norm);
+        assert_null(l.w.layers[layer].kv_b.w);
+        assert_int_equal(l.w.layers[layer].kv_b.cols, 32); /* still shape-checked */
+    }
+    assert_null(l.w.layers[1].shared.gate.w);
+    assert_null(l.w.layers[1].gate.w);
+    assert_non_null(l.w.layers[1].experts[0].gate.w);
+    assert_null(l.w.layers[1].experts[1].gate.w);
+    assert_int_equal(l.w.n_bytes, 8ull * 3 * 48 * 160 * sizeof(float)); /* 8 experts, nothing else */
+    unload(&l);
+}
+
 static bool no_experts(void *ctx, int layer, int expert)
 {
     (void)ctx;
@@ -497,6 +524,7 @@ int main(void)
         T(test_shape_mismatch_names_tensor_and_both_shapes),
         T(test_filter_leaves_rejected_experts_unloaded),
         T(test_filter_still_checks_skipped_experts),
+        T(test_routed_only_load_holds_just_the_accepted_experts),
         T(test_fp8_dequant_is_within_fp8_rounding_of_the_f32_twin),
         T(test_fp8_checkpoint_needs_quantization_config),
         T(test_fp8_weight_without_scale_is_named),
