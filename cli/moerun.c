@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "../common/blas_core.h"
-#include "../common/log.h"
+#include "../common/process.h"
 #include "commands.h"
 #include "mr_build_config.h"
 

@@ -1,18 +1,11 @@
 #include "log.h"
 
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static char log_tag[64] = "moerun";
-
-void mr_process_init(void)
-{
-    mallopt(M_MMAP_THRESHOLD, 32 << 20); /* glibc's maximum */
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
 
 void mr_log_set_tag(const char *tag)
 {

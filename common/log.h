@@ -12,11 +12,6 @@ typedef enum { MR_LOG_DEBUG, MR_LOG_INFO, MR_LOG_WARN, MR_LOG_ERROR } mr_log_lev
 
 void mr_log_set_tag(const char *tag);
 
-/* Process set-up shared by every moerun executable: keep large freed
- * buffers (per-layer scratch, transport messages up to 32 MiB) in the heap
- * instead of returning them to the kernel with munmap — otherwise every
- * message or expert batch pays fresh page faults. Call once at start. */
-void mr_process_init(void);
 void mr_log(mr_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define MR_DEBUG(...) mr_log(MR_LOG_DEBUG, __VA_ARGS__)

@@ -6,6 +6,7 @@
 
 #include "common/blas_core.h"
 #include "common/log.h"
+#include "common/process.h"
 #include "common/timer.h"
 #include "mr_build_config.h"
 
