@@ -4,6 +4,7 @@
  *   moerun generate [--model DIR] --prompt-ids 1,17,923 --max-new-tokens N
  *       [--temperature 0] [--top-p 1] [--top-k 0] [--seed 0]
  *       [--attn absorb|naive] [--ignore-eos] [--logits-out FILE.npy]
+ *       [--backend cpu|cuda] [--precision fp32|bf16]
  * The generated ids go comma-separated on the last line of stdout; everything
  * else goes to stderr. --logits-out writes (S+G-1, vocab) float32 rows: the
  * prompt's logits at every position (one causal prefill pass), then each
@@ -17,7 +18,10 @@
 #include "../common/log.h"
 #include "../common/npy.h"
 #include "../common/timer.h"
+#include "../kernels/backend.h"
+#include "../kernels/cuda/kernels_cuda.h"
 #include "../model/engine.h"
+#include "../model/kv_store.h"
 #include "../model/model.h"
 #include "../model/sampler.h"
 #include "commands.h"
@@ -31,6 +35,7 @@ typedef struct generate_args {
     mr_attn_mode attn;
     int ignore_eos;
     const char *logits_out;
+    bool cuda, bf16;
 } generate_args;
 
 static void usage(FILE *out)
@@ -39,7 +44,10 @@ static void usage(FILE *out)
             "usage: moerun generate [--model DIR] --prompt-ids 1,17,923 --max-new-tokens N\n"
             "                       [--temperature 0] [--top-p 1] [--top-k 0] [--seed 0]\n"
             "                       [--attn absorb|naive] [--ignore-eos] [--logits-out FILE.npy]\n"
+            "                       [--backend cpu|cuda] [--precision fp32|bf16]\n"
             "\n"
+            "--backend cuda runs on GPU (local rank mod GPU count); --precision fp32 gives the\n"
+            "CPU's tokens, bf16 rounds GEMM inputs to bfloat16 (fp32 accumulate).\n"
             "Without --model the built-in tiny synthetic model is used.\n"
             "Prints the generated token ids, comma-separated, on the last line of stdout.\n");
 }
@@ -81,6 +89,14 @@ static mr_status parse_args(int argc, char **argv, generate_args *a, int *want_h
             if (!strcmp(val, "absorb")) a->attn = MR_ATTN_ABSORB;
             else if (!strcmp(val, "naive")) a->attn = MR_ATTN_NAIVE;
             else return mr_fail(MR_EINVAL, "--attn: expected absorb or naive, got '%s'", val);
+        } else if (!strcmp(flag, "--backend")) {
+            if (!strcmp(val, "cpu")) a->cuda = false;
+            else if (!strcmp(val, "cuda")) a->cuda = true;
+            else return mr_fail(MR_EINVAL, "--backend: expected cpu or cuda, got '%s'", val);
+        } else if (!strcmp(flag, "--precision")) {
+            if (!strcmp(val, "fp32")) a->bf16 = false;
+            else if (!strcmp(val, "bf16")) a->bf16 = true;
+            else return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", val);
         } else if (!strcmp(flag, "--logits-out")) {
             a->logits_out = val;
         } else {
@@ -116,8 +132,9 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
 {
     mr_model model;
     mr_engine *engine = NULL;
-    mr_kv_pool *pool = NULL;
+    mr_kv_store kv = {0};
     mr_kv_seq seq = {0};
+    const mr_kernels *k = NULL;
     mr_sampler sampler;
     mr_npy_writer npy = {0};
     float *logits = NULL;
@@ -127,6 +144,7 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     int n_gen = 0;
     mr_status st;
 
+    if ((st = mr_backend_open(a->cuda, a->bf16, &k)) != MR_OK) return st;
     double t_load = mr_now();
     st = mr_model_load(a->model_dir, NULL, NULL, &model);
     if (st != MR_OK) return st;
@@ -142,12 +160,17 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     const int S = a->n_prompt, N = a->max_new_tokens, V = cfg->vocab_size;
     const int block_tokens = 16;
     int n_blocks = (S + N + block_tokens - 1) / block_tokens;
-    mr_engine_opts opts = {.kernels = mr_kernels_cpu(), .attn = a->attn};
+    mr_engine_opts opts = {.kernels = k, .attn = a->attn};
     if ((st = mr_engine_create(cfg, &model.weights, &opts, &engine)) != MR_OK) goto done;
-    if ((st = mr_kv_pool_create(cfg->num_hidden_layers, mr_config_latent_dim(cfg), block_tokens,
-                                n_blocks, &pool)) != MR_OK)
+    if ((st = mr_kv_store_create(k, cfg->num_hidden_layers, mr_config_latent_dim(cfg), block_tokens,
+                                 n_blocks, NULL, &kv)) != MR_OK)
         goto done;
-    mr_kv_seq_init(&seq, pool);
+    if (!k->host_memory) {
+        char dev[256] = "";
+        mr_cuda_device_describe(dev, sizeof dev);
+        MR_INFO("backend %s on %s, %s GEMMs", k->name, dev, a->bf16 ? "bf16" : "fp32");
+    }
+    mr_kv_seq_init(&seq, kv.pool);
     if ((st = mr_kv_seq_reserve(&seq, S + N)) != MR_OK) goto done;
 
     logits = malloc(sizeof(float) * (size_t)S * V);
@@ -210,8 +233,8 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
 done:
     if (npy.fp) mr_npy_close(&npy);
     mr_kv_seq_release(&seq);
-    mr_kv_pool_destroy(pool);
     mr_engine_destroy(engine);
+    mr_kv_store_destroy(&kv);
     mr_model_free(&model);
     free(logits);
     free(positions);

@@ -175,6 +175,12 @@ static void on_kv_ready(decode_state *d, int src, Moerun__KvReady *k)
         fail_req(d, q, "malformed KvReady from prefill");
         return;
     }
+    /* prefill put the prompt's KV into the host image: to a GPU backend */
+    int n_blocks = mr_kv_pool_blocks_for(d->pool, q->prompt_len);
+    if (mr_kv_store_upload(&d->kv, n_blocks, q->seq.blocks) != MR_OK) {
+        fail_req(d, q, mr_last_error());
+        return;
+    }
     memcpy(q->sampler.rng_state, k->rng_state, sizeof q->sampler.rng_state);
     if (q->want_logits && d->role.opts.logits_dir) {
         char path[1024];

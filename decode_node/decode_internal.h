@@ -6,6 +6,7 @@
 
 #include "common/npy.h"
 #include "model/engine.h"
+#include "model/kv_store.h"
 #include "model/sampler.h"
 #include "runtime/placement.h"
 #include "runtime/role.h"
@@ -35,7 +36,8 @@ typedef struct dec_req {
 typedef struct decode_state {
     mr_role role;
     mr_engine *engine;
-    mr_kv_pool *pool;
+    mr_kv_store kv;           /* pool in the backend; host image = pool_mem (put target) */
+    mr_kv_pool *pool;         /* kv.pool */
     tp_mem *pool_mem;
     mr_placement placement;
     bool *alive;               /* by rank */

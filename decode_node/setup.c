@@ -36,7 +36,7 @@ mr_status dec_add_req(decode_state *d, dec_req *q)
 
 static mr_status announce_pool(decode_state *d)
 {
-    void *base = mr_kv_pool_block(d->pool, 0);
+    void *base = mr_kv_store_host_block(&d->kv, 0);
     void *packed = NULL;
     size_t packed_len = 0;
     MR_TRY(tp_mem_pack(d->role.tp, d->pool_mem, &packed, &packed_len));
@@ -93,12 +93,13 @@ mr_status dec_setup(decode_state *d)
     size_t pool_bytes = mr_kv_pool_bytes_for(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
                                              r->opts.block_tokens, r->opts.kv_blocks);
     MR_TRY(tp_mem_alloc(r->tp, pool_bytes, &d->pool_mem));
-    MR_TRY(mr_kv_pool_create_in(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
-                                r->opts.block_tokens, r->opts.kv_blocks,
-                                tp_mem_base(d->pool_mem), &d->pool));
+    MR_TRY(mr_kv_store_create(r->kernels, cfg->num_hidden_layers, mr_config_latent_dim(cfg),
+                              r->opts.block_tokens, r->opts.kv_blocks, tp_mem_base(d->pool_mem),
+                              &d->kv));
+    d->pool = d->kv.pool;
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
-    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &d->moe,
+    mr_engine_opts eo = {.kernels = r->kernels, .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
     MR_TRY(announce_pool(d));
@@ -120,7 +121,8 @@ void dec_teardown(decode_state *d)
         }
     free(d->reqs);
     mr_engine_destroy(d->engine);
-    mr_kv_pool_destroy(d->pool); /* before the storage it lives in */
+    mr_kv_store_destroy(&d->kv); /* before the host image it uses */
+    d->pool = NULL;
     if (d->pool_mem) tp_mem_deregister(d->role.tp, d->pool_mem);
     mr_placement_free(&d->placement);
     int n_ranks = d->role.tp ? tp_size(d->role.tp) : 0;

@@ -94,7 +94,8 @@ static void serve_layer(expert_state *x, int layer)
         }
     }
     double t0 = mr_now();
-    mr_status st = mr_experts_forward(cfg, &x->role.model.weights, mr_kernels_cpu(), layer, n, rows,
+    mr_status st = mr_experts_forward(cfg, mr_role_expert_weights(&x->role), x->role.kernels,
+                                      &x->role.experts_ws, layer, n, rows,
                                       experts, outs);
     x->role.compute_s += mr_now() - t0;
     x->role.tokens_processed += (uint64_t)n;

@@ -54,6 +54,9 @@ typedef enum mr_copy_dir { MR_COPY_H2D, MR_COPY_D2H, MR_COPY_D2D } mr_copy_dir;
 
 typedef struct mr_kernels {
     const char *name;
+    /* true when backend memory is ordinary host memory (cpu): callers may
+     * then hand host pointers straight to the ops and skip staging copies. */
+    bool host_memory;
 
     /* Backend memory. alloc returns NULL on failure (cuda: the error is also
      * recorded, see kernels/cuda/kernels_cuda.h); free accepts NULL. copy moves
@@ -64,6 +67,36 @@ typedef struct mr_kernels {
     void (*free)(void *p);
     void (*copy)(void *dst, const void *src, size_t bytes, int direction);
     void (*sync)(void);
+    /* sync, then the first error the backend recorded since the last check
+     * (cleared by this call), with its message set (mr_last_error); MR_OK on
+     * cpu, whose ops cannot fail. Callers check once per forward pass. */
+    mr_status (*check)(void);
+
+    /* Strided copy of `rows` rows of `width` bytes: row r goes from
+     * src + r*src_pitch to dst + r*dst_pitch (cudaMemcpy2D semantics).
+     * H2D / D2H return when dst holds the data; D2D is ordered with the ops
+     * (queued on cuda). */
+    void (*copy_2d)(void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                    size_t width, size_t rows, int direction);
+
+    /* Indexed row gather: dst(n, width) row i = width floats at
+     * src + (rows[i] + row_base) * src_ld. rows(n) int32 in backend memory. */
+    void (*gather_rows)(const float *src, int src_ld, const int32_t *rows, int row_base, int n,
+                        int width, float *dst);
+    /* Indexed row scatter, the inverse: width floats at
+     * dst + (rows[i] + row_base) * dst_ld = src(n, width) row i. Rows must be
+     * distinct. */
+    void (*scatter_rows)(const float *src, int n, int width, const int32_t *rows, int row_base,
+                         float *dst, int dst_ld);
+
+    /* MoE combine: out(t,:) = Σ_k weights(t,k) · expert_out(t,k,:), summed
+     * from 0 in k order (fixed order: results never depend on where experts
+     * ran). expert_out(n_tokens, top_k, dim), weights(n_tokens, top_k). */
+    void (*moe_combine)(const float *expert_out, const float *weights, int n_tokens, int top_k,
+                        int dim, float *out);
+
+    /* y(i) += x(i) for i < n (residual add). */
+    void (*add)(float *y, const float *x, size_t n);
 
     /* y(m,n) = x(m,k) · w(n,k)ᵀ, or y += ... when accumulate. */
     void (*matmul)(const float *x, const float *w, float *y, int m, int n, int k,

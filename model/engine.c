@@ -5,15 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A growable float buffer owned by the engine. */
-typedef struct scratch_buf {
-    float *data;
-    size_t cap;
-} scratch_buf;
-
 struct mr_engine {
     const mr_config *cfg;
-    const mr_weights *weights;
+    const mr_weights *w;      /* in k's memory: the caller's (host) or dev_w */
+    mr_weights dev_w;         /* backend copy when k's memory is not host */
     const mr_kernels *k;
     mr_attn_mode attn;
     mr_moe_exec moe;
@@ -23,36 +18,45 @@ struct mr_engine {
     float softmax_scale;
     float rope_mscale;        /* multiplies cos/sin (YaRN mscale ratio) */
     double *inv_freq;         /* (rope/2) */
-    float **w_uk_t;           /* per layer: (H, C, nope) kv_b key rows transposed */
+    float **w_uk_t;           /* per layer, backend: (H, C, nope) kv_b key rows transposed */
 
-    scratch_buf x, xn, qa, q, kv, q_lat, head_in, head_out, out_lat, attn_out;
-    scratch_buf ctx, kvb, k_full, v_full, scores, cos_t, sin_t;
-    scratch_buf gate_logits, gate_w, gate_scratch, expert_out, mlp_scratch, routed;
-    int32_t *gate_ids;
-    size_t gate_ids_cap;
+    /* backend scratch (contents not kept across growth, see kbuf.h) */
+    mr_kbuf x, xn, qa, q, kv, q_lat, head_in, head_out, out_lat, attn_out, ctx, q_pe, kvb;
+    mr_kbuf k_full, v_full, scores, rope_cs, gate_logits, gate_w, gate_scratch, gate_ids;
+    mr_kbuf expert_out, mlp_scratch, routed, idx, logits;
+    mr_expert_ws experts;     /* local routed experts */
+
+    /* host side of one forward: indices and RoPE tables to upload, router
+     * results and staged rows to download */
+    int32_t *idx_host;
+    float *cs_host, *gw_host, *h_host, *eo_host;
+    int32_t *ids_host;
+    size_t idx_cap, cs_cap, gw_cap, h_cap, eo_cap, ids_cap;
+    /* this forward's sequence runs and index layout (see forward_prepare) */
+    struct seq_run { int first, n, n_ctx, ctx_off; } *runs;
+    int n_runs, runs_cap;
+    int off_kvrow, off_ctx_len, off_want, n_want;
+    const int32_t *dev_idx;   /* idx in k's memory (== idx_host on cpu) */
+    float *kv_storage;        /* the batch's KV pool storage (k's memory) */
+    int kv_block_tokens;
 };
 
-static float *grow(scratch_buf *b, size_t n_floats, mr_status *st)
+/* Reserve one backend scratch buffer of n floats. */
+static float *fbuf(mr_engine *e, mr_kbuf *b, size_t n_floats, mr_status *st)
 {
-    if (*st != MR_OK) return NULL;
-    if (n_floats == 0) n_floats = 1;
-    if (b->cap < n_floats) {
-        float *p = realloc(b->data, n_floats * sizeof(float));
-        if (!p) {
-            *st = mr_fail(MR_ENOMEM, "engine: cannot grow scratch to %zu floats", n_floats);
-            return NULL;
-        }
-        b->data = p;
-        b->cap = n_floats;
-    }
-    return b->data;
+    return mr_kbuf_reserve(e->k, b, n_floats * sizeof(float), st);
 }
 
-static void free_buf(scratch_buf *b)
+/* Grow a host array (contents kept). */
+static mr_status host_grow(void **p, size_t *cap, size_t n, size_t elem)
 {
-    free(b->data);
-    b->data = NULL;
-    b->cap = 0;
+    if (*cap >= n) return MR_OK;
+    size_t want = n + n / 4 + 16;
+    void *q = realloc(*p, want * elem);
+    if (!q) return mr_fail(MR_ENOMEM, "engine: out of memory for %zu host entries", n);
+    *p = q;
+    *cap = want;
+    return MR_OK;
 }
 
 /* ---- RoPE / YaRN, exactly as the official precompute_freqs_cis ---------- */
@@ -95,6 +99,11 @@ void mr_engine_rope_at(const mr_engine *e, int pos, float *cos_out, float *sin_o
     }
 }
 
+const mr_weights *mr_engine_weights(const mr_engine *e)
+{
+    return e->w;
+}
+
 float mr_engine_softmax_scale(const mr_engine *e)
 {
     return e->softmax_scale;
@@ -102,82 +111,14 @@ float mr_engine_softmax_scale(const mr_engine *e)
 
 /* ---- local routed experts ------------------------------------------------ */
 
-static mr_expert_w expert_view(const mr_mlp *m)
-{
-    mr_expert_w e = {m->gate.w, m->up.w, m->down.w, m->gate.cols, m->gate.rows};
-    return e;
-}
-
-mr_status mr_experts_forward(const mr_config *cfg, const mr_weights *weights,
-                             const mr_kernels *k, int layer, int n_rows,
-                             const float *const *rows, const int32_t *experts, float *const *out)
-{
-    const int dim = cfg->hidden_size, inter = cfg->moe_intermediate_size;
-    const mr_layer_weights *lw = &weights->layers[layer];
-    if (!lw->is_moe) return mr_fail(MR_EINVAL, "layer %d is not an MoE layer", layer);
-    for (int i = 0; i < n_rows; i++)
-        if (experts[i] < 0 || experts[i] >= cfg->n_routed_experts || !lw->experts[experts[i]].gate.w)
-            return mr_fail(MR_EINVAL, "layer %d: expert %d is not held here", layer, experts[i]);
-    mr_status st = MR_OK;
-    float *in = malloc(sizeof(float) * (size_t)n_rows * dim + 1);
-    float *res = malloc(sizeof(float) * (size_t)n_rows * dim + 1);
-    float *scratch = malloc(sizeof(float) * 2 * (size_t)n_rows * inter + 1);
-    int32_t *members = malloc(sizeof(int32_t) * (size_t)n_rows + 1);
-    if (!in || !res || !scratch || !members) {
-        st = mr_fail(MR_ENOMEM, "layer %d experts: out of memory for %d rows", layer, n_rows);
-        goto done;
-    }
-    /* one batch per expert, experts in increasing id, rows in given order */
-    for (int ex = 0; ex < cfg->n_routed_experts; ex++) {
-        int n = 0;
-        for (int i = 0; i < n_rows; i++)
-            if (experts[i] == ex) members[n++] = i;
-        if (n == 0) continue;
-        for (int j = 0; j < n; j++)
-            memcpy(in + (size_t)j * dim, rows[members[j]], sizeof(float) * dim);
-        mr_expert_w ew = expert_view(&lw->experts[ex]);
-        k->expert_ffn(&ew, in, n, res, false, scratch);
-        for (int j = 0; j < n; j++)
-            memcpy(out[members[j]], res + (size_t)j * dim, sizeof(float) * dim);
-    }
-done:
-    free(in);
-    free(res);
-    free(scratch);
-    free(members);
-    return st;
-}
-
-mr_status mr_moe_run_local(const mr_config *cfg, const mr_weights *weights,
-                           const mr_kernels *k, int layer, const float *h, int n_tokens,
-                           const int32_t *expert_ids, float *expert_out)
-{
-    const int dim = cfg->hidden_size, top_k = cfg->num_experts_per_tok;
-    const int n_rows = n_tokens * top_k;
-    const float **rows = malloc(sizeof(float *) * (size_t)n_rows + 1);
-    float **out = malloc(sizeof(float *) * (size_t)n_rows + 1);
-    if (!rows || !out) {
-        free(rows);
-        free(out);
-        return mr_fail(MR_ENOMEM, "layer %d experts: out of memory", layer);
-    }
-    for (int slot = 0; slot < n_rows; slot++) {
-        rows[slot] = h + (size_t)(slot / top_k) * dim;
-        out[slot] = expert_out + (size_t)slot * dim;
-    }
-    mr_status st = mr_experts_forward(cfg, weights, k, layer, n_rows, rows, expert_ids, out);
-    free(rows);
-    free(out);
-    return st;
-}
-
 static mr_status local_moe_run(void *ctx, int layer, const float *h, int n_tokens,
                                const int32_t *expert_ids, const float *weights,
                                float *expert_out)
 {
     mr_engine *e = ctx;
-    (void)weights;
-    return mr_moe_run_local(e->cfg, e->weights, e->k, layer, h, n_tokens, expert_ids, expert_out);
+    (void)weights; /* applied by the fixed combine */
+    return mr_moe_run_local(e->cfg, e->w, e->k, &e->experts, layer, h, n_tokens, expert_ids,
+                            expert_out);
 }
 
 /* ---- create / destroy ---------------------------------------------------- */
@@ -189,8 +130,8 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     mr_engine *e = calloc(1, sizeof *e);
     if (!e) return mr_fail(MR_ENOMEM, "engine: out of memory");
     e->cfg = cfg;
-    e->weights = weights;
     e->k = opts && opts->kernels ? opts->kernels : mr_kernels_cpu();
+    e->w = weights;
     e->attn = opts ? opts->attn : MR_ATTN_ABSORB;
     e->between_layers = opts ? opts->between_layers : NULL;
     e->between_layers_ctx = opts ? opts->between_layers_ctx : NULL;
@@ -199,6 +140,15 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     } else {
         e->moe.run = local_moe_run;
         e->moe.ctx = e;
+        e->moe.backend_io = true;
+    }
+    if (!e->k->host_memory) {
+        mr_status st = mr_weights_to_backend(cfg, e->k, weights, &e->dev_w);
+        if (st != MR_OK) {
+            mr_engine_destroy(e);
+            return mr_fail_prefix(st, "engine: weights to the %s backend: ", e->k->name);
+        }
+        e->w = &e->dev_w;
     }
 
     double scale = 1.0 / sqrt((double)mr_config_qk_head_dim(cfg));
@@ -222,13 +172,21 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     const int C = cfg->kv_lora_rank, vd = cfg->v_head_dim;
     for (int l = 0; l < cfg->num_hidden_layers && e->attn == MR_ATTN_ABSORB; l++) {
         const float *kv_b = weights->layers[l].kv_b.w;
-        float *t = malloc(sizeof(float) * (size_t)H * C * nope);
+        size_t bytes = sizeof(float) * (size_t)H * C * nope;
+        float *t = malloc(bytes);
         if (!t) goto nomem;
-        e->w_uk_t[l] = t;
         for (int h = 0; h < H; h++)
             for (int d = 0; d < nope; d++)
                 for (int c = 0; c < C; c++)
                     t[((size_t)h * C + c) * nope + d] = kv_b[((size_t)h * (nope + vd) + d) * C + c];
+        if (e->k->host_memory) {
+            e->w_uk_t[l] = t;
+            continue;
+        }
+        e->w_uk_t[l] = e->k->alloc(bytes);
+        if (e->w_uk_t[l]) e->k->copy(e->w_uk_t[l], t, bytes, MR_COPY_H2D);
+        free(t);
+        if (!e->w_uk_t[l]) goto nomem;
     }
     *out = e;
     return MR_OK;
@@ -240,205 +198,229 @@ nomem:
 void mr_engine_destroy(mr_engine *e)
 {
     if (!e) return;
-    for (int l = 0; e->w_uk_t && l < e->cfg->num_hidden_layers; l++) free(e->w_uk_t[l]);
+    const mr_kernels *k = e->k;
+    for (int l = 0; e->w_uk_t && l < e->cfg->num_hidden_layers; l++) {
+        if (k->host_memory)
+            free(e->w_uk_t[l]);
+        else
+            k->free(e->w_uk_t[l]);
+    }
     free(e->w_uk_t);
     free(e->inv_freq);
-    scratch_buf *bufs[] = {&e->x, &e->xn, &e->qa, &e->q, &e->kv, &e->q_lat, &e->head_in,
-                           &e->head_out, &e->out_lat, &e->attn_out, &e->ctx, &e->kvb,
-                           &e->k_full, &e->v_full, &e->scores, &e->cos_t, &e->sin_t,
-                           &e->gate_logits, &e->gate_w, &e->gate_scratch, &e->expert_out,
-                           &e->mlp_scratch, &e->routed};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free_buf(bufs[i]);
-    free(e->gate_ids);
+    mr_kbuf *bufs[] = {&e->x, &e->xn, &e->qa, &e->q, &e->kv, &e->q_lat, &e->head_in,
+                       &e->head_out, &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
+                       &e->k_full, &e->v_full, &e->scores, &e->rope_cs, &e->gate_logits,
+                       &e->gate_w, &e->gate_scratch, &e->gate_ids, &e->expert_out,
+                       &e->mlp_scratch, &e->routed, &e->idx, &e->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mr_kbuf_free(k, bufs[i]);
+    mr_expert_ws_free(k, &e->experts);
+    mr_weights_free(&e->dev_w);
+    free(e->idx_host);
+    free(e->cs_host);
+    free(e->gw_host);
+    free(e->h_host);
+    free(e->eo_host);
+    free(e->ids_host);
+    free(e->runs);
     free(e);
 }
 
 /* ---- attention ----------------------------------------------------------- */
 
-/* Copy column block [col0, col0+width) of each of n rows (row stride ld_src)
- * into a dense (n, width) matrix, or back (scatter). */
-static void gather_cols(const float *src, int ld_src, int col0, int width, int n, float *dst)
+/* Strided copy in backend memory of n rows of `width` floats (pitches in
+ * floats). */
+static void copy_rows(const mr_kernels *k, float *dst, int dst_ld, const float *src, int src_ld,
+                      int width, int n)
 {
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * width, src + (size_t)i * ld_src + col0, sizeof(float) * width);
+    k->copy_2d(dst, sizeof(float) * (size_t)dst_ld, src, sizeof(float) * (size_t)src_ld,
+               sizeof(float) * (size_t)width, (size_t)n, MR_COPY_D2D);
 }
 
-static void scatter_cols(const float *src, int n, int width, float *dst, int ld_dst, int col0)
-{
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * ld_dst + col0, src + (size_t)i * width, sizeof(float) * width);
-}
-
-/* Attention of the tokens [first, first+n_q) that belong to one sequence;
- * writes attn_out rows (n_q, H*v). */
-static mr_status attend_sequence(mr_engine *e, int layer, const mr_batch *b, int first, int n_q)
+/* Attention of one run of consecutive tokens of one sequence: writes their
+ * out_lat rows (absorbed) or attn_out rows (naive). */
+static mr_status attend_run(mr_engine *e, int layer, const struct seq_run *run)
 {
     const mr_config *c = e->cfg;
+    const mr_kernels *k = e->k;
     const int H = c->num_attention_heads, C = c->kv_lora_rank, R = c->qk_rope_head_dim;
     const int nope = c->qk_nope_head_dim, vd = c->v_head_dim, dqk = nope + R;
-    const int lat = C + R;
-    const mr_kv_seq *seq = b->seqs[first];
-    const int n_ctx = b->positions[first + n_q - 1] + 1;
-    int32_t ctx_len_stack[64];
-    int32_t *ctx_len = n_q <= 64 ? ctx_len_stack : malloc(sizeof(int32_t) * (size_t)n_q);
-    if (!ctx_len) return mr_fail(MR_ENOMEM, "engine: out of memory");
-    for (int i = 0; i < n_q; i++) ctx_len[i] = b->positions[first + i] + 1;
+    const int lat = C + R, first = run->first, n_q = run->n, n_ctx = run->n_ctx;
 
     mr_status st = MR_OK;
-    float *ctx = grow(&e->ctx, (size_t)n_ctx * lat, &st);
-    float *scores = grow(&e->scores, (size_t)n_q * H * n_ctx, &st);
-    if (st != MR_OK) goto done;
-    mr_kv_seq_gather(seq, layer, n_ctx, ctx);
+    float *ctx = fbuf(e, &e->ctx, (size_t)n_ctx * lat, &st);
+    float *scores = fbuf(e, &e->scores, (size_t)n_q * H * n_ctx, &st);
+    if (st != MR_OK) return st;
+    /* the sequence's latent rows of this layer, gathered from the paged pool */
+    k->gather_rows(e->kv_storage, lat, e->dev_idx + run->ctx_off, layer * e->kv_block_tokens,
+                   n_ctx, lat, ctx);
+    const int32_t *ctx_len = e->dev_idx + e->off_ctx_len + first;
+    const float *q = e->q.p;
 
     if (e->attn == MR_ATTN_ABSORB) {
-        /* q_pe (n_q, H, R) sits inside q rows; gather it densely. */
-        float *q_pe = grow(&e->head_in, (size_t)n_q * H * R, &st);
-        if (st != MR_OK) goto done;
-        for (int i = 0; i < n_q; i++)
-            for (int h = 0; h < H; h++)
-                memcpy(q_pe + ((size_t)i * H + h) * R,
-                       e->q.data + ((size_t)(first + i) * H + h) * dqk + nope, sizeof(float) * R);
-        e->k->mla_absorbed(e->q_lat.data + (size_t)first * H * C, q_pe, n_q, H, C, R, ctx, n_ctx,
-                           ctx_len, e->softmax_scale, e->out_lat.data + (size_t)first * H * C,
-                           scores);
-    } else {
-        /* Naive: expand the latent into per-head K and V. */
-        float *kvb = grow(&e->kvb, (size_t)n_ctx * H * (nope + vd), &st);
-        float *kf = grow(&e->k_full, (size_t)n_ctx * H * dqk, &st);
-        float *vf = grow(&e->v_full, (size_t)n_ctx * H * vd, &st);
-        float *cn = grow(&e->head_in, (size_t)n_ctx * C, &st);
-        if (st != MR_OK) goto done;
-        gather_cols(ctx, lat, 0, C, n_ctx, cn);
-        e->k->matmul(cn, e->weights->layers[layer].kv_b.w, kvb, n_ctx, H * (nope + vd), C, false);
-        for (int t = 0; t < n_ctx; t++) {
-            for (int h = 0; h < H; h++) {
-                const float *src = kvb + ((size_t)t * H + h) * (nope + vd);
-                float *kd = kf + ((size_t)t * H + h) * dqk;
-                memcpy(kd, src, sizeof(float) * nope);
-                memcpy(kd + nope, ctx + (size_t)t * lat + C, sizeof(float) * R);
-                memcpy(vf + ((size_t)t * H + h) * vd, src + nope, sizeof(float) * vd);
-            }
-        }
-        e->k->mla_naive(e->q.data + (size_t)first * H * dqk, kf, vf, n_q, H, dqk, vd, n_ctx,
-                        ctx_len, e->softmax_scale, e->attn_out.data + (size_t)first * H * vd,
-                        scores);
+        /* q_pe (n_q, H, R) sits inside the q rows: make it dense */
+        float *q_pe = fbuf(e, &e->q_pe, (size_t)n_q * H * R, &st);
+        if (st != MR_OK) return st;
+        copy_rows(k, q_pe, R, q + (size_t)first * H * dqk + nope, dqk, R, n_q * H);
+        k->mla_absorbed((const float *)e->q_lat.p + (size_t)first * H * C, q_pe, n_q, H, C, R,
+                        ctx, n_ctx, ctx_len, e->softmax_scale,
+                        (float *)e->out_lat.p + (size_t)first * H * C, scores);
+        return MR_OK;
     }
-done:
-    if (ctx_len != ctx_len_stack) free(ctx_len);
-    return st;
+    /* Naive: expand the latent into per-head K and V. */
+    float *kvb = fbuf(e, &e->kvb, (size_t)n_ctx * H * (nope + vd), &st);
+    float *kf = fbuf(e, &e->k_full, (size_t)n_ctx * H * dqk, &st);
+    float *vf = fbuf(e, &e->v_full, (size_t)n_ctx * H * vd, &st);
+    float *cn = fbuf(e, &e->head_in, (size_t)n_ctx * C, &st);
+    if (st != MR_OK) return st;
+    copy_rows(k, cn, C, ctx, lat, C, n_ctx);
+    k->matmul(cn, e->w->layers[layer].kv_b.w, kvb, n_ctx, H * (nope + vd), C, false);
+    /* k(t, h) = [k_nope(t, h) | k_pe(t)], v(t, h) */
+    copy_rows(k, kf, dqk, kvb, nope + vd, nope, n_ctx * H);
+    for (int h = 0; h < H; h++) copy_rows(k, kf + (size_t)h * dqk + nope, H * dqk, ctx + C, lat, R, n_ctx);
+    copy_rows(k, vf, vd, kvb + nope, nope + vd, vd, n_ctx * H);
+    k->mla_naive(q + (size_t)first * H * dqk, kf, vf, n_q, H, dqk, vd, n_ctx, ctx_len,
+                 e->softmax_scale, (float *)e->attn_out.p + (size_t)first * H * vd, scores);
+    return MR_OK;
 }
 
-static mr_status attention_block(mr_engine *e, int layer, const mr_batch *b)
+static mr_status attention_block(mr_engine *e, int layer, int T)
 {
     const mr_config *c = e->cfg;
-    const mr_layer_weights *lw = &e->weights->layers[layer];
-    const int T = b->n_tokens, D = c->hidden_size, H = c->num_attention_heads;
+    const mr_kernels *k = e->k;
+    const mr_layer_weights *lw = &e->w->layers[layer];
+    const int D = c->hidden_size, H = c->num_attention_heads;
     const int C = c->kv_lora_rank, R = c->qk_rope_head_dim, nope = c->qk_nope_head_dim;
     const int vd = c->v_head_dim, dqk = nope + R, lat = C + R;
     mr_status st = MR_OK;
 
-    float *xn = grow(&e->xn, (size_t)T * D, &st);
-    float *q = grow(&e->q, (size_t)T * H * dqk, &st);
-    float *kv = grow(&e->kv, (size_t)T * lat, &st);
-    float *attn_out = grow(&e->attn_out, (size_t)T * H * vd, &st);
+    float *x = e->x.p;
+    float *xn = fbuf(e, &e->xn, (size_t)T * D, &st);
+    float *q = fbuf(e, &e->q, (size_t)T * H * dqk, &st);
+    float *kv = fbuf(e, &e->kv, (size_t)T * lat, &st);
+    float *attn_out = fbuf(e, &e->attn_out, (size_t)T * H * vd, &st);
     if (st != MR_OK) return st;
 
-    e->k->rmsnorm(e->x.data, lw->attn_norm, xn, T, D, D, c->rms_norm_eps);
+    k->rmsnorm(x, lw->attn_norm, xn, T, D, D, c->rms_norm_eps);
     if (c->q_lora_rank > 0) {
-        float *qa = grow(&e->qa, (size_t)T * c->q_lora_rank, &st);
+        float *qa = fbuf(e, &e->qa, (size_t)T * c->q_lora_rank, &st);
         if (st != MR_OK) return st;
-        e->k->matmul(xn, lw->q_a.w, qa, T, c->q_lora_rank, D, false);
-        e->k->rmsnorm(qa, lw->q_a_norm, qa, T, c->q_lora_rank, c->q_lora_rank, c->rms_norm_eps);
-        e->k->matmul(qa, lw->q_b.w, q, T, H * dqk, c->q_lora_rank, false);
+        k->matmul(xn, lw->q_a.w, qa, T, c->q_lora_rank, D, false);
+        k->rmsnorm(qa, lw->q_a_norm, qa, T, c->q_lora_rank, c->q_lora_rank, c->rms_norm_eps);
+        k->matmul(qa, lw->q_b.w, q, T, H * dqk, c->q_lora_rank, false);
     } else {
-        e->k->matmul(xn, lw->q.w, q, T, H * dqk, D, false);
+        k->matmul(xn, lw->q.w, q, T, H * dqk, D, false);
     }
-    e->k->matmul(xn, lw->kv_a.w, kv, T, lat, D, false);
+    k->matmul(xn, lw->kv_a.w, kv, T, lat, D, false);
 
-    /* RoPE on q_pe (every head) and k_pe (shared), at each token's position. */
+    /* RoPE on q_pe (every head) and k_pe (shared), at each token's position */
+    const float *cos_all = e->rope_cs.p;
+    const float *sin_all = cos_all + (size_t)T * (R / 2);
     for (int t = 0; t < T; t++) {
-        const float *cos_t = e->cos_t.data + (size_t)t * (R / 2);
-        const float *sin_t = e->sin_t.data + (size_t)t * (R / 2);
-        e->k->rope(q + (size_t)t * H * dqk + nope, H, dqk, R, cos_t, sin_t);
-        e->k->rope(kv + (size_t)t * lat + C, 1, lat, R, cos_t, sin_t);
+        const float *cos_t = cos_all + (size_t)t * (R / 2);
+        const float *sin_t = sin_all + (size_t)t * (R / 2);
+        k->rope(q + (size_t)t * H * dqk + nope, H, dqk, R, cos_t, sin_t);
+        k->rope(kv + (size_t)t * lat + C, 1, lat, R, cos_t, sin_t);
     }
-    e->k->rmsnorm(kv, lw->kv_a_norm, kv, T, C, lat, c->rms_norm_eps);
-    for (int t = 0; t < T; t++)
-        memcpy(mr_kv_seq_row(b->seqs[t], layer, b->positions[t]), kv + (size_t)t * lat,
-               sizeof(float) * lat);
+    k->rmsnorm(kv, lw->kv_a_norm, kv, T, C, lat, c->rms_norm_eps);
+    /* this batch's latent rows into the paged pool */
+    k->scatter_rows(kv, T, lat, e->dev_idx + e->off_kvrow, layer * e->kv_block_tokens,
+                    e->kv_storage, lat);
 
     if (e->attn == MR_ATTN_ABSORB) {
-        float *q_lat = grow(&e->q_lat, (size_t)T * H * C, &st);
-        grow(&e->out_lat, (size_t)T * H * C, &st);
-        float *head_out = grow(&e->head_out, (size_t)T * (C > vd ? C : vd), &st);
-        /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C) */
-        float *head_in = grow(&e->head_in, (size_t)T * nope, &st);
+        float *q_lat = fbuf(e, &e->q_lat, (size_t)T * H * C, &st);
+        fbuf(e, &e->out_lat, (size_t)T * H * C, &st);
+        float *head_out = fbuf(e, &e->head_out, (size_t)T * (C > vd ? C : vd), &st);
+        float *head_in = fbuf(e, &e->head_in, (size_t)T * (C > nope ? C : nope), &st);
         if (st != MR_OK) return st;
+        /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C) */
         for (int h = 0; h < H; h++) {
-            gather_cols(q, H * dqk, h * dqk, nope, T, head_in);
-            e->k->matmul(head_in, e->w_uk_t[layer] + (size_t)h * C * nope, head_out, T, C, nope,
-                         false);
-            scatter_cols(head_out, T, C, q_lat, H * C, h * C);
+            copy_rows(k, head_in, nope, q + (size_t)h * dqk, H * dqk, nope, T);
+            k->matmul(head_in, e->w_uk_t[layer] + (size_t)h * C * nope, head_out, T, C, nope,
+                      false);
+            copy_rows(k, q_lat + (size_t)h * C, H * C, head_out, C, C, T);
         }
     }
-    /* attention per sequence: a run of consecutive tokens of one sequence */
-    for (int first = 0; first < T;) {
-        int n = 1;
-        while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
-        MR_TRY(attend_sequence(e, layer, b, first, n));
-        first += n;
-    }
+    for (int r = 0; r < e->n_runs; r++) MR_TRY(attend_run(e, layer, &e->runs[r]));
     if (e->attn == MR_ATTN_ABSORB) {
         /* attn_out[:, h] = out_lat[:, h] · W_uvᵀ  with W_uv = kv_b value rows (v, C) */
-        float *lat_in = grow(&e->head_in, (size_t)T * C, &st);
+        float *lat_in = fbuf(e, &e->head_in, (size_t)T * C, &st);
         if (st != MR_OK) return st;
         for (int h = 0; h < H; h++) {
-            gather_cols(e->out_lat.data, H * C, h * C, C, T, lat_in);
-            e->k->matmul(lat_in, lw->kv_b.w + ((size_t)h * (nope + vd) + nope) * C,
-                         e->head_out.data, T, vd, C, false);
-            scatter_cols(e->head_out.data, T, vd, attn_out, H * vd, h * vd);
+            copy_rows(k, lat_in, C, (const float *)e->out_lat.p + (size_t)h * C, H * C, C, T);
+            k->matmul(lat_in, lw->kv_b.w + ((size_t)h * (nope + vd) + nope) * C, e->head_out.p, T,
+                      vd, C, false);
+            copy_rows(k, attn_out + (size_t)h * vd, H * vd, e->head_out.p, vd, vd, T);
         }
     }
     /* x += o_proj(attn_out) */
-    e->k->matmul(e->attn_out.data, lw->o.w, e->x.data, T, D, H * vd, true);
+    k->matmul(attn_out, lw->o.w, x, T, D, H * vd, true);
     return MR_OK;
 }
 
 /* ---- feed-forward -------------------------------------------------------- */
 
+/* Routed experts through e->moe: rows in backend memory when the exec takes
+ * them there (local experts) or the backend's memory is host memory; else
+ * staged through host buffers. */
+static mr_status run_routed(mr_engine *e, int layer, int T, const float *xn, const float *gw,
+                            float *eo)
+{
+    const mr_kernels *k = e->k;
+    const int D = e->cfg->hidden_size, K = e->cfg->num_experts_per_tok;
+    const size_t n_slots = (size_t)T * K;
+    const int32_t *ids = e->gate_ids.p;
+    const float *gw_host = gw;
+    if (!k->host_memory) {
+        MR_TRY(host_grow((void **)&e->ids_host, &e->ids_cap, n_slots, sizeof(int32_t)));
+        MR_TRY(host_grow((void **)&e->gw_host, &e->gw_cap, n_slots, sizeof(float)));
+        k->copy(e->ids_host, ids, sizeof(int32_t) * n_slots, MR_COPY_D2H);
+        k->copy(e->gw_host, gw, sizeof(float) * n_slots, MR_COPY_D2H);
+        ids = e->ids_host;
+        gw_host = e->gw_host;
+    }
+    if (k->host_memory || e->moe.backend_io)
+        return e->moe.run(e->moe.ctx, layer, xn, T, ids, gw_host, eo);
+    MR_TRY(host_grow((void **)&e->h_host, &e->h_cap, (size_t)T * D, sizeof(float)));
+    MR_TRY(host_grow((void **)&e->eo_host, &e->eo_cap, n_slots * D, sizeof(float)));
+    k->copy(e->h_host, xn, sizeof(float) * (size_t)T * D, MR_COPY_D2H);
+    MR_TRY(k->check());
+    MR_TRY(e->moe.run(e->moe.ctx, layer, e->h_host, T, ids, gw_host, e->eo_host));
+    k->copy(eo, e->eo_host, sizeof(float) * n_slots * D, MR_COPY_H2D);
+    return MR_OK;
+}
+
 static mr_status ffn_block(mr_engine *e, int layer, int T)
 {
     const mr_config *c = e->cfg;
-    const mr_layer_weights *lw = &e->weights->layers[layer];
+    const mr_kernels *k = e->k;
+    const mr_layer_weights *lw = &e->w->layers[layer];
     const int D = c->hidden_size;
     mr_status st = MR_OK;
-    float *xn = grow(&e->xn, (size_t)T * D, &st);
+    float *x = e->x.p;
+    float *xn = fbuf(e, &e->xn, (size_t)T * D, &st);
     if (st != MR_OK) return st;
-    e->k->rmsnorm(e->x.data, lw->ffn_norm, xn, T, D, D, c->rms_norm_eps);
+    k->rmsnorm(x, lw->ffn_norm, xn, T, D, D, c->rms_norm_eps);
 
     if (!lw->is_moe) {
-        float *s = grow(&e->mlp_scratch, 2 * (size_t)T * c->intermediate_size, &st);
+        float *s = fbuf(e, &e->mlp_scratch, 2 * (size_t)T * c->intermediate_size, &st);
         if (st != MR_OK) return st;
-        mr_expert_w dense = expert_view(&lw->dense);
-        e->k->expert_ffn(&dense, xn, T, e->x.data, true, s);
+        mr_expert_w dense = {lw->dense.gate.w, lw->dense.up.w, lw->dense.down.w,
+                             lw->dense.gate.cols, lw->dense.gate.rows};
+        k->expert_ffn(&dense, xn, T, x, true, s);
         return MR_OK;
     }
 
     const int E = c->n_routed_experts, K = c->num_experts_per_tok;
-    float *logits = grow(&e->gate_logits, (size_t)T * E, &st);
-    float *gw = grow(&e->gate_w, (size_t)T * K, &st);
-    float *gs = grow(&e->gate_scratch, 2 * (size_t)E + 2 * (size_t)c->n_group, &st);
-    float *eo = grow(&e->expert_out, (size_t)T * K * D, &st);
-    float *routed = grow(&e->routed, (size_t)T * D, &st);
+    float *logits = fbuf(e, &e->gate_logits, (size_t)T * E, &st);
+    float *gw = fbuf(e, &e->gate_w, (size_t)T * K, &st);
+    float *gs = fbuf(e, &e->gate_scratch, 2 * (size_t)E + 2 * (size_t)c->n_group, &st);
+    float *eo = fbuf(e, &e->expert_out, (size_t)T * K * D, &st);
+    float *routed = fbuf(e, &e->routed, (size_t)T * D, &st);
     int shared_inter = c->n_shared_experts * c->moe_intermediate_size;
-    float *ms = grow(&e->mlp_scratch, 2 * (size_t)T * (shared_inter > 0 ? shared_inter : 1), &st);
+    float *ms = fbuf(e, &e->mlp_scratch, 2 * (size_t)T * (shared_inter > 0 ? shared_inter : 1),
+                     &st);
+    int32_t *ids = mr_kbuf_reserve(k, &e->gate_ids, sizeof(int32_t) * (size_t)T * K, &st);
     if (st != MR_OK) return st;
-    if (e->gate_ids_cap < (size_t)T * K) {
-        int32_t *p = realloc(e->gate_ids, sizeof(int32_t) * (size_t)T * K);
-        if (!p) return mr_fail(MR_ENOMEM, "engine: out of memory");
-        e->gate_ids = p;
-        e->gate_ids_cap = (size_t)T * K;
-    }
 
     mr_gate_params gp = {
         .n_experts = E, .n_group = c->n_group, .topk_group = c->topk_group, .top_k = K,
@@ -446,28 +428,21 @@ static mr_status ffn_block(mr_engine *e, int layer, int T)
         .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor,
         .v2_scaling = c->arch == MR_ARCH_DEEPSEEK_V2,
     };
-    e->k->matmul(xn, lw->gate.w, logits, T, E, D, false);
-    e->k->moe_gate(logits, lw->gate_bias, T, &gp, e->gate_ids, gw, gs);
+    k->matmul(xn, lw->gate.w, logits, T, E, D, false);
+    k->moe_gate(logits, lw->gate_bias, T, &gp, ids, gw, gs);
 
-    st = e->moe.run(e->moe.ctx, layer, xn, T, e->gate_ids, gw, eo);
+    st = run_routed(e, layer, T, xn, gw, eo);
     if (st != MR_OK) return mr_fail_prefix(st, "layer %d routed experts: ", layer);
 
     /* Fixed combine: routed = Σ_k w[t,k]·out[t,k] in router order; then
      * x += routed + shared(xn). */
-    memset(routed, 0, sizeof(float) * (size_t)T * D);
-    for (int t = 0; t < T; t++) {
-        float *r = routed + (size_t)t * D;
-        for (int j = 0; j < K; j++) {
-            const float w = gw[(size_t)t * K + j];
-            const float *o = eo + ((size_t)t * K + j) * D;
-            for (int d = 0; d < D; d++) r[d] += w * o[d];
-        }
-    }
+    k->moe_combine(eo, gw, T, K, D, routed);
     if (c->n_shared_experts > 0) {
-        mr_expert_w shared = expert_view(&lw->shared);
-        e->k->expert_ffn(&shared, xn, T, routed, true, ms);
+        mr_expert_w shared = {lw->shared.gate.w, lw->shared.up.w, lw->shared.down.w,
+                              lw->shared.gate.cols, lw->shared.gate.rows};
+        k->expert_ffn(&shared, xn, T, routed, true, ms);
     }
-    for (size_t i = 0; i < (size_t)T * D; i++) e->x.data[i] += routed[i];
+    k->add(x, routed, (size_t)T * D);
     return MR_OK;
 }
 
@@ -487,45 +462,109 @@ static mr_status validate_batch(const mr_engine *e, const mr_batch *b)
         const mr_kv_seq *s = b->seqs[t];
         if (!s || mr_kv_pool_blocks_for(s->pool, pos + 1) > s->n_blocks)
             return mr_fail(MR_EINVAL, "token %d: KV cache not reserved for position %d", t, pos);
+        if (s->pool != b->seqs[0]->pool)
+            return mr_fail(MR_EINVAL, "token %d: all sequences of a batch must share one KV pool",
+                           t);
         if (t > 0 && b->seqs[t - 1] == s && b->positions[t - 1] + 1 != pos)
             return mr_fail(MR_EINVAL, "token %d: positions of one sequence must be consecutive", t);
     }
     return MR_OK;
 }
 
+/* Host side of a forward: the sequence runs, and one int32 upload holding
+ *   [token ids (T) | KV row of each token (T) | ctx_len (T) | wanted rows |
+ *    context rows of each run (Σ n_ctx)]
+ * plus the RoPE tables cos(T, R/2) | sin(T, R/2). */
+static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
+{
+    const int T = b->n_tokens, R = e->cfg->qk_rope_head_dim;
+    e->n_runs = 0;
+    size_t n_idx = 4 * (size_t)T;
+    for (int first = 0; first < T;) {
+        int n = 1;
+        while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
+        if (e->n_runs == e->runs_cap) {
+            size_t cap = (size_t)e->runs_cap;
+            MR_TRY(host_grow((void **)&e->runs, &cap, (size_t)e->n_runs + 1, sizeof *e->runs));
+            e->runs_cap = (int)cap;
+        }
+        struct seq_run *run = &e->runs[e->n_runs++];
+        run->first = first;
+        run->n = n;
+        run->n_ctx = b->positions[first + n - 1] + 1;
+        run->ctx_off = (int)n_idx;
+        n_idx += (size_t)run->n_ctx;
+        first += n;
+    }
+    MR_TRY(host_grow((void **)&e->idx_host, &e->idx_cap, n_idx, sizeof(int32_t)));
+    MR_TRY(host_grow((void **)&e->cs_host, &e->cs_cap, (size_t)T * R, sizeof(float)));
+    int32_t *idx = e->idx_host;
+    e->off_kvrow = T;
+    e->off_ctx_len = 2 * T;
+    e->off_want = 3 * T;
+    e->n_want = 0;
+    for (int t = 0; t < T; t++) {
+        idx[t] = b->token_ids[t];
+        idx[e->off_kvrow + t] = mr_kv_seq_row_index(b->seqs[t], b->positions[t]);
+        idx[e->off_ctx_len + t] = b->positions[t] + 1;
+        if (!b->want_logits || b->want_logits[t]) idx[e->off_want + e->n_want++] = t;
+        mr_engine_rope_at(e, b->positions[t], e->cs_host + (size_t)t * (R / 2),
+                          e->cs_host + (size_t)T * (R / 2) + (size_t)t * (R / 2));
+    }
+    for (int r = 0; r < e->n_runs; r++) {
+        const mr_kv_seq *seq = b->seqs[e->runs[r].first];
+        for (int pos = 0; pos < e->runs[r].n_ctx; pos++)
+            idx[e->runs[r].ctx_off + pos] = mr_kv_seq_row_index(seq, pos);
+    }
+    mr_kv_pool *pool = b->seqs[0]->pool;
+    e->kv_storage = mr_kv_pool_storage(pool);
+    e->kv_block_tokens = mr_kv_pool_block_tokens(pool);
+
+    mr_status st = MR_OK;
+    float *cs = fbuf(e, &e->rope_cs, (size_t)T * R, &st);
+    if (e->k->host_memory) {
+        e->dev_idx = idx;
+    } else {
+        int32_t *dev = mr_kbuf_reserve(e->k, &e->idx, sizeof(int32_t) * n_idx, &st);
+        if (st == MR_OK) e->k->copy(dev, idx, sizeof(int32_t) * n_idx, MR_COPY_H2D);
+        e->dev_idx = dev;
+    }
+    if (st == MR_OK) e->k->copy(cs, e->cs_host, sizeof(float) * (size_t)T * R, MR_COPY_H2D);
+    return st;
+}
+
 mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
 {
     const mr_config *c = e->cfg;
-    const int T = b->n_tokens, D = c->hidden_size, R = c->qk_rope_head_dim;
+    const mr_kernels *k = e->k;
+    const int T = b->n_tokens, D = c->hidden_size;
     if (T <= 0) return MR_OK;
     MR_TRY(validate_batch(e, b));
+    MR_TRY(forward_prepare(e, b));
 
     mr_status st = MR_OK;
-    float *x = grow(&e->x, (size_t)T * D, &st);
-    float *cos_t = grow(&e->cos_t, (size_t)T * (R / 2), &st);
-    float *sin_t = grow(&e->sin_t, (size_t)T * (R / 2), &st);
+    float *x = fbuf(e, &e->x, (size_t)T * D, &st);
     if (st != MR_OK) return st;
-    for (int t = 0; t < T; t++) {
-        memcpy(x + (size_t)t * D, e->weights->embed + (size_t)b->token_ids[t] * D,
-               sizeof(float) * D);
-        mr_engine_rope_at(e, b->positions[t], cos_t + (size_t)t * (R / 2),
-                          sin_t + (size_t)t * (R / 2));
-    }
+    k->gather_rows(e->w->embed, D, e->dev_idx, 0, T, D, x);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        MR_TRY(attention_block(e, l, b));
-        MR_TRY(ffn_block(e, l, T));
+        st = attention_block(e, l, T);
+        if (st == MR_OK) st = ffn_block(e, l, T);
+        if (st != MR_OK) {
+            mr_status backend = k->check(); /* a queued failure explains more */
+            return backend != MR_OK ? backend : st;
+        }
         if (e->between_layers) e->between_layers(e->between_layers_ctx);
     }
     /* final norm + lm_head for the tokens that want logits */
-    float *xn = grow(&e->xn, (size_t)T * D, &st);
+    const int n_want = e->n_want;
+    float *xn = fbuf(e, &e->xn, (size_t)(n_want > 0 ? n_want : 1) * D, &st);
+    float *out = logits;
+    if (!k->host_memory) out = fbuf(e, &e->logits, (size_t)n_want * c->vocab_size, &st);
     if (st != MR_OK) return st;
-    int n_want = 0;
-    for (int t = 0; t < T; t++) {
-        if (b->want_logits && !b->want_logits[t]) continue;
-        memcpy(xn + (size_t)n_want * D, x + (size_t)t * D, sizeof(float) * D);
-        n_want++;
-    }
-    e->k->rmsnorm(xn, e->weights->final_norm, xn, n_want, D, D, c->rms_norm_eps);
-    e->k->matmul(xn, e->weights->lm_head.w, logits, n_want, c->vocab_size, D, false);
-    return MR_OK;
+    k->gather_rows(x, D, e->dev_idx + e->off_want, 0, n_want, D, xn);
+    k->rmsnorm(xn, e->w->final_norm, xn, n_want, D, D, c->rms_norm_eps);
+    k->matmul(xn, e->w->lm_head.w, out, n_want, c->vocab_size, D, false);
+    if (!k->host_memory)
+        k->copy(logits, out, sizeof(float) * (size_t)n_want * c->vocab_size, MR_COPY_D2H);
+    return k->check();
 }

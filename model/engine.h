@@ -19,8 +19,19 @@
  * outputs are summed in the router's order, then the shared experts' output
  * is added — so results never depend on where or in what order experts ran.
  *
- * Ownership: the engine borrows cfg, weights and kernels (they must outlive
- * it) and owns its scratch memory. One engine per thread.
+ * Backends: every tensor of a forward lives in the kernels' memory (host
+ * for cpu, the GPU for cuda): weights are copied there at create
+ * (mr_weights_to_backend) unless the backend's memory is host memory, the KV
+ * pool's storage must be that memory too (mr_kv_pool_create_in over k->alloc;
+ * the engine addresses KV rows by index, mr_kv_seq_row_index), and per
+ * forward the engine uploads only token ids, row indices and RoPE tables and
+ * downloads only the logits (plus router results and, for a remote
+ * mr_moe_exec, the routed rows). The cpu path runs the same code with no
+ * copies, so the CPU tests cover the engine's data movement.
+ *
+ * Ownership: the engine borrows cfg, weights (host memory) and kernels (they
+ * must outlive it) and owns its scratch and backend copies. One engine per
+ * thread.
  */
 #ifndef MR_ENGINE_H
 #define MR_ENGINE_H
@@ -29,6 +40,7 @@
 #include <stdint.h>
 
 #include "../kernels/kernels.h"
+#include "experts.h"
 #include "config.h"
 #include "kvcache.h"
 #include "weights.h"
@@ -38,11 +50,15 @@ typedef enum { MR_ATTN_ABSORB, MR_ATTN_NAIVE } mr_attn_mode;
 /* Routed-expert execution for one MoE layer.
  * h(n, D): normed hidden states; expert_ids/weights(n, K) from the router.
  * Must write expert_out(n, K, D): row (t, k) = expert_ids[t,k]'s FFN of h[t]
- * (unweighted). Returns MR_OK or an error with its message set. */
+ * (unweighted). Returns MR_OK or an error with its message set.
+ * expert_ids and weights are host memory. h and expert_out are host memory
+ * (the engine stages them when its backend's memory is not host memory),
+ * or backend memory when backend_io is set (the engine's local experts). */
 typedef struct mr_moe_exec {
     mr_status (*run)(void *ctx, int layer, const float *h, int n_tokens,
                      const int32_t *expert_ids, const float *weights, float *expert_out);
     void *ctx;
+    bool backend_io;
 } mr_moe_exec;
 
 typedef struct mr_engine_opts {
@@ -69,28 +85,20 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
                            const mr_engine_opts *opts, mr_engine **out);
 void mr_engine_destroy(mr_engine *engine); /* accepts NULL */
 
-/* Run the batch; logits(n_want, vocab) rows in batch order for the tokens with
- * want_logits set. Token ids and positions are validated (MR_ERANGE). */
+/* Run the batch; logits(n_want, vocab) (host memory) rows in batch order for
+ * the tokens with want_logits set. Token ids and positions are validated
+ * (MR_ERANGE); a backend error (cuda) is returned with its message. */
 mr_status mr_engine_forward(mr_engine *engine, const mr_batch *batch, float *logits);
+
+/* The weights the engine computes with, in its kernels' memory (the
+ * caller's host weights on cpu, the engine's copy otherwise): wide-EP prefill
+ * ranks run their routed experts from these. */
+const mr_weights *mr_engine_weights(const mr_engine *engine);
 
 /* The softmax scale and the RoPE tables the engine derived from the config
  * (exposed for tests): scale = qk_head_dim^-0.5 · mscale²; cos/sin(rope/2)
  * at `pos`, including the YaRN cos/sin mscale. */
 float mr_engine_softmax_scale(const mr_engine *engine);
 void mr_engine_rope_at(const mr_engine *engine, int pos, float *cos_out, float *sin_out);
-
-/* Routed experts of MoE layer `layer`, row by row: row i is the hidden
- * state rows[i] (D floats) for expert experts[i]; writes out[i] (D floats,
- * unweighted). Rows are grouped per expert, one GEMM batch each, experts in
- * increasing id. An expert not loaded in `weights` → MR_EINVAL naming it.
- * Used by the local path and by expert / prefill ranks serving peers. */
-mr_status mr_experts_forward(const mr_config *cfg, const mr_weights *weights,
-                             const mr_kernels *kernels, int layer, int n_rows,
-                             const float *const *rows, const int32_t *experts, float *const *out);
-
-/* The default mr_moe_exec: all (t, k) slots run locally (every expert loaded). */
-mr_status mr_moe_run_local(const mr_config *cfg, const mr_weights *weights,
-                           const mr_kernels *kernels, int layer, const float *h,
-                           int n_tokens, const int32_t *expert_ids, float *expert_out);
 
 #endif

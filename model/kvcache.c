@@ -1,6 +1,7 @@
 #include "kvcache.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,9 @@ static mr_status pool_create(int n_layers, int latent_dim, int block_tokens, int
     if (n_layers <= 0 || latent_dim <= 0 || block_tokens <= 0 || n_blocks <= 0)
         return mr_fail(MR_EINVAL, "KV pool: sizes must be positive (layers %d, latent %d, "
                        "block_tokens %d, blocks %d)", n_layers, latent_dim, block_tokens, n_blocks);
+    if ((int64_t)n_blocks * n_layers * block_tokens > INT32_MAX)
+        return mr_fail(MR_EINVAL, "KV pool: %d blocks x %d layers x %d tokens exceeds 2^31 rows",
+                       n_blocks, n_layers, block_tokens);
     mr_kv_pool *pool = calloc(1, sizeof *pool);
     if (!pool) goto fail;
     pool->n_layers = n_layers;
@@ -171,4 +175,16 @@ void mr_kv_seq_gather(const mr_kv_seq *seq, int layer, int n_ctx, float *dst)
         memcpy(dst + (size_t)pos * pool->latent_dim, mr_kv_seq_row(seq, layer, pos),
                sizeof(float) * (size_t)n * pool->latent_dim);
     }
+}
+
+float *mr_kv_pool_storage(mr_kv_pool *pool)
+{
+    return pool->data;
+}
+
+int32_t mr_kv_seq_row_index(const mr_kv_seq *seq, int pos)
+{
+    const mr_kv_pool *pool = seq->pool;
+    int32_t block = seq->blocks[pos / pool->block_tokens];
+    return block * pool->n_layers * pool->block_tokens + pos % pool->block_tokens;
 }

@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../kernels/kernels.h"
 #include "config.h"
 #include "safetensors.h"
 
@@ -66,6 +67,10 @@ typedef struct mr_weights {
     int n_layers;
     int n_experts;
     uint64_t n_bytes;      /* fp32 bytes held */
+    /* Whose memory the arrays are: NULL = host memory from malloc (the
+     * loader); else the backend table that allocated them
+     * (mr_weights_to_backend), which mr_weights_free gives them back to. */
+    const mr_kernels *backend;
 } mr_weights;
 
 /* Return true to load routed expert `expert` of MoE layer `layer`. */
@@ -79,6 +84,14 @@ mr_status mr_weights_load(const mr_config *cfg, const mr_st_archive *archive,
 mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *archive,
                                  mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
+
+/* A copy of host weights in backend memory: every array `host` holds is
+ * allocated with k->alloc and copied (arrays NULL in host stay NULL; shapes
+ * are kept). For a host-memory backend (cpu) it still copies, so the two
+ * structs never share buffers. `out` records k as its backend; free it with
+ * mr_weights_free. On failure nothing is left allocated. */
+mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
+                                const mr_weights *host, mr_weights *out);
 
 /* A tensor of a layer >= n_layers (model.layers.N.*, N >= num_hidden_layers):
  * the multi-token-prediction layers the engine ignores. */

@@ -163,8 +163,8 @@ static mr_status serve_experts(prefill_state *p, int layer, const float *h, int 
             experts[n++] = v.experts[j];
         }
     }
-    st = mr_experts_forward(cfg, &p->role.model.weights, mr_kernels_cpu(), layer, n, rows, experts,
-                            outs);
+    st = mr_experts_forward(cfg, mr_engine_weights(p->engine), p->role.kernels, &p->role.experts_ws,
+                            layer, n, rows, experts, outs);
 done:
     free(rows);
     free(outs);
@@ -197,8 +197,9 @@ mr_status pf_ep_moe(void *ctx, int layer, const float *h, int n_tokens,
     const mr_config *cfg = &p->role.model.cfg;
     const int n_slots = n_tokens * cfg->num_experts_per_tok;
     if (p->n_prefill == 1)
-        return mr_moe_run_local(cfg, &p->role.model.weights, mr_kernels_cpu(), layer, h, n_tokens,
-                                expert_ids, expert_out);
+        return mr_moe_run_local_host(cfg, mr_engine_weights(p->engine), p->role.kernels,
+                                     &p->role.experts_ws, layer, h, n_tokens, expert_ids,
+                                     expert_out);
     if (p->ep_broken) return mr_fail(MR_EPEER, "expert parallelism lost a prefill rank");
     const uint64_t seq = p->iter + 1;
     double t0 = mr_now();

@@ -68,13 +68,15 @@ static mr_status ship_kv(prefill_state *p, pf_req *q)
         return mr_fail(MR_EPROTO, "decode rank %d granted %d blocks for a %d-token prompt",
                        q->decode_rank, q->n_grant, q->prompt_len);
     double t0 = mr_now();
+    /* a GPU backend computed the blocks in device memory: stage them */
+    MR_TRY(mr_kv_store_download(&p->kv, n_local, q->seq.blocks));
     for (int i = 0; i < n_local; i++) {
         if (q->grant[i] < 0 || q->grant[i] >= dp->n_blocks)
             return mr_fail(MR_EPROTO, "decode rank %d granted block %d outside its pool",
                            q->decode_rank, q->grant[i]);
         MR_TRY(tp_put(p->role.tp, q->decode_rank, dp->rkey,
                       (uint64_t)q->grant[i] * dp->block_bytes,
-                      mr_kv_pool_block(p->pool, q->seq.blocks[i]), dp->block_bytes));
+                      mr_kv_store_host_block(&p->kv, q->seq.blocks[i]), dp->block_bytes));
     }
     mr_status st = tp_flush(p->role.tp, q->decode_rank, 2.0 * p->role.opts.heartbeat_timeout_s);
     p->role.transfer_s += mr_now() - t0;
@@ -335,11 +337,12 @@ static mr_status setup(prefill_state *p)
     p->logits = malloc(sizeof(float) * (size_t)B * cfg->vocab_size);
     if (!p->decode_pools || !p->ids || !p->pos || !p->seqs || !p->want || !p->logits)
         return mr_fail(MR_ENOMEM, "prefill: out of memory for batch buffers");
-    MR_TRY(mr_kv_pool_create(cfg->num_hidden_layers, mr_config_latent_dim(cfg), r->opts.block_tokens,
-                             r->opts.kv_blocks, &p->pool));
+    MR_TRY(mr_kv_store_create(r->kernels, cfg->num_hidden_layers, mr_config_latent_dim(cfg),
+                              r->opts.block_tokens, r->opts.kv_blocks, NULL, &p->kv));
+    p->pool = p->kv.pool;
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;
-    mr_engine_opts eo = {.kernels = mr_kernels_cpu(), .attn = r->opts.attn, .moe = &p->moe,
+    mr_engine_opts eo = {.kernels = r->kernels, .attn = r->opts.attn, .moe = &p->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &p->engine));
     MR_INFO("ready: %d prefill ranks (expert-parallel), budget %d tokens/iteration", p->n_prefill, B);
@@ -355,7 +358,8 @@ static void teardown(prefill_state *p)
     free(p->decode_pools);
     mr_msgq_free(&p->ep_pending);
     mr_engine_destroy(p->engine);
-    mr_kv_pool_destroy(p->pool);
+    mr_kv_store_destroy(&p->kv);
+    p->pool = NULL;
     free(p->prefill_ranks);
     free(p->ids);
     free(p->pos);

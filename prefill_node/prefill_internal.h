@@ -6,6 +6,7 @@
 
 #include "common/npy.h"
 #include "model/engine.h"
+#include "model/kv_store.h"
 #include "runtime/role.h"
 
 typedef struct pf_req {
@@ -32,7 +33,8 @@ typedef struct pf_decode_pool {
 typedef struct prefill_state {
     mr_role role;
     mr_engine *engine;
-    mr_kv_pool *pool;
+    mr_kv_store kv;           /* KV pool in the backend + host image for puts */
+    mr_kv_pool *pool;         /* kv.pool */
     pf_decode_pool *decode_pools;   /* by rank */
     pf_req **queue;                 /* FIFO */
     int n_queue, cap_queue;

@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/process.h"
 #include "common/timer.h"
+#include "kernels/backend.h"
 #include "mr_build_config.h"
 
 void mr_msgq_push(mr_msgq *q, tp_msg *msg)
@@ -98,10 +99,15 @@ static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ct
                            bool routed_only)
 {
     double t0 = mr_now();
+    MR_TRY(mr_backend_open(r->opts.cuda, r->opts.bf16, &r->kernels));
     MR_TRY(routed_only ? mr_model_load_routed(r->opts.model_dir, filter, filter_ctx, &r->model)
                        : mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
-    MR_INFO("model %s loaded in %.2f s (%.1f MB of weights held)", r->model.source, mr_now() - t0,
-            (double)r->model.weights.n_bytes / 1e6);
+    if (routed_only && !r->kernels->host_memory)
+        MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, &r->model.weights,
+                                     &r->backend_experts));
+    MR_INFO("model %s loaded in %.2f s (%.1f MB of weights held, %s backend%s)", r->model.source,
+            mr_now() - t0, (double)r->model.weights.n_bytes / 1e6, r->kernels->name,
+            r->opts.bf16 ? ", bf16 GEMMs" : "");
     r->cpu_at_start = mr_cpu_seconds();
     return MR_OK;
 }
@@ -120,6 +126,11 @@ mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_c
 mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx)
 {
     return load_model(r, filter, filter_ctx, true);
+}
+
+const mr_weights *mr_role_expert_weights(const mr_role *r)
+{
+    return r->backend_experts.backend ? &r->backend_experts : &r->model.weights;
 }
 
 bool mr_role_next(mr_role *r, tp_msg *out)
@@ -263,6 +274,8 @@ int mr_role_finish(mr_role *r, mr_status st)
     mr_msgq_free(&r->deferred);
     tp_finalize(r->tp);
     r->tp = NULL;
+    if (r->kernels) mr_expert_ws_free(r->kernels, &r->experts_ws);
+    mr_weights_free(&r->backend_experts);
     mr_model_free(&r->model);
     return st == MR_OK ? 0 : 1;
 }

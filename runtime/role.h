@@ -11,6 +11,7 @@
 #include <stdbool.h>
 
 #include "common/status.h"
+#include "model/experts.h"
 #include "model/model.h"
 #include "proto/wire.h"
 #include "role_opts.h"
@@ -33,7 +34,10 @@ typedef struct mr_role {
     tp_role kind;
     tp_ctx *tp;
     mr_role_opts opts;
-    mr_model model;
+    mr_model model;              /* host weights (what was loaded) */
+    const mr_kernels *kernels;   /* compute backend (--backend), set by the load */
+    mr_weights backend_experts;  /* expert ranks on a non-host backend: their experts there */
+    mr_expert_ws experts_ws;     /* workspace of mr_experts_forward on this rank */
     int rank;
     int coordinator;             /* rank of the coordinator (0) */
     mr_msgq deferred;            /* messages to handle after the current step */
@@ -48,10 +52,15 @@ typedef struct mr_role {
  * is NOT loaded yet (each role loads the part it needs). Exits the process
  * with status 2 on bad options. */
 mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, char **argv);
-/* Load the model (filter may skip routed experts) and start CPU accounting. */
+/* Open the compute backend (--backend/--precision; a cuda rank without a
+ * usable GPU fails here with the reason), load the model (filter may skip
+ * routed experts) and start CPU accounting. */
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
-/* The same for a rank that only runs routed experts: nothing else is loaded. */
+/* The same for a rank that only runs routed experts: nothing else is loaded,
+ * and on a non-host backend the experts are copied there (backend_experts). */
 mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+/* The routed-expert weights in r->kernels' memory (expert ranks). */
+const mr_weights *mr_role_expert_weights(const mr_role *r);
 
 /* For mr_engine_opts.between_layers: keep the transport serviced (ctx is the
  * mr_role). */

@@ -28,6 +28,9 @@ const char *mr_role_opts_usage(void)
            "  --placement FILE.json    expert placement (default: round robin)\n"
            "  --logits-dir DIR         debug: write each request's logits as .npy\n"
            "  --attn absorb|naive      MLA form (default absorb)\n"
+           "  --backend cpu|cuda       compute backend of prefill/decode/expert ranks\n"
+           "                           (cuda: GPU = local rank mod GPU count; default cpu)\n"
+           "  --precision fp32|bf16    cuda GEMM inputs (fp32 = the CPU's tokens; default fp32)\n"
            "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
            "  --block-tokens N         tokens per KV block (default 16)\n"
            "  --max-batch-tokens N     prefill token budget per iteration (default 256)\n"
@@ -56,6 +59,16 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             if (!strcmp(v, "absorb")) o->attn = MR_ATTN_ABSORB;
             else if (!strcmp(v, "naive")) o->attn = MR_ATTN_NAIVE;
             else return mr_fail(MR_EINVAL, "--attn: expected absorb or naive, got '%s'", v);
+        }
+        else if (!strcmp(f, "--backend")) {
+            if (!strcmp(v, "cpu")) o->cuda = false;
+            else if (!strcmp(v, "cuda")) o->cuda = true;
+            else return mr_fail(MR_EINVAL, "--backend: expected cpu or cuda, got '%s'", v);
+        }
+        else if (!strcmp(f, "--precision")) {
+            if (!strcmp(v, "fp32")) o->bf16 = false;
+            else if (!strcmp(v, "bf16")) o->bf16 = true;
+            else return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", v);
         }
         else if (!strcmp(f, "--kv-blocks")) MR_TRY(mr_parse_int(f, v, 1, 1 << 24, &o->kv_blocks));
         else if (!strcmp(f, "--block-tokens")) MR_TRY(mr_parse_int(f, v, 1, 4096, &o->block_tokens));

@@ -208,12 +208,68 @@ static void cpu_sync(void)
     /* every cpu op has finished when it returns */
 }
 
+static mr_status cpu_check(void)
+{
+    return MR_OK; /* cpu ops cannot fail */
+}
+
+static void cpu_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                        size_t width, size_t rows, int direction)
+{
+    (void)direction;
+    if (width == 0) return;
+    for (size_t r = 0; r < rows; r++)
+        memcpy((char *)dst + r * dst_pitch, (const char *)src + r * src_pitch, width);
+}
+
+static void cpu_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base,
+                            int n, int width, float *dst)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * width, src + ((size_t)rows[i] + row_base) * src_ld,
+               sizeof(float) * width);
+}
+
+static void cpu_scatter_rows(const float *src, int n, int width, const int32_t *rows,
+                             int row_base, float *dst, int dst_ld)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(dst + ((size_t)rows[i] + row_base) * dst_ld, src + (size_t)i * width,
+               sizeof(float) * width);
+}
+
+static void cpu_moe_combine(const float *expert_out, const float *weights, int n_tokens,
+                            int top_k, int dim, float *out)
+{
+    for (int t = 0; t < n_tokens; t++) {
+        float *r = out + (size_t)t * dim;
+        memset(r, 0, sizeof(float) * dim);
+        for (int j = 0; j < top_k; j++) {
+            const float w = weights[(size_t)t * top_k + j];
+            const float *o = expert_out + ((size_t)t * top_k + j) * dim;
+            for (int d = 0; d < dim; d++) r[d] += w * o[d];
+        }
+    }
+}
+
+static void cpu_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
 static const mr_kernels cpu_kernels = {
     .name = "cpu",
+    .host_memory = true,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .copy = cpu_copy,
     .sync = cpu_sync,
+    .check = cpu_check,
+    .copy_2d = cpu_copy_2d,
+    .gather_rows = cpu_gather_rows,
+    .scatter_rows = cpu_scatter_rows,
+    .moe_combine = cpu_moe_combine,
+    .add = cpu_add,
     .matmul = mr_cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

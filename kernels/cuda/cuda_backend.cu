@@ -107,16 +107,31 @@ void cu_sync(void)
     cu_record(sync_impl());
 }
 
+/* The table's check: mr_kernels_cuda_check(), then clear what it reported. */
+mr_status cu_check(void)
+{
+    mr_status st = mr_kernels_cuda_check();
+    if (st != MR_OK) mr_kernels_cuda_clear_status();
+    return st;
+}
+
 /* ---- state ------------------------------------------------------------------- */
 
 void table_fill(mr_kernels *t)
 {
     memset(t, 0, sizeof *t);
     t->name = "cuda";
+    t->host_memory = false;
     t->alloc = cu_alloc;
     t->free = cu_free;
     t->copy = cu_copy;
     t->sync = cu_sync;
+    t->check = cu_check;
+    t->copy_2d = cu_op_copy_2d;
+    t->gather_rows = cu_op_gather_rows;
+    t->scatter_rows = cu_op_scatter_rows;
+    t->moe_combine = cu_op_moe_combine;
+    t->add = cu_op_add;
     t->matmul = cu_op_matmul;
     t->rmsnorm = cu_op_rmsnorm;
     t->rope = cu_op_rope;
@@ -325,5 +340,20 @@ extern "C" mr_status mr_cuda_device_describe(char *buf, size_t cap)
              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), prop.l2CacheSize >> 20,
              driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    return MR_OK;
+}
+
+extern "C" mr_status mr_cuda_select_device(int local_rank)
+{
+    int n = mr_cuda_device_count();
+    if (n < 0) return mr_fail_prefix(MR_EUNSUPPORTED, "no usable GPU: ");
+    if (n == 0) return mr_fail(MR_EUNSUPPORTED, "no usable GPU: 0 CUDA devices");
+    if (local_rank < 0) local_rank = 0;
+    pthread_mutex_lock(&state_lock);
+    bool ready = state.ready;
+    pthread_mutex_unlock(&state_lock);
+    if (ready)
+        return mr_fail(MR_EINVAL, "mr_cuda_select_device: the cuda backend already runs on a device");
+    CUDA_TRY(cudaSetDevice(local_rank % n));
     return MR_OK;
 }

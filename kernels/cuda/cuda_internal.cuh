@@ -117,6 +117,15 @@ mr_status cu_swiglu_impl(const float *gate, const float *up, float *out, size_t 
 
 /* ---- the ops of the table (contracts in kernels.h) ------------------------ */
 
+void cu_op_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src_pitch, size_t width,
+                   size_t rows, int direction);
+void cu_op_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base, int n,
+                       int width, float *dst);
+void cu_op_scatter_rows(const float *src, int n, int width, const int32_t *rows, int row_base,
+                        float *dst, int dst_ld);
+void cu_op_moe_combine(const float *expert_out, const float *weights, int n_tokens, int top_k,
+                       int dim, float *out);
+void cu_op_add(float *y, const float *x, size_t n);
 void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
                   bool accumulate);
 void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,

@@ -75,6 +75,11 @@ mr_status mr_kernels_cuda_check(void);
  * fails (no driver, driver too old, ...). Does not create the backend. */
 int mr_cuda_device_count(void);
 
+/* Picks the device of a rank before the backend is created: device
+ * local_rank mod device count (cudaSetDevice). Fails with a message naming
+ * the reason when there is no usable GPU, or when the backend already runs. */
+mr_status mr_cuda_select_device(int local_rank);
+
 /* One line describing the current device ("NVIDIA H100 80GB HBM3, sm_90,
  * 132 SMs, 79.1 GiB, driver 13.0, runtime 13.0") into buf (cap bytes). */
 mr_status mr_cuda_device_describe(char *buf, size_t cap);

@@ -58,3 +58,9 @@ mr_status mr_cuda_device_describe(char *buf, size_t cap)
     if (cap > 0) snprintf(buf, cap, "no CUDA in this build");
     return cuda_off("mr_cuda_device_describe");
 }
+
+mr_status mr_cuda_select_device(int local_rank)
+{
+    (void)local_rank;
+    return cuda_off("no usable GPU");
+}

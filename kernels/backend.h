@@ -1,0 +1,25 @@
+/* kernels/backend.h — choosing the compute backend of a process.
+ *
+ * mr_backend_open returns the kernel table a command or a cluster rank
+ * computes with: the CPU reference, or the CUDA backend on this rank's GPU
+ * (device = local rank mod the node's GPU count, the local rank taken from
+ * the launcher's environment: OMPI_COMM_WORLD_LOCAL_RANK, else
+ * MPI_LOCALRANKID, else SLURM_LOCALID, else 0). With cuda, `bf16` selects
+ * BF16 GEMM inputs (fp32 accumulate); fp32 is the CPU's arithmetic.
+ * A rank with no usable GPU gets an error naming why ("--backend cuda: no
+ * usable GPU: ..."), never a silent fallback to the CPU.
+ */
+#ifndef MR_BACKEND_H
+#define MR_BACKEND_H
+
+#include <stdbool.h>
+
+#include "../common/status.h"
+#include "kernels.h"
+
+mr_status mr_backend_open(bool cuda, bool bf16, const mr_kernels **out);
+
+/* The node-local rank from the launcher's environment (0 when none). */
+int mr_backend_local_rank(void);
+
+#endif

@@ -1,0 +1,207 @@
+/* model/experts.c — see experts.h. */
+#include "experts.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws)
+{
+    mr_kbuf_free(k, &ws->in);
+    mr_kbuf_free(k, &ws->out);
+    mr_kbuf_free(k, &ws->scratch);
+    mr_kbuf_free(k, &ws->idx);
+    free(ws->order);
+    free(ws->start);
+    free(ws->host_idx);
+    free(ws->host_in);
+    free(ws->host_out);
+    memset(ws, 0, sizeof *ws);
+}
+
+static mr_status grow_host(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (*cap >= need) return MR_OK;
+    void *q = realloc(*p, (need ? need : 1) * elem);
+    if (!q) return mr_fail(MR_ENOMEM, "experts: out of memory for %zu entries", need);
+    *p = q;
+    *cap = need;
+    return MR_OK;
+}
+
+static mr_status ws_reserve_slots(mr_expert_ws *ws, int n_slots, int n_experts)
+{
+    size_t cap = ws->cap_slots;
+    if (cap < (size_t)n_slots) {
+        size_t c1 = cap, c2 = cap;
+        MR_TRY(grow_host((void **)&ws->order, &c1, (size_t)n_slots, sizeof(int32_t)));
+        MR_TRY(grow_host((void **)&ws->host_idx, &c2, 2 * (size_t)n_slots, sizeof(int32_t)));
+        ws->cap_slots = (size_t)n_slots;
+    }
+    return grow_host((void **)&ws->start, &ws->cap_experts, (size_t)n_experts + 1,
+                     sizeof(int32_t));
+}
+
+static mr_expert_w expert_view(const mr_mlp *m)
+{
+    mr_expert_w e = {m->gate.w, m->up.w, m->down.w, m->gate.cols, m->gate.rows};
+    return e;
+}
+
+/* Checks every slot's expert and sorts slots by expert (stable) into
+ * ws->order; group e is order[start[e] .. start[e+1]). */
+static mr_status group_slots(const mr_config *cfg, const mr_weights *weights, mr_expert_ws *ws,
+                             int layer, int n_slots, const int32_t *experts)
+{
+    const int E = cfg->n_routed_experts;
+    if (layer < 0 || layer >= cfg->num_hidden_layers || !weights->layers[layer].is_moe)
+        return mr_fail(MR_EINVAL, "layer %d is not an MoE layer", layer);
+    const mr_layer_weights *lw = &weights->layers[layer];
+    MR_TRY(ws_reserve_slots(ws, n_slots, E));
+    memset(ws->start, 0, sizeof(int32_t) * ((size_t)E + 1));
+    for (int i = 0; i < n_slots; i++) {
+        int ex = experts[i];
+        if (ex < 0 || ex >= E || !lw->experts[ex].gate.w)
+            return mr_fail(MR_EINVAL, "layer %d: expert %d is not held here", layer, ex);
+        ws->start[ex + 1]++;
+    }
+    for (int e = 0; e < E; e++) ws->start[e + 1] += ws->start[e]; /* start of each group */
+    /* place slots with start[e] as the cursor; afterwards start[e] is the end
+     * of group e, i.e. the start of group e + 1: shift back by one */
+    for (int i = 0; i < n_slots; i++) ws->order[ws->start[experts[i]]++] = i;
+    for (int e = E; e > 0; e--) ws->start[e] = ws->start[e - 1];
+    ws->start[0] = 0; /* start[e] = first sorted slot of expert e; start[E] = n_slots */
+    return MR_OK;
+}
+
+/* One expert_ffn per non-empty group over sorted rows in ws->in → ws->out. */
+static mr_status run_groups(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
+                            mr_expert_ws *ws, int layer)
+{
+    const int D = cfg->hidden_size, inter = cfg->moe_intermediate_size;
+    const int E = cfg->n_routed_experts;
+    int max_group = 0;
+    for (int e = 0; e < E; e++) {
+        int n = ws->start[e + 1] - ws->start[e];
+        if (n > max_group) max_group = n;
+    }
+    mr_status st = MR_OK;
+    float *scratch = mr_kbuf_reserve(k, &ws->scratch, sizeof(float) * 2 * (size_t)max_group * inter,
+                                     &st);
+    if (st != MR_OK) return st;
+    const float *in = ws->in.p;
+    float *out = ws->out.p;
+    for (int e = 0; e < E; e++) {
+        int start = ws->start[e];
+        int n = ws->start[e + 1] - start;
+        if (n == 0) continue;
+        mr_expert_w ew = expert_view(&weights->layers[layer].experts[e]);
+        k->expert_ffn(&ew, in + (size_t)start * D, n, out + (size_t)start * D, false, scratch);
+    }
+    return MR_OK;
+}
+
+mr_status mr_experts_run(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
+                         mr_expert_ws *ws, int layer, int n_slots, const float *x,
+                         const int32_t *in_row, const int32_t *experts, float *out,
+                         const int32_t *out_row)
+{
+    if (n_slots <= 0) return MR_OK;
+    const int D = cfg->hidden_size;
+    MR_TRY(group_slots(cfg, weights, ws, layer, n_slots, experts));
+    int32_t *perm_in = ws->host_idx, *perm_out = ws->host_idx + n_slots;
+    for (int j = 0; j < n_slots; j++) {
+        perm_in[j] = in_row[ws->order[j]];
+        perm_out[j] = out_row[ws->order[j]];
+    }
+    mr_status st = MR_OK;
+    size_t rows_bytes = sizeof(float) * (size_t)n_slots * D;
+    mr_kbuf_reserve(k, &ws->in, rows_bytes, &st);
+    mr_kbuf_reserve(k, &ws->out, rows_bytes, &st);
+    const int32_t *idx = ws->host_idx;
+    if (!k->host_memory) {
+        int32_t *dev_idx = mr_kbuf_reserve(k, &ws->idx, sizeof(int32_t) * 2 * (size_t)n_slots, &st);
+        if (st == MR_OK) k->copy(dev_idx, ws->host_idx, sizeof(int32_t) * 2 * (size_t)n_slots,
+                                 MR_COPY_H2D);
+        idx = dev_idx;
+    }
+    if (st != MR_OK) return st;
+    k->gather_rows(x, D, idx, 0, n_slots, D, ws->in.p);
+    MR_TRY(run_groups(cfg, weights, k, ws, layer));
+    k->scatter_rows(ws->out.p, n_slots, D, idx + n_slots, 0, out, D);
+    return MR_OK;
+}
+
+mr_status mr_experts_forward(const mr_config *cfg, const mr_weights *weights,
+                             const mr_kernels *k, mr_expert_ws *ws, int layer, int n_rows,
+                             const float *const *rows, const int32_t *experts,
+                             float *const *out)
+{
+    if (n_rows <= 0) return MR_OK;
+    const int D = cfg->hidden_size;
+    MR_TRY(group_slots(cfg, weights, ws, layer, n_rows, experts));
+    mr_status st = MR_OK;
+    size_t rows_bytes = sizeof(float) * (size_t)n_rows * D;
+    float *in = mr_kbuf_reserve(k, &ws->in, rows_bytes, &st);
+    float *res = mr_kbuf_reserve(k, &ws->out, rows_bytes, &st);
+    if (st != MR_OK) return st;
+    float *stage_in = in, *stage_out = res; /* host memory: pack in place */
+    if (!k->host_memory) {
+        size_t cap = ws->cap_stage, cap2 = ws->cap_stage;
+        MR_TRY(grow_host((void **)&ws->host_in, &cap, (size_t)n_rows * D, sizeof(float)));
+        MR_TRY(grow_host((void **)&ws->host_out, &cap2, (size_t)n_rows * D, sizeof(float)));
+        ws->cap_stage = cap;
+        stage_in = ws->host_in;
+        stage_out = ws->host_out;
+    }
+    for (int j = 0; j < n_rows; j++)
+        memcpy(stage_in + (size_t)j * D, rows[ws->order[j]], sizeof(float) * D);
+    if (!k->host_memory) k->copy(in, stage_in, rows_bytes, MR_COPY_H2D);
+    MR_TRY(run_groups(cfg, weights, k, ws, layer));
+    if (!k->host_memory) {
+        k->copy(stage_out, res, rows_bytes, MR_COPY_D2H);
+        MR_TRY(k->check());
+    }
+    for (int j = 0; j < n_rows; j++)
+        memcpy(out[ws->order[j]], stage_out + (size_t)j * D, sizeof(float) * D);
+    return MR_OK;
+}
+
+mr_status mr_moe_run_local(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
+                           mr_expert_ws *ws, int layer, const float *h, int n_tokens,
+                           const int32_t *expert_ids, float *expert_out)
+{
+    const int K = cfg->num_experts_per_tok, n_slots = n_tokens * K;
+    int32_t *rows = malloc(sizeof(int32_t) * 2 * (size_t)(n_slots + 1));
+    if (!rows) return mr_fail(MR_ENOMEM, "layer %d experts: out of memory", layer);
+    int32_t *in_row = rows, *out_row = rows + n_slots + 1;
+    for (int s = 0; s < n_slots; s++) {
+        in_row[s] = s / K;
+        out_row[s] = s;
+    }
+    mr_status st = mr_experts_run(cfg, weights, k, ws, layer, n_slots, h, in_row, expert_ids,
+                                  expert_out, out_row);
+    free(rows);
+    return st;
+}
+
+mr_status mr_moe_run_local_host(const mr_config *cfg, const mr_weights *weights,
+                                const mr_kernels *k, mr_expert_ws *ws, int layer, const float *h,
+                                int n_tokens, const int32_t *expert_ids, float *expert_out)
+{
+    const int D = cfg->hidden_size, K = cfg->num_experts_per_tok, n_slots = n_tokens * K;
+    const float **rows = malloc(sizeof(float *) * (size_t)(n_slots + 1));
+    float **out = malloc(sizeof(float *) * (size_t)(n_slots + 1));
+    mr_status st = MR_OK;
+    if (!rows || !out) {
+        st = mr_fail(MR_ENOMEM, "layer %d experts: out of memory", layer);
+    } else {
+        for (int s = 0; s < n_slots; s++) {
+            rows[s] = h + (size_t)(s / K) * D;
+            out[s] = expert_out + (size_t)s * D;
+        }
+        st = mr_experts_forward(cfg, weights, k, ws, layer, n_slots, rows, expert_ids, out);
+    }
+    free(rows);
+    free(out);
+    return st;
+}

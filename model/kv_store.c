@@ -1,0 +1,72 @@
+/* model/kv_store.c — see kv_store.h. */
+#include "kv_store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, int block_tokens,
+                             int n_blocks, void *host_image, mr_kv_store *out)
+{
+    memset(out, 0, sizeof *out);
+    out->k = k;
+    size_t bytes = mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks);
+    mr_status st = MR_OK;
+    if (host_image) {
+        out->host = host_image;
+    } else {
+        out->host = calloc(bytes ? bytes : 1, 1);
+        out->host_owned = 1;
+        if (!out->host) st = mr_fail(MR_ENOMEM, "KV store: cannot allocate %zu bytes", bytes);
+    }
+    void *storage = out->host;
+    if (st == MR_OK && !k->host_memory) {
+        out->backend_storage = k->alloc(bytes);
+        if (!out->backend_storage)
+            st = mr_fail(MR_ENOMEM, "KV store: %s backend cannot allocate %zu bytes", k->name,
+                         bytes);
+        storage = out->backend_storage;
+    }
+    if (st == MR_OK)
+        st = mr_kv_pool_create_in(n_layers, latent_dim, block_tokens, n_blocks, storage, &out->pool);
+    if (st != MR_OK) mr_kv_store_destroy(out);
+    return st;
+}
+
+void mr_kv_store_destroy(mr_kv_store *s)
+{
+    mr_kv_pool_destroy(s->pool);
+    if (s->backend_storage) s->k->free(s->backend_storage);
+    if (s->host_owned) free(s->host);
+    memset(s, 0, sizeof *s);
+}
+
+float *mr_kv_store_host_block(const mr_kv_store *s, int32_t block)
+{
+    return (float *)((char *)s->host + (size_t)block * mr_kv_pool_block_bytes(s->pool));
+}
+
+static mr_status move_blocks(const mr_kv_store *s, int n, const int32_t *blocks, int direction)
+{
+    if (s->k->host_memory) return MR_OK;
+    const size_t bytes = mr_kv_pool_block_bytes(s->pool);
+    char *dev = s->backend_storage;
+    for (int i = 0; i < n; i++) {
+        char *d = dev + (size_t)blocks[i] * bytes;
+        char *h = (char *)mr_kv_store_host_block(s, blocks[i]);
+        if (direction == MR_COPY_H2D)
+            s->k->copy(d, h, bytes, MR_COPY_H2D);
+        else
+            s->k->copy(h, d, bytes, MR_COPY_D2H);
+    }
+    return s->k->check();
+}
+
+mr_status mr_kv_store_upload(const mr_kv_store *s, int n, const int32_t *blocks)
+{
+    return move_blocks(s, n, blocks, MR_COPY_H2D);
+}
+
+mr_status mr_kv_store_download(const mr_kv_store *s, int n, const int32_t *blocks)
+{
+    return move_blocks(s, n, blocks, MR_COPY_D2H);
+}

@@ -1,0 +1,147 @@
+/* model/weights_backend.c — where weight arrays live: freeing them (host or
+ * backend memory) and copying host weights to a backend. Contract in
+ * weights.h (mr_weights_free, mr_weights_to_backend).
+ *
+ * Both walk every array of an mr_weights through one visitor, so a field
+ * added to mr_weights is added in exactly one place (visit_arrays).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "weights.h"
+
+/* Called for each array slot with its length in floats (0 when cfg is NULL
+ * and the length is not stored in the struct). */
+typedef void (*array_fn)(float **slot, size_t n_floats, void *ctx);
+
+static void visit_mat(mr_mat *m, array_fn fn, void *ctx)
+{
+    fn(&m->w, (size_t)m->rows * (size_t)m->cols, ctx);
+}
+
+static void visit_mlp(mr_mlp *m, array_fn fn, void *ctx)
+{
+    visit_mat(&m->gate, fn, ctx);
+    visit_mat(&m->up, fn, ctx);
+    visit_mat(&m->down, fn, ctx);
+}
+
+static void visit_arrays(const mr_config *cfg, mr_weights *w, array_fn fn, void *ctx)
+{
+    const size_t dim = cfg ? (size_t)cfg->hidden_size : 0;
+    fn(&w->embed, cfg ? (size_t)cfg->vocab_size * dim : 0, ctx);
+    for (int l = 0; w->layers && l < w->n_layers; l++) {
+        mr_layer_weights *layer = &w->layers[l];
+        fn(&layer->attn_norm, dim, ctx);
+        fn(&layer->ffn_norm, dim, ctx);
+        visit_mat(&layer->q_a, fn, ctx);
+        fn(&layer->q_a_norm, cfg ? (size_t)cfg->q_lora_rank : 0, ctx);
+        visit_mat(&layer->q_b, fn, ctx);
+        visit_mat(&layer->q, fn, ctx);
+        visit_mat(&layer->kv_a, fn, ctx);
+        fn(&layer->kv_a_norm, cfg ? (size_t)cfg->kv_lora_rank : 0, ctx);
+        visit_mat(&layer->kv_b, fn, ctx);
+        visit_mat(&layer->o, fn, ctx);
+        visit_mlp(&layer->dense, fn, ctx);
+        visit_mat(&layer->gate, fn, ctx);
+        fn(&layer->gate_bias, cfg ? (size_t)cfg->n_routed_experts : 0, ctx);
+        for (int e = 0; layer->experts && e < w->n_experts; e++)
+            visit_mlp(&layer->experts[e], fn, ctx);
+        visit_mlp(&layer->shared, fn, ctx);
+    }
+    fn(&w->final_norm, dim, ctx);
+    visit_mat(&w->lm_head, fn, ctx);
+}
+
+static void free_array(float **slot, size_t n_floats, void *ctx)
+{
+    const mr_kernels *k = ctx;
+    (void)n_floats;
+    if (!*slot) return;
+    if (k)
+        k->free(*slot);
+    else
+        free(*slot);
+    *slot = NULL;
+}
+
+void mr_weights_free(mr_weights *w)
+{
+    if (!w) return;
+    visit_arrays(NULL, w, free_array, (void *)w->backend);
+    if (w->layers)
+        for (int l = 0; l < w->n_layers; l++) free(w->layers[l].experts);
+    free(w->layers);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- to a backend ------------------------------------------------------- */
+
+typedef struct upload_ctx {
+    const mr_kernels *k;
+    mr_status status;
+    uint64_t n_bytes;
+} upload_ctx;
+
+/* The slot holds the HOST pointer (from the shallow copy); replace it by a
+ * backend copy, or by NULL after a failure (so the free pass never frees a
+ * host array through the backend). */
+static void upload_array(float **slot, size_t n_floats, void *ctx)
+{
+    upload_ctx *u = ctx;
+    const float *host = *slot;
+    *slot = NULL;
+    if (!host || u->status != MR_OK) return;
+    float *dev = u->k->alloc(n_floats * sizeof(float));
+    if (!dev) {
+        u->status = mr_fail(MR_ENOMEM, "%s backend: cannot allocate %zu bytes for weights",
+                            u->k->name, n_floats * sizeof(float));
+        return;
+    }
+    u->k->copy(dev, host, n_floats * sizeof(float), MR_COPY_H2D);
+    *slot = dev;
+    u->n_bytes += n_floats * sizeof(float);
+}
+
+mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
+                                const mr_weights *host, mr_weights *out)
+{
+    memset(out, 0, sizeof *out);
+    if (host->backend)
+        return mr_fail(MR_EINVAL, "weights already live in %s backend memory", host->backend->name);
+    mr_weights w = *host;
+    w.backend = k;
+    w.layers = calloc((size_t)(w.n_layers > 0 ? w.n_layers : 1), sizeof *w.layers);
+    if (!w.layers) return mr_fail(MR_ENOMEM, "weights: out of memory");
+    mr_status st = MR_OK;
+    for (int l = 0; l < w.n_layers; l++) {
+        w.layers[l] = host->layers[l];
+        w.layers[l].experts = NULL;
+        if (host->layers[l].experts) {
+            mr_mlp *ex = malloc(sizeof *ex * (size_t)(w.n_experts > 0 ? w.n_experts : 1));
+            if (!ex) {
+                st = mr_fail(MR_ENOMEM, "weights: out of memory");
+                break;
+            }
+            memcpy(ex, host->layers[l].experts, sizeof *ex * (size_t)w.n_experts);
+            w.layers[l].experts = ex;
+        }
+    }
+    if (st != MR_OK) {
+        /* nothing uploaded yet: drop the host pointers, free the tables */
+        for (int l = 0; l < w.n_layers; l++) free(w.layers[l].experts);
+        free(w.layers);
+        return st;
+    }
+    upload_ctx u = {.k = k, .status = MR_OK, .n_bytes = 0};
+    visit_arrays(cfg, &w, upload_array, &u);
+    k->sync();
+    if (u.status == MR_OK) u.status = k->check();
+    w.n_bytes = u.n_bytes;
+    if (u.status != MR_OK) {
+        mr_weights_free(&w);
+        return u.status;
+    }
+    *out = w;
+    return MR_OK;
+}
