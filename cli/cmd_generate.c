@@ -4,7 +4,7 @@
  *   moerun generate [--model DIR] --prompt-ids 1,17,923 --max-new-tokens N
  *       [--temperature 0] [--top-p 1] [--top-k 0] [--seed 0]
  *       [--attn absorb|naive] [--ignore-eos] [--logits-out FILE.npy]
- *       [--backend cpu|cuda] [--precision fp32|bf16]
+ *       [--backend cpu|cuda|devsim] [--precision fp32|bf16]
  * The generated ids go comma-separated on the last line of stdout; everything
  * else goes to stderr. --logits-out writes (S+G-1, vocab) float32 rows: the
  * prompt's logits at every position (one causal prefill pass), then each
@@ -35,7 +35,8 @@ typedef struct generate_args {
     mr_attn_mode attn;
     int ignore_eos;
     const char *logits_out;
-    bool cuda, bf16;
+    const char *backend;
+    bool bf16;
 } generate_args;
 
 static void usage(FILE *out)
@@ -44,10 +45,11 @@ static void usage(FILE *out)
             "usage: moerun generate [--model DIR] --prompt-ids 1,17,923 --max-new-tokens N\n"
             "                       [--temperature 0] [--top-p 1] [--top-k 0] [--seed 0]\n"
             "                       [--attn absorb|naive] [--ignore-eos] [--logits-out FILE.npy]\n"
-            "                       [--backend cpu|cuda] [--precision fp32|bf16]\n"
+            "                       [--backend cpu|cuda|devsim] [--precision fp32|bf16]\n"
             "\n"
             "--backend cuda runs on GPU (local rank mod GPU count); --precision fp32 gives the\n"
-            "CPU's tokens, bf16 rounds GEMM inputs to bfloat16 (fp32 accumulate).\n"
+            "CPU's tokens, bf16 rounds GEMM inputs to bfloat16 (fp32 accumulate). devsim runs\n"
+            "the CPU kernels under GPU memory rules (tests the GPU data paths without a GPU).\n"
             "Without --model the built-in tiny synthetic model is used.\n"
             "Prints the generated token ids, comma-separated, on the last line of stdout.\n");
 }
@@ -56,6 +58,7 @@ static mr_status parse_args(int argc, char **argv, generate_args *a, int *want_h
 {
     memset(a, 0, sizeof *a);
     a->sampling.top_p = 1.0f;
+    a->backend = "cpu";
     a->max_new_tokens = -1;
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
@@ -90,9 +93,9 @@ static mr_status parse_args(int argc, char **argv, generate_args *a, int *want_h
             else if (!strcmp(val, "naive")) a->attn = MR_ATTN_NAIVE;
             else return mr_fail(MR_EINVAL, "--attn: expected absorb or naive, got '%s'", val);
         } else if (!strcmp(flag, "--backend")) {
-            if (!strcmp(val, "cpu")) a->cuda = false;
-            else if (!strcmp(val, "cuda")) a->cuda = true;
-            else return mr_fail(MR_EINVAL, "--backend: expected cpu or cuda, got '%s'", val);
+            if (!mr_backend_name_valid(val))
+                return mr_fail(MR_EINVAL, "--backend: expected cpu, cuda or devsim, got '%s'", val);
+            a->backend = val;
         } else if (!strcmp(flag, "--precision")) {
             if (!strcmp(val, "fp32")) a->bf16 = false;
             else if (!strcmp(val, "bf16")) a->bf16 = true;
@@ -144,7 +147,7 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     int n_gen = 0;
     mr_status st;
 
-    if ((st = mr_backend_open(a->cuda, a->bf16, &k)) != MR_OK) return st;
+    if ((st = mr_backend_open(a->backend, a->bf16, &k)) != MR_OK) return st;
     double t_load = mr_now();
     st = mr_model_load(a->model_dir, NULL, NULL, &model);
     if (st != MR_OK) return st;
@@ -165,7 +168,7 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     if ((st = mr_kv_store_create(k, cfg->num_hidden_layers, mr_config_latent_dim(cfg), block_tokens,
                                  n_blocks, NULL, &kv)) != MR_OK)
         goto done;
-    if (!k->host_memory) {
+    if (!strcmp(k->name, "cuda")) {
         char dev[256] = "";
         mr_cuda_device_describe(dev, sizeof dev);
         MR_INFO("backend %s on %s, %s GEMMs", k->name, dev, a->bf16 ? "bf16" : "fp32");

@@ -2,8 +2,10 @@
 #include "backend.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda/kernels_cuda.h"
+#include "devsim/kernels_devsim.h"
 
 int mr_backend_local_rank(void)
 {
@@ -19,12 +21,19 @@ int mr_backend_local_rank(void)
     return 0;
 }
 
-mr_status mr_backend_open(bool cuda, bool bf16, const mr_kernels **out)
+bool mr_backend_name_valid(const char *name)
+{
+    return !strcmp(name, "cpu") || !strcmp(name, "cuda") || !strcmp(name, "devsim");
+}
+
+mr_status mr_backend_open(const char *name, bool bf16, const mr_kernels **out)
 {
     *out = NULL;
-    if (!cuda) {
+    if (!mr_backend_name_valid(name))
+        return mr_fail(MR_EINVAL, "--backend: expected cpu, cuda or devsim, got '%s'", name);
+    if (strcmp(name, "cuda") != 0) {
         if (bf16) return mr_fail(MR_EINVAL, "--precision bf16 needs --backend cuda");
-        *out = mr_kernels_cpu();
+        *out = !strcmp(name, "cpu") ? mr_kernels_cpu() : mr_kernels_devsim();
         return MR_OK;
     }
     mr_status st = mr_cuda_select_device(mr_backend_local_rank());

@@ -7,7 +7,9 @@
  * MPI_LOCALRANKID, else SLURM_LOCALID, else 0). With cuda, `bf16` selects
  * BF16 GEMM inputs (fp32 accumulate); fp32 is the CPU's arithmetic.
  * A rank with no usable GPU gets an error naming why ("--backend cuda: no
- * usable GPU: ..."), never a silent fallback to the CPU.
+ * usable GPU: ..."), never a silent fallback to the CPU. A third name,
+ * "devsim", is the CPU kernels under device-memory rules
+ * (kernels/devsim/kernels_devsim.h): it tests the GPU data paths here.
  */
 #ifndef MR_BACKEND_H
 #define MR_BACKEND_H
@@ -17,7 +19,11 @@
 #include "../common/status.h"
 #include "kernels.h"
 
-mr_status mr_backend_open(bool cuda, bool bf16, const mr_kernels **out);
+/* name: "cpu", "cuda" or "devsim"; anything else → MR_EINVAL naming it. */
+mr_status mr_backend_open(const char *name, bool bf16, const mr_kernels **out);
+
+/* True when name is one mr_backend_open accepts (for option parsers). */
+bool mr_backend_name_valid(const char *name);
 
 /* The node-local rank from the launcher's environment (0 when none). */
 int mr_backend_local_rank(void);

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "../common/aligned.h"
 
 struct mr_engine {
     const mr_config *cfg;
@@ -173,7 +174,7 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     for (int l = 0; l < cfg->num_hidden_layers && e->attn == MR_ATTN_ABSORB; l++) {
         const float *kv_b = weights->layers[l].kv_b.w;
         size_t bytes = sizeof(float) * (size_t)H * C * nope;
-        float *t = malloc(bytes);
+        float *t = mr_aligned_alloc(bytes);
         if (!t) goto nomem;
         for (int h = 0; h < H; h++)
             for (int d = 0; d < nope; d++)

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "../common/aligned.h"
 
 #define WT_NAME_MAX 192
 
@@ -309,7 +310,7 @@ static mr_status load_spec(const mr_config *cfg, const wt_spec *spec, uint64_t *
 {
     const mr_tensor_info *t = spec->tensor;
     size_t n = (size_t)t->n_elems;
-    float *buf = malloc((n ? n : 1) * sizeof *buf);
+    float *buf = mr_aligned_alloc(n * sizeof *buf);
     if (!buf)
         return mr_fail(MR_ENOMEM, "out of memory for tensor %s (%zu floats)", t->name, n);
     mr_status status = t->dtype == MR_DT_F8_E4M3

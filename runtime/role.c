@@ -99,7 +99,7 @@ static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ct
                            bool routed_only)
 {
     double t0 = mr_now();
-    MR_TRY(mr_backend_open(r->opts.cuda, r->opts.bf16, &r->kernels));
+    MR_TRY(mr_backend_open(r->opts.backend, r->opts.bf16, &r->kernels));
     MR_TRY(routed_only ? mr_model_load_routed(r->opts.model_dir, filter, filter_ctx, &r->model)
                        : mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
     if (routed_only && !r->kernels->host_memory)

@@ -3,11 +3,13 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "kernels/backend.h"
 
 void mr_role_opts_defaults(mr_role_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->attn = MR_ATTN_ABSORB;
+    o->backend = "cpu";
     o->kv_blocks = 256;
     o->block_tokens = 16;
     o->max_batch_tokens = 256;
@@ -28,8 +30,9 @@ const char *mr_role_opts_usage(void)
            "  --placement FILE.json    expert placement (default: round robin)\n"
            "  --logits-dir DIR         debug: write each request's logits as .npy\n"
            "  --attn absorb|naive      MLA form (default absorb)\n"
-           "  --backend cpu|cuda       compute backend of prefill/decode/expert ranks\n"
-           "                           (cuda: GPU = local rank mod GPU count; default cpu)\n"
+           "  --backend cpu|cuda|devsim  compute backend of prefill/decode/expert ranks\n"
+           "                           (cuda: GPU = local rank mod GPU count; devsim: CPU\n"
+           "                           kernels under GPU memory rules, for tests; default cpu)\n"
            "  --precision fp32|bf16    cuda GEMM inputs (fp32 = the CPU's tokens; default fp32)\n"
            "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
            "  --block-tokens N         tokens per KV block (default 16)\n"
@@ -61,9 +64,9 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             else return mr_fail(MR_EINVAL, "--attn: expected absorb or naive, got '%s'", v);
         }
         else if (!strcmp(f, "--backend")) {
-            if (!strcmp(v, "cpu")) o->cuda = false;
-            else if (!strcmp(v, "cuda")) o->cuda = true;
-            else return mr_fail(MR_EINVAL, "--backend: expected cpu or cuda, got '%s'", v);
+            if (!mr_backend_name_valid(v))
+                return mr_fail(MR_EINVAL, "--backend: expected cpu, cuda or devsim, got '%s'", v);
+            o->backend = v;
         }
         else if (!strcmp(f, "--precision")) {
             if (!strcmp(v, "fp32")) o->bf16 = false;

@@ -20,7 +20,7 @@ typedef struct mr_role_opts {
     const char *placement_path;   /* expert placement json; NULL = round robin */
     const char *logits_dir;       /* debug: per-request logits .npy */
     mr_attn_mode attn;
-    bool cuda;                    /* --backend cuda (compute roles; GPU = local rank mod count) */
+    const char *backend;          /* --backend cpu|cuda|devsim (compute roles; kernels/backend.h) */
     bool bf16;                    /* --precision bf16 (cuda GEMMs; default fp32) */
     int kv_blocks;                /* decode: blocks in the KV pool */
     int block_tokens;             /* tokens per KV block (all roles must agree) */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "../../common/aligned.h"
 
 static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
                         int stride, float eps)
@@ -189,7 +190,7 @@ static void cpu_mla_naive(const float *q, const float *k, const float *v, int n_
 /* Backend memory of the cpu backend is host memory. */
 static void *cpu_alloc(size_t bytes)
 {
-    return malloc(bytes > 0 ? bytes : 1);
+    return mr_aligned_alloc(bytes);
 }
 
 static void cpu_free(void *p)

@@ -79,11 +79,25 @@ def main():
     ap.add_argument("--block-tokens", type=int, default=4)
     ap.add_argument("--max-batch-tokens", type=int, default=32)
     ap.add_argument("--attn", default="absorb")
+    ap.add_argument("--backend", default="cpu",
+                    help="compute backend of the cluster's ranks (the reference is always "
+                         "`moerun generate` on cpu)")
+    ap.add_argument("--precision", default="fp32")
     args = ap.parse_args()
     P, D, E = (int(x) for x in args.layout.split(","))
     moerun = os.path.join(args.build, "moerun")
     launcher = os.path.join(args.source, "launch", "moerun-cluster")
     env = dict(os.environ, MOERUN_BUILD_DIR=args.build, MOERUN_CLUSTER_TIMEOUT="240")
+
+    if args.backend == "cuda":
+        probe = run([moerun, "generate", "--prompt-ids", "1", "--max-new-tokens", "1",
+                     "--backend", "cuda"], 120)
+        if probe.returncode != 0 and "no usable GPU" in probe.stderr:
+            if os.environ.get("MOERUN_REQUIRE_GPU") == "1":
+                print("FAIL: MOERUN_REQUIRE_GPU=1 but", probe.stderr.strip())
+                return 1
+            print("SKIP:", probe.stderr.strip())
+            return 77
 
     with tempfile.TemporaryDirectory(prefix="moerun-cluster-") as work:
         model = os.path.join(work, "model")
@@ -106,7 +120,8 @@ def main():
         common = ["--prefill", str(P), "--decode", str(D), "--expert", str(E), "--model", model,
                   "--requests", req_path, "--kv-blocks", str(args.kv_blocks),
                   "--block-tokens", str(args.block_tokens),
-                  "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn]
+                  "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn,
+                  "--backend", args.backend, "--precision", args.precision]
         if args.placement == "hot2":
             warm = os.path.join(work, "warm-summary.json")
             r = run([launcher] + common + ["--out", os.path.join(work, "warm.jsonl"),
@@ -168,7 +183,8 @@ def main():
                 if key not in res:
                     print(f"FAIL {q['id']}: result lacks {key}")
                     failures += 1
-        print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''}: {len(reqs)} requests, "
+        print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''} on {args.backend}: "
+              f"{len(reqs)} requests, "
               f"{failures} failures, worst max|dlogit| {worst:.3g}")
         return 1 if failures else 0
 

@@ -134,6 +134,7 @@ static const gt_op ops[] = {
     { "softmax", gt_test_softmax },       { "swiglu", gt_test_swiglu },
     { "moe_gate", gt_test_moe_gate },     { "expert_ffn", gt_test_expert_ffn },
     { "mla_absorbed", gt_test_mla_absorbed }, { "mla_naive", gt_test_mla_naive },
+    { "movement", gt_test_movement },
 };
 #define N_OPS ((int)(sizeof ops / sizeof ops[0]))
 

@@ -1,0 +1,128 @@
+/* tests/gpu/test_gpu_movement.c — CUDA data-movement ops against the CPU
+ * reference: copy_2d (all three directions), gather_rows / scatter_rows
+ * (embedding lookup, paged-KV rows with a layer offset), moe_combine and add.
+ *
+ * These ops move or add floats without reassociation, so the tolerance is 0:
+ * results must be bit-identical (moe_combine sums k in order with separate
+ * multiply and add on both backends).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "gpu_test.h"
+
+#define GT_TOL_EXACT 0.0
+
+/* ---- copy_2d ------------------------------------------------------------------ */
+
+static void check_copy_2d(gt_ctx *t, int rows, int width, int src_ld, int dst_ld)
+{
+    const size_t ns = (size_t)rows * src_ld, nd = (size_t)rows * dst_ld;
+    float *src = gt_host(t, ns), *want = gt_host(t, nd), *got = gt_host(t, nd);
+    gt_fill(t, src, ns, -1.0f, 1.0f);
+    gt_fill(t, want, nd, 5.0f, 6.0f); /* gaps must stay as they are */
+    float *d_src = gt_upload(t, src, ns * sizeof(float));
+    float *d_dst = gt_upload(t, want, nd * sizeof(float));
+    float *d_dst2 = gt_upload(t, want, nd * sizeof(float));
+    const size_t sp = sizeof(float) * (size_t)src_ld, dp = sizeof(float) * (size_t)dst_ld;
+    const size_t w = sizeof(float) * (size_t)width;
+    t->cpu->copy_2d(want, dp, src, sp, w, (size_t)rows, MR_COPY_D2D);
+    /* D2D on the device, then H2D of the host source into a second buffer */
+    t->gpu->copy_2d(d_dst, dp, d_src, sp, w, (size_t)rows, MR_COPY_D2D);
+    t->gpu->copy_2d(d_dst2, dp, src, sp, w, (size_t)rows, MR_COPY_H2D);
+    char what[128];
+    gt_download(t, got, d_dst, nd * sizeof(float));
+    snprintf(what, sizeof what, "copy_2d D2D rows=%d width=%d ld %d->%d", rows, width, src_ld,
+             dst_ld);
+    gt_check_close(t, what, got, want, nd, GT_TOL_EXACT);
+    gt_download(t, got, d_dst2, nd * sizeof(float));
+    snprintf(what, sizeof what, "copy_2d H2D rows=%d width=%d", rows, width);
+    gt_check_close(t, what, got, want, nd, GT_TOL_EXACT);
+    /* D2H: strided device rows into a strided host buffer */
+    float *back = gt_host(t, nd);
+    memcpy(back, want, nd * sizeof(float));
+    t->gpu->copy_2d(back, dp, d_src, sp, w, (size_t)rows, MR_COPY_D2H);
+    snprintf(what, sizeof what, "copy_2d D2H rows=%d width=%d", rows, width);
+    gt_check_close(t, what, back, want, nd, GT_TOL_EXACT);
+    gt_case_end(t);
+}
+
+/* ---- gather / scatter ------------------------------------------------------------ */
+
+static void check_rows(gt_ctx *t, int n_src_rows, int ld, int width, int n, int row_base)
+{
+    const size_t ns = (size_t)n_src_rows * ld;
+    float *src = gt_host(t, ns);
+    gt_fill(t, src, ns, -4.0f, 4.0f);
+    int32_t *rows = (int32_t *)gt_host(t, (size_t)n);
+    /* distinct rows (scatter needs them), in a scrambled order */
+    const int span = n_src_rows - row_base;
+    for (int i = 0; i < n; i++) rows[i] = (int32_t)(((size_t)i * 7919u + 13u) % (size_t)span);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (rows[j] == rows[i]) rows[i] = (rows[i] + 1) % span, j = -1;
+    float *d_src = gt_upload(t, src, ns * sizeof(float));
+    int32_t *d_rows = gt_upload(t, rows, (size_t)n * sizeof(int32_t));
+    float *want = gt_host(t, (size_t)n * width), *got = gt_host(t, (size_t)n * width);
+    float *d_dst = gt_dev_alloc(t, (size_t)n * width * sizeof(float));
+    t->cpu->gather_rows(src, ld, rows, row_base, n, width, want);
+    t->gpu->gather_rows(d_src, ld, d_rows, row_base, n, width, d_dst);
+    gt_download(t, got, d_dst, (size_t)n * width * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "gather_rows n=%d width=%d ld=%d base=%d", n, width, ld, row_base);
+    gt_check_close(t, what, got, want, (size_t)n * width, GT_TOL_EXACT);
+
+    /* scatter the gathered rows (negated) back into a copy of src */
+    for (size_t i = 0; i < (size_t)n * width; i++) want[i] = -want[i];
+    float *d_vals = gt_upload(t, want, (size_t)n * width * sizeof(float));
+    float *ref = gt_host(t, ns), *out = gt_host(t, ns);
+    memcpy(ref, src, ns * sizeof(float));
+    t->cpu->scatter_rows(want, n, width, rows, row_base, ref, ld);
+    t->gpu->scatter_rows(d_vals, n, width, d_rows, row_base, d_src, ld);
+    gt_download(t, out, d_src, ns * sizeof(float));
+    snprintf(what, sizeof what, "scatter_rows n=%d width=%d ld=%d base=%d", n, width, ld, row_base);
+    gt_check_close(t, what, out, ref, ns, GT_TOL_EXACT);
+    gt_case_end(t);
+}
+
+/* ---- moe_combine / add ----------------------------------------------------------- */
+
+static void check_combine(gt_ctx *t, int n_tokens, int top_k, int dim)
+{
+    const size_t ne = (size_t)n_tokens * top_k * dim, nw = (size_t)n_tokens * top_k;
+    float *eo = gt_host(t, ne), *w = gt_host(t, nw);
+    gt_fill(t, eo, ne, -3.0f, 3.0f);
+    gt_fill(t, w, nw, 0.0f, 2.5f);
+    float *want = gt_host(t, (size_t)n_tokens * dim), *got = gt_host(t, (size_t)n_tokens * dim);
+    float *d_eo = gt_upload(t, eo, ne * sizeof(float)), *d_w = gt_upload(t, w, nw * sizeof(float));
+    float *d_out = gt_dev_alloc(t, (size_t)n_tokens * dim * sizeof(float));
+    t->cpu->moe_combine(eo, w, n_tokens, top_k, dim, want);
+    t->gpu->moe_combine(d_eo, d_w, n_tokens, top_k, dim, d_out);
+    gt_download(t, got, d_out, (size_t)n_tokens * dim * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d dim=%d (bit-exact)", n_tokens, top_k,
+             dim);
+    gt_check_close(t, what, got, want, (size_t)n_tokens * dim, GT_TOL_EXACT);
+
+    /* add: y += x over the same buffers */
+    float *d_y = gt_upload(t, want, (size_t)n_tokens * dim * sizeof(float));
+    t->cpu->add(want, eo, (size_t)n_tokens * dim);
+    t->gpu->add(d_y, d_eo, (size_t)n_tokens * dim);
+    gt_download(t, got, d_y, (size_t)n_tokens * dim * sizeof(float));
+    snprintf(what, sizeof what, "add n=%d", n_tokens * dim);
+    gt_check_close(t, what, got, want, (size_t)n_tokens * dim, GT_TOL_EXACT);
+    gt_case_end(t);
+}
+
+void gt_test_movement(gt_ctx *t)
+{
+    check_copy_2d(t, 1, 1, 1, 1);
+    check_copy_2d(t, 5, 64, 192, 64);      /* q_pe out of q rows */
+    check_copy_2d(t, 33, 512, 576, 1024);  /* c_kv out of latent rows, wider dst */
+    check_rows(t, 300, 7168, 7168, 17, 0); /* embedding lookup */
+    check_rows(t, 4 * 61 * 16, 576, 576, 40, 16 * 7); /* KV rows of layer 7 */
+    check_rows(t, 50, 100, 37, 50, 0);     /* every row, partial width */
+    check_combine(t, 1, 1, 1);
+    check_combine(t, 7, 8, 7168);          /* DeepSeek-V3 top-8 */
+    check_combine(t, 33, 6, 2048);
+}
