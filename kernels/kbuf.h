@@ -18,6 +18,7 @@
 #ifndef MR_KBUF_H
 #define MR_KBUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "../common/status.h"
@@ -26,9 +27,14 @@
 typedef struct mr_kbuf {
     void *p;
     size_t cap;   /* bytes */
+    bool host;    /* staging memory from host_alloc (set by _reserve_host) */
 } mr_kbuf;
 
 void *mr_kbuf_reserve(const mr_kernels *k, mr_kbuf *b, size_t bytes, mr_status *st);
+/* The same in the backend's staging host memory (k->host_alloc: pinned on
+ * cuda), for buffers that copies move to and from the backend. A buffer is
+ * either host or backend memory for its whole life. */
+void *mr_kbuf_reserve_host(const mr_kernels *k, mr_kbuf *b, size_t bytes, mr_status *st);
 void mr_kbuf_free(const mr_kernels *k, mr_kbuf *b); /* accepts an empty buffer */
 
 #endif

@@ -67,6 +67,16 @@ typedef struct mr_kernels {
     void (*free)(void *p);
     void (*copy)(void *dst, const void *src, size_t bytes, int direction);
     void (*sync)(void);
+    /* Host memory for staging (what copy moves at full speed): cuda gives
+     * page-locked memory (cudaMallocHost), cpu/devsim aligned malloc.
+     * host_free accepts NULL. host_register pins existing host memory in
+     * place (cuda: cudaHostRegister, e.g. for memory UCX allocated; a no-op
+     * elsewhere); an error only means copies from it run at pageable speed. */
+    void *(*host_alloc)(size_t bytes);
+    void (*host_free)(void *p);
+    mr_status (*host_register)(void *p, size_t bytes);
+    void (*host_unregister)(void *p);
+
     /* sync, then the first error the backend recorded since the last check
      * (cleared by this call), with its message set (mr_last_error); MR_OK on
      * cpu, whose ops cannot fail. Callers check once per forward pass. */

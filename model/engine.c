@@ -27,12 +27,9 @@ struct mr_engine {
     mr_kbuf expert_out, mlp_scratch, routed, idx, logits;
     mr_expert_ws experts;     /* local routed experts */
 
-    /* host side of one forward: indices and RoPE tables to upload, router
-     * results and staged rows to download */
-    int32_t *idx_host;
-    float *cs_host, *gw_host, *h_host, *eo_host;
-    int32_t *ids_host;
-    size_t idx_cap, cs_cap, gw_cap, h_cap, eo_cap, ids_cap;
+    /* host side of one forward (staging memory, pinned on cuda): indices and
+     * RoPE tables to upload, router results and staged rows to download */
+    mr_kbuf idx_host, cs_host, gw_host, h_host, eo_host, ids_host;
     /* this forward's sequence runs and index layout (see forward_prepare) */
     struct seq_run { int first, n, n_ctx, ctx_off; } *runs;
     int n_runs, runs_cap;
@@ -214,14 +211,12 @@ void mr_engine_destroy(mr_engine *e)
                        &e->gate_w, &e->gate_scratch, &e->gate_ids, &e->expert_out,
                        &e->mlp_scratch, &e->routed, &e->idx, &e->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mr_kbuf_free(k, bufs[i]);
+    mr_kbuf *host_bufs[] = {&e->idx_host, &e->cs_host, &e->gw_host, &e->h_host, &e->eo_host,
+                            &e->ids_host};
+    for (size_t i = 0; i < sizeof host_bufs / sizeof host_bufs[0]; i++)
+        mr_kbuf_free(k, host_bufs[i]);
     mr_expert_ws_free(k, &e->experts);
     mr_weights_free(&e->dev_w);
-    free(e->idx_host);
-    free(e->cs_host);
-    free(e->gw_host);
-    free(e->h_host);
-    free(e->eo_host);
-    free(e->ids_host);
     free(e->runs);
     free(e);
 }
@@ -371,22 +366,25 @@ static mr_status run_routed(mr_engine *e, int layer, int T, const float *xn, con
     const size_t n_slots = (size_t)T * K;
     const int32_t *ids = e->gate_ids.p;
     const float *gw_host = gw;
+    mr_status st = MR_OK;
     if (!k->host_memory) {
-        MR_TRY(host_grow((void **)&e->ids_host, &e->ids_cap, n_slots, sizeof(int32_t)));
-        MR_TRY(host_grow((void **)&e->gw_host, &e->gw_cap, n_slots, sizeof(float)));
-        k->copy(e->ids_host, ids, sizeof(int32_t) * n_slots, MR_COPY_D2H);
-        k->copy(e->gw_host, gw, sizeof(float) * n_slots, MR_COPY_D2H);
-        ids = e->ids_host;
-        gw_host = e->gw_host;
+        int32_t *ih = mr_kbuf_reserve_host(k, &e->ids_host, sizeof(int32_t) * n_slots, &st);
+        float *wh = mr_kbuf_reserve_host(k, &e->gw_host, sizeof(float) * n_slots, &st);
+        if (st != MR_OK) return st;
+        k->copy(ih, ids, sizeof(int32_t) * n_slots, MR_COPY_D2H);
+        k->copy(wh, gw, sizeof(float) * n_slots, MR_COPY_D2H);
+        ids = ih;
+        gw_host = wh;
     }
     if (k->host_memory || e->moe.backend_io)
         return e->moe.run(e->moe.ctx, layer, xn, T, ids, gw_host, eo);
-    MR_TRY(host_grow((void **)&e->h_host, &e->h_cap, (size_t)T * D, sizeof(float)));
-    MR_TRY(host_grow((void **)&e->eo_host, &e->eo_cap, n_slots * D, sizeof(float)));
-    k->copy(e->h_host, xn, sizeof(float) * (size_t)T * D, MR_COPY_D2H);
+    float *hh = mr_kbuf_reserve_host(k, &e->h_host, sizeof(float) * (size_t)T * D, &st);
+    float *oh = mr_kbuf_reserve_host(k, &e->eo_host, sizeof(float) * n_slots * D, &st);
+    if (st != MR_OK) return st;
+    k->copy(hh, xn, sizeof(float) * (size_t)T * D, MR_COPY_D2H);
     MR_TRY(k->check());
-    MR_TRY(e->moe.run(e->moe.ctx, layer, e->h_host, T, ids, gw_host, e->eo_host));
-    k->copy(eo, e->eo_host, sizeof(float) * n_slots * D, MR_COPY_H2D);
+    MR_TRY(e->moe.run(e->moe.ctx, layer, hh, T, ids, gw_host, oh));
+    k->copy(eo, oh, sizeof(float) * n_slots * D, MR_COPY_H2D);
     return MR_OK;
 }
 
@@ -497,9 +495,10 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
         n_idx += (size_t)run->n_ctx;
         first += n;
     }
-    MR_TRY(host_grow((void **)&e->idx_host, &e->idx_cap, n_idx, sizeof(int32_t)));
-    MR_TRY(host_grow((void **)&e->cs_host, &e->cs_cap, (size_t)T * R, sizeof(float)));
-    int32_t *idx = e->idx_host;
+    mr_status st = MR_OK;
+    int32_t *idx = mr_kbuf_reserve_host(e->k, &e->idx_host, sizeof(int32_t) * n_idx, &st);
+    float *cs_host = mr_kbuf_reserve_host(e->k, &e->cs_host, sizeof(float) * (size_t)T * R, &st);
+    if (st != MR_OK) return st;
     e->off_kvrow = T;
     e->off_ctx_len = 2 * T;
     e->off_want = 3 * T;
@@ -509,8 +508,8 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
         idx[e->off_kvrow + t] = mr_kv_seq_row_index(b->seqs[t], b->positions[t]);
         idx[e->off_ctx_len + t] = b->positions[t] + 1;
         if (!b->want_logits || b->want_logits[t]) idx[e->off_want + e->n_want++] = t;
-        mr_engine_rope_at(e, b->positions[t], e->cs_host + (size_t)t * (R / 2),
-                          e->cs_host + (size_t)T * (R / 2) + (size_t)t * (R / 2));
+        mr_engine_rope_at(e, b->positions[t], cs_host + (size_t)t * (R / 2),
+                          cs_host + (size_t)T * (R / 2) + (size_t)t * (R / 2));
     }
     for (int r = 0; r < e->n_runs; r++) {
         const mr_kv_seq *seq = b->seqs[e->runs[r].first];
@@ -521,7 +520,6 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
     e->kv_storage = mr_kv_pool_storage(pool);
     e->kv_block_tokens = mr_kv_pool_block_tokens(pool);
 
-    mr_status st = MR_OK;
     float *cs = fbuf(e, &e->rope_cs, (size_t)T * R, &st);
     if (e->k->host_memory) {
         e->dev_idx = idx;
@@ -530,7 +528,7 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
         if (st == MR_OK) e->k->copy(dev, idx, sizeof(int32_t) * n_idx, MR_COPY_H2D);
         e->dev_idx = dev;
     }
-    if (st == MR_OK) e->k->copy(cs, e->cs_host, sizeof(float) * (size_t)T * R, MR_COPY_H2D);
+    if (st == MR_OK) e->k->copy(cs, cs_host, sizeof(float) * (size_t)T * R, MR_COPY_H2D);
     return st;
 }
 

@@ -13,8 +13,8 @@ void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws)
     free(ws->order);
     free(ws->start);
     free(ws->host_idx);
-    free(ws->host_in);
-    free(ws->host_out);
+    mr_kbuf_free(k, &ws->host_in);
+    mr_kbuf_free(k, &ws->host_out);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -146,12 +146,9 @@ mr_status mr_experts_forward(const mr_config *cfg, const mr_weights *weights,
     if (st != MR_OK) return st;
     float *stage_in = in, *stage_out = res; /* host memory: pack in place */
     if (!k->host_memory) {
-        size_t cap = ws->cap_stage, cap2 = ws->cap_stage;
-        MR_TRY(grow_host((void **)&ws->host_in, &cap, (size_t)n_rows * D, sizeof(float)));
-        MR_TRY(grow_host((void **)&ws->host_out, &cap2, (size_t)n_rows * D, sizeof(float)));
-        ws->cap_stage = cap;
-        stage_in = ws->host_in;
-        stage_out = ws->host_out;
+        stage_in = mr_kbuf_reserve_host(k, &ws->host_in, rows_bytes, &st);
+        stage_out = mr_kbuf_reserve_host(k, &ws->host_out, rows_bytes, &st);
+        if (st != MR_OK) return st;
     }
     for (int j = 0; j < n_rows; j++)
         memcpy(stage_in + (size_t)j * D, rows[ws->order[j]], sizeof(float) * D);

@@ -31,8 +31,8 @@
 typedef struct mr_expert_ws {
     mr_kbuf in, out, scratch, idx;      /* backend memory */
     int32_t *order, *start, *host_idx;  /* host: sorted slots, group starts (E+1), 2n rows */
-    float *host_in, *host_out;          /* host staging (non-host backends) */
-    size_t cap_slots, cap_experts, cap_stage;
+    mr_kbuf host_in, host_out;          /* staging memory (non-host backends) */
+    size_t cap_slots, cap_experts;
 } mr_expert_ws;
 
 void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
+
 mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, int block_tokens,
                              int n_blocks, void *host_image, mr_kv_store *out)
 {
@@ -13,10 +15,18 @@ mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, 
     mr_status st = MR_OK;
     if (host_image) {
         out->host = host_image;
+        if (!k->host_memory) {
+            /* pinned staging copies faster; pageable still works */
+            if (k->host_register(host_image, bytes) == MR_OK)
+                out->host_registered = 1;
+            else
+                MR_WARN("KV host image stays pageable (copies slower): %s", mr_last_error());
+        }
     } else {
-        out->host = calloc(bytes ? bytes : 1, 1);
+        out->host = k->host_alloc(bytes);
         out->host_owned = 1;
         if (!out->host) st = mr_fail(MR_ENOMEM, "KV store: cannot allocate %zu bytes", bytes);
+        else memset(out->host, 0, bytes);
     }
     void *storage = out->host;
     if (st == MR_OK && !k->host_memory) {
@@ -36,7 +46,8 @@ void mr_kv_store_destroy(mr_kv_store *s)
 {
     mr_kv_pool_destroy(s->pool);
     if (s->backend_storage) s->k->free(s->backend_storage);
-    if (s->host_owned) free(s->host);
+    if (s->host_registered) s->k->host_unregister(s->host);
+    if (s->host_owned) s->k->host_free(s->host);
     memset(s, 0, sizeof *s);
 }
 

@@ -8,8 +8,9 @@
  *   - host-memory backend (cpu): one storage; the host image IS the pool's
  *     storage, and upload/download do nothing;
  *   - other backends (cuda): the pool's storage is k->alloc'd; the host image
- *     is the caller's (e.g. memory UCX allocated and registered for puts) or
- *     malloc'd here; upload/download copy whole blocks between the two.
+ *     is the caller's (e.g. memory UCX allocated and registered for puts),
+ *     pinned in place with k->host_register when the backend can, or
+ *     k->host_alloc'd here (pinned); upload/download copy whole blocks.
  * Decode uploads a request's blocks after its KvReady (prefill has put them
  * into the host image); prefill downloads them before putting.
  *
@@ -30,7 +31,8 @@ typedef struct mr_kv_store {
     const mr_kernels *k;
     void *backend_storage;    /* k->alloc'd (non-host backends), else NULL */
     float *host;              /* host image, same layout as the pool's storage */
-    int host_owned;           /* host image malloc'd here */
+    int host_owned;           /* host image from k->host_alloc (pinned on cuda) */
+    int host_registered;      /* caller's host image pinned with k->host_register */
 } mr_kv_store;
 
 /* host_image: caller's zeroed host memory of mr_kv_pool_bytes_for(...) bytes,

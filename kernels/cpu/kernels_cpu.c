@@ -209,6 +209,18 @@ static void cpu_sync(void)
     /* every cpu op has finished when it returns */
 }
 
+static mr_status cpu_host_register(void *p, size_t bytes)
+{
+    (void)p;
+    (void)bytes;
+    return MR_OK; /* host memory is all the cpu backend knows */
+}
+
+static void cpu_host_unregister(void *p)
+{
+    (void)p;
+}
+
 static mr_status cpu_check(void)
 {
     return MR_OK; /* cpu ops cannot fail */
@@ -265,6 +277,10 @@ static const mr_kernels cpu_kernels = {
     .free = cpu_free,
     .copy = cpu_copy,
     .sync = cpu_sync,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .host_register = cpu_host_register,
+    .host_unregister = cpu_host_unregister,
     .check = cpu_check,
     .copy_2d = cpu_copy_2d,
     .gather_rows = cpu_gather_rows,

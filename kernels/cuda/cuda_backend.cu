@@ -96,6 +96,50 @@ void cu_copy(void *dst, const void *src, size_t bytes, int direction)
     cu_record(copy_impl(dst, src, bytes, direction));
 }
 
+mr_status host_alloc_impl(size_t bytes, void **out)
+{
+    *out = NULL;
+    CUDA_TRY(cudaMallocHost(out, bytes > 0 ? bytes : 1));
+    return MR_OK;
+}
+
+void *cu_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    mr_status st = host_alloc_impl(bytes, &p);
+    cu_record(st);
+    return st == MR_OK ? p : NULL;
+}
+
+mr_status host_free_impl(void *p)
+{
+    if (p == NULL) return MR_OK;
+    CUDA_TRY(cudaStreamSynchronize(state.stream)); /* a queued copy may still read it */
+    CUDA_TRY(cudaFreeHost(p));
+    return MR_OK;
+}
+
+void cu_host_free(void *p)
+{
+    cu_record(host_free_impl(p));
+}
+
+/* Not recorded as a backend error: the caller decides (pageable is slower,
+ * not wrong). */
+mr_status cu_host_register(void *p, size_t bytes)
+{
+    if (p == NULL || bytes == 0) return MR_OK;
+    CUDA_TRY(cudaHostRegister(p, bytes, cudaHostRegisterDefault));
+    return MR_OK;
+}
+
+void cu_host_unregister(void *p)
+{
+    if (p == NULL) return;
+    cudaError_t err = cudaHostUnregister(p);
+    if (err != cudaSuccess) (void)cudaGetLastError(); /* was never registered: fine */
+}
+
 mr_status sync_impl(void)
 {
     CUDA_TRY(cudaStreamSynchronize(state.stream));
@@ -126,6 +170,10 @@ void table_fill(mr_kernels *t)
     t->free = cu_free;
     t->copy = cu_copy;
     t->sync = cu_sync;
+    t->host_alloc = cu_host_alloc;
+    t->host_free = cu_host_free;
+    t->host_register = cu_host_register;
+    t->host_unregister = cu_host_unregister;
     t->check = cu_check;
     t->copy_2d = cu_op_copy_2d;
     t->gather_rows = cu_op_gather_rows;

@@ -155,6 +155,29 @@ static void ds_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src_
 
 static void ds_sync(void) {}
 
+/* host memory: never in the registry, so copies accept it as the host side */
+static void *ds_host_alloc(size_t bytes)
+{
+    return mr_aligned_alloc(bytes);
+}
+
+static void ds_host_free(void *p)
+{
+    if (p && touches_backend(p, 1)) violation("host_free", "p", p, 0, "is backend memory");
+    free(p);
+}
+
+static mr_status ds_host_register(void *p, size_t bytes)
+{
+    need_host("host_register", "p", p, bytes);
+    return MR_OK;
+}
+
+static void ds_host_unregister(void *p)
+{
+    (void)p;
+}
+
 static mr_status ds_check(void)
 {
     return MR_OK;
@@ -303,6 +326,10 @@ static const mr_kernels devsim_kernels = {
     .free = ds_free,
     .copy = ds_copy,
     .sync = ds_sync,
+    .host_alloc = ds_host_alloc,
+    .host_free = ds_host_free,
+    .host_register = ds_host_register,
+    .host_unregister = ds_host_unregister,
     .check = ds_check,
     .copy_2d = ds_copy_2d,
     .gather_rows = ds_gather_rows,
