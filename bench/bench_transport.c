@@ -11,6 +11,19 @@
  *             and its same-size reply; time per round trip, algbw = 2*size/time
  *   disp-nc   the same with tp_send_nocopy + tp_flush on both sides (no copy of
  *             the payload into a tp-owned buffer) and tp_msg_release
+ * With --staged BACKEND (cuda, or devsim to exercise the path without a GPU)
+ * the GPU-to-GPU paths of the cluster, staged through host memory because
+ * Debian's UCX has no CUDA transport, with their parts alone:
+ *   d2h, h2d  backend copy of `size` bytes to / from staging host memory
+ *             (pinned on cuda), rank 0 alone
+ *   kv-stg    KV shipping: D2H on rank 0, put + flush into rank 1's region
+ *             (pinned in place), a small notice, H2D on rank 1, its ack; time
+ *             per block end to end
+ *   tok-stg   token dispatch: D2H, tp_send, H2D on rank 1, and the same back;
+ *             time per round trip, algbw = 2*size/time
+ * Their reference ("serial") is the sum of the parts measured in this run
+ * (d2h + put + h2d, resp. 2*(d2h + h2d) + dispatch round trip): ratio 1.0
+ * means staging adds nothing beyond its copies, > 1 would need overlap.
  * then, in the same UCX environment, ucx_perftest (server + client on
  * 127.0.0.1, error-handling endpoints like ours: -e) for the same size and
  * count: ucp_put_bw for put rows, ucp_am_lat (a same-size ping-pong, whose
@@ -39,12 +52,14 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/timer.h"
+#include "kernels/backend.h"
 #include "transport/tp.h"
 
-enum { MSG_KEYS = 16, MSG_CHECK, MSG_VERDICT, MSG_ECHO, MSG_ECHO_NC, MSG_QUIT };
-enum { REGION_ALLOC, REGION_REG };
+enum { MSG_KEYS = 16, MSG_CHECK, MSG_VERDICT, MSG_ECHO, MSG_ECHO_NC, MSG_QUIT, MSG_KV_NOTE,
+       MSG_KV_ACK, MSG_ECHO_STG };
+enum { REGION_ALLOC, REGION_REG, REGION_DEV };
 #define BT_MAX_SIZES 16
-#define BT_MAX_ROWS (4 * BT_MAX_SIZES)
+#define BT_MAX_ROWS (8 * BT_MAX_SIZES)
 
 typedef struct bt_opts {
     size_t sizes[BT_MAX_SIZES];
@@ -52,7 +67,15 @@ typedef struct bt_opts {
     int count, warmup, trials; /* count/warmup 0: chosen per size */
     bool json, perftest, registered, help;
     const char *perftest_bin;
+    const char *staged;      /* backend name for the staged rows, NULL = none */
 } bt_opts;
+
+/* One rank's side of the staged rows: the backend, a device buffer and
+ * staging host memory of max_size bytes. */
+typedef struct bt_stage {
+    const mr_kernels *k;
+    void *dev, *host;
+} bt_stage;
 
 typedef struct bt_row {
     const char *op;
@@ -120,12 +143,35 @@ static int bt_auto_count(size_t size)
 
 /* ---- rank 1: the target / echo side -------------------------------------- */
 
+static void bt_stage_open(const bt_opts *o, size_t max_size, bt_stage *st)
+{
+    memset(st, 0, sizeof *st);
+    if (!o->staged) return;
+    bt_must(mr_backend_open(o->staged, false, &st->k), "--staged");
+    st->dev = st->k->alloc(max_size);
+    st->host = st->k->host_alloc(max_size);
+    if (!st->dev || !st->host) bt_must(MR_ENOMEM, "staged buffers");
+    memset(st->host, 0, max_size);
+    st->k->copy(st->dev, st->host, max_size, MR_COPY_H2D);
+    bt_must(st->k->check(), "staged buffers");
+}
+
+static void bt_stage_close(bt_stage *st)
+{
+    if (!st->k) return;
+    st->k->free(st->dev);
+    st->k->host_free(st->host);
+}
+
 static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
 {
     tp_mem *mem_alloc = NULL, *mem_reg = NULL;
     uint8_t *reg = NULL;
+    bt_stage stg;
+    bt_stage_open(o, max_size, &stg);
     bt_must(tp_mem_alloc(ctx, max_size, &mem_alloc), "tp_mem_alloc");
     memset(tp_mem_base(mem_alloc), 0, max_size);
+    bool region_pinned = stg.k && stg.k->host_register(tp_mem_base(mem_alloc), max_size) == MR_OK;
     if (o->registered) {
         reg = calloc(1, max_size);
         if (!reg) bt_must(MR_ENOMEM, "malloc");
@@ -162,6 +208,22 @@ static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
             tp_msg_release(ctx, &m); /* the hot-path way: its buffer takes the next message */
             continue;
         }
+        if (m.type == MSG_KV_NOTE && m.len == sizeof(uint64_t) && stg.k) {
+            uint64_t size;
+            memcpy(&size, m.data, sizeof size);
+            if (size > max_size) bt_must(MR_EPROTO, "kv note size");
+            stg.k->copy(stg.dev, tp_mem_base(mem_alloc), size, MR_COPY_H2D);
+            bt_must(tp_send(ctx, 0, MSG_KV_ACK, NULL, 0), "kv ack");
+            tp_msg_free(&m);
+            continue;
+        }
+        if (m.type == MSG_ECHO_STG && stg.k && m.len <= max_size) {
+            stg.k->copy(stg.dev, m.data, m.len, MR_COPY_H2D);
+            stg.k->copy(stg.host, stg.dev, m.len, MR_COPY_D2H);
+            bt_must(tp_send(ctx, 0, MSG_ECHO_STG, stg.host, m.len), "staged echo");
+            tp_msg_release(ctx, &m);
+            continue;
+        }
         if (m.type == MSG_ECHO_NC) {
             bt_must(tp_send_nocopy(ctx, 0, MSG_ECHO_NC, m.data, m.len), "echo");
             bt_must(tp_flush(ctx, 0, 60), "tp_flush"); /* m.data is free again */
@@ -171,14 +233,23 @@ static void bt_serve(tp_ctx *ctx, const bt_opts *o, size_t max_size)
             bt_check c;
             memcpy(&c, m.data, sizeof c);
             const uint8_t *base = c.region == REGION_REG ? reg : tp_mem_base(mem_alloc);
+            if (c.region == REGION_DEV && stg.k && c.size <= max_size) {
+                /* what arrived in rank 1's device buffer, read back */
+                stg.k->copy(stg.host, stg.dev, c.size, MR_COPY_D2H);
+                base = stg.host;
+            } else if (c.region == REGION_DEV) {
+                base = NULL;
+            }
             int32_t wrong = !base || c.size > max_size || bt_sum(base, c.size) != c.sum;
             bt_must(tp_send(ctx, 0, MSG_VERDICT, &wrong, sizeof wrong), "verdict");
         }
         tp_msg_free(&m);
     }
+    if (region_pinned) stg.k->host_unregister(tp_mem_base(mem_alloc));
     tp_mem_deregister(ctx, mem_alloc);
     tp_mem_deregister(ctx, mem_reg);
     free(reg);
+    bt_stage_close(&stg);
 }
 
 /* ---- rank 0: the timed side ---------------------------------------------- */
@@ -235,6 +306,68 @@ static double bt_time_dispatch(tp_ctx *ctx, const bt_opts *o, const uint8_t *src
     for (int i = 0; i < bt_warmup(o, row); i++) bt_round_trip(ctx, src, row->size, nocopy, false);
     double t0 = mr_now();
     for (int i = 0; i < row->count; i++) bt_round_trip(ctx, src, row->size, nocopy, false);
+    return (mr_now() - t0) / row->count;
+}
+
+/* ---- staged (GPU) paths, rank 0 ------------------------------------------- */
+
+static void bt_copy(const bt_stage *stg, size_t size, int dir)
+{
+    if (dir == MR_COPY_D2H) stg->k->copy(stg->host, stg->dev, size, MR_COPY_D2H);
+    else stg->k->copy(stg->dev, stg->host, size, MR_COPY_H2D);
+}
+
+/* One trial: seconds per backend copy of row->size bytes (d2h or h2d). */
+static double bt_time_copy(const bt_opts *o, const bt_stage *stg, const bt_row *row, int dir)
+{
+    for (int i = 0; i < bt_warmup(o, row); i++) bt_copy(stg, row->size, dir);
+    stg->k->sync();
+    double t0 = mr_now();
+    for (int i = 0; i < row->count; i++) bt_copy(stg, row->size, dir);
+    stg->k->sync();
+    return (mr_now() - t0) / row->count;
+}
+
+/* One staged KV block: D2H, put + flush, notice, rank 1's H2D, its ack. */
+static void bt_kv_staged_once(tp_ctx *ctx, const bt_stage *stg, tp_rkey *rk, size_t size)
+{
+    uint64_t sz = size;
+    stg->k->copy(stg->host, stg->dev, size, MR_COPY_D2H);
+    bt_must(tp_put(ctx, 1, rk, 0, stg->host, size), "tp_put");
+    bt_must(tp_flush(ctx, 1, 60), "tp_flush");
+    bt_must(tp_send(ctx, 1, MSG_KV_NOTE, &sz, sizeof sz), "kv note");
+    tp_msg m = bt_recv(ctx, 60);
+    if (m.type != MSG_KV_ACK) bt_must(MR_EPROTO, "kv ack");
+    tp_msg_free(&m);
+}
+
+/* One staged dispatch round trip; returns 1 when the bytes that came back to
+ * rank 0's device buffer differ from what it sent. */
+static int bt_tok_staged_once(tp_ctx *ctx, const bt_stage *stg, size_t size, const uint8_t *want)
+{
+    stg->k->copy(stg->host, stg->dev, size, MR_COPY_D2H);
+    bt_must(tp_send(ctx, 1, MSG_ECHO_STG, stg->host, size), "staged send");
+    tp_msg m = bt_recv(ctx, 60);
+    if (m.type != MSG_ECHO_STG || m.len != size) bt_must(MR_EPROTO, "staged echo");
+    stg->k->copy(stg->dev, m.data, size, MR_COPY_H2D);
+    tp_msg_release(ctx, &m);
+    if (!want) return 0;
+    stg->k->copy(stg->host, stg->dev, size, MR_COPY_D2H);
+    return memcmp(stg->host, want, size) != 0;
+}
+
+static double bt_time_staged(tp_ctx *ctx, const bt_opts *o, const bt_stage *stg, tp_rkey *rk,
+                             const bt_row *row, bool kv)
+{
+    for (int i = 0; i < bt_warmup(o, row); i++) {
+        if (kv) bt_kv_staged_once(ctx, stg, rk, row->size);
+        else bt_tok_staged_once(ctx, stg, row->size, NULL);
+    }
+    double t0 = mr_now();
+    for (int i = 0; i < row->count; i++) {
+        if (kv) bt_kv_staged_once(ctx, stg, rk, row->size);
+        else bt_tok_staged_once(ctx, stg, row->size, NULL);
+    }
     return (mr_now() - t0) / row->count;
 }
 
@@ -390,6 +523,10 @@ static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc,
            "malloc memory), time per put+flush\n");
     printf("# dispatch: tp_send(size) to rank 1 + same-size reply, time per round trip, algbw = 2*size/time;"
            " disp-nc: tp_send_nocopy+tp_flush\n");
+    if (o->staged)
+        printf("# staged (%s backend): d2h/h2d = backend copy alone; kv-stg = D2H + put + flush + "
+               "H2D on rank 1 + ack; tok-stg = D2H + send + H2D, and back; ref 'serial' = sum of "
+               "the parts measured above\n", o->staged);
     printf("# perftest: ucx_perftest -t TEST -e -s SIZE -n COUNT [-o for put], server+client on 127.0.0.1 "
            "on our ranks' CPUs, same UCX env; ratio = algbw / perftest; best of %d trials each\n", o->trials);
     printf("#\n# %-9s %12s %7s %12s %12s %7s  %-11s %12s %7s\n", "op", "size(B)", "count", "time(us)",
@@ -401,6 +538,49 @@ static void bt_print(const bt_opts *o, const bt_row *rows, int n_rows, int argc,
         if (r->ref_gbs > 0) printf("%12.2f %7.2f\n", r->ref_gbs, r->algbw / r->ref_gbs);
         else printf("%12s %7s\n", "-", "-");
     }
+}
+
+/* The staged rows of one size, after that size's put and dispatch rows
+ * (rows[0..n_rows) so far); returns the new row count. */
+static int bt_staged_rows(tp_ctx *ctx, const bt_opts *o, const bt_stage *stg, tp_rkey *rk,
+                          const uint8_t *src, size_t size, bt_row *rows, int n_rows)
+{
+    double put_s = 0, rt_s = 0; /* this size's put and dispatch round trip */
+    for (int i = 0; i < n_rows; i++) {
+        if (rows[i].size != size) continue;
+        if (!strcmp(rows[i].op, "put")) put_s = rows[i].time_us * 1e-6;
+        if (!strcmp(rows[i].op, "dispatch")) rt_s = rows[i].time_us * 1e-6;
+    }
+    static const char *const names[] = {"d2h", "h2d", "kv-stg", "tok-stg"};
+    double part_s[2] = {0, 0};
+    for (int op = 0; op < 4; op++) {
+        bt_row *r = &rows[n_rows++];
+        *r = (bt_row){.op = names[op], .size = size,
+                      .count = o->count ? o->count : bt_auto_count(size), .ref_test = "-"};
+        double best = 1e300;
+        for (int t = 0; t < o->trials; t++) {
+            double dt = op < 2 ? bt_time_copy(o, stg, r, op == 0 ? MR_COPY_D2H : MR_COPY_H2D)
+                               : bt_time_staged(ctx, o, stg, rk, r, op == 2);
+            if (dt < best) best = dt;
+        }
+        bt_must(stg->k->check(), names[op]);
+        r->time_us = best * 1e6;
+        r->algbw = (op == 3 ? 2.0 : 1.0) * (double)size / best / 1e9;
+        if (op < 2) {
+            part_s[op] = best;
+            /* the copies moved src's pattern back and forth unchanged */
+            continue;
+        }
+        r->ref_test = "serial";
+        double serial = op == 2 ? part_s[0] + put_s + part_s[1]
+                                : 2 * (part_s[0] + part_s[1]) + rt_s;
+        r->ref_gbs = serial > 0 ? (op == 3 ? 2.0 : 1.0) * (double)size / serial / 1e9 : 0;
+        r->wrong = op == 2 ? bt_verdict(ctx, REGION_DEV, src, size)
+                           : bt_tok_staged_once(ctx, stg, size, src);
+        MR_INFO("%-8s %9zu B: %.2f GB/s, serial parts %.2f GB/s", r->op, size, r->algbw,
+                r->ref_gbs);
+    }
+    return n_rows;
 }
 
 /* ---- main ----------------------------------------------------------------- */
@@ -418,7 +598,7 @@ static int bt_usage(int code)
     fprintf(code ? stderr : stdout,
             "usage: moerun bench transport [--sizes MiB,...] [--count N] [--warmup N] [--trials N]\n"
             "                              [--registered] [--no-perftest] [--perftest-bin PATH]\n"
-            "                              [--quick] [--json]\n"
+            "                              [--quick] [--json] [--staged cuda|devsim]\n"
             "  run through launch/moerun-bench-transport (2 MPI ranks, the cluster's UCX env)\n");
     return code;
 }
@@ -439,6 +619,11 @@ static mr_status bt_parse(int argc, char **argv, bt_opts *o)
             o->trials = 1;
         } else if (!v) {
             return mr_fail(MR_EINVAL, "%s: unknown flag or missing value", a);
+        } else if (!strcmp(a, "--staged")) {
+            if (!mr_backend_name_valid(v) || !strcmp(v, "cpu"))
+                return mr_fail(MR_EINVAL, "--staged: expected cuda or devsim, got '%s'", v);
+            o->staged = v;
+            i++;
         } else if (!strcmp(a, "--perftest-bin")) {
             o->perftest_bin = v;
             i++;
@@ -506,6 +691,12 @@ int main(int argc, char **argv)
     uint8_t *src = malloc(max_size);
     if (!src) bt_must(MR_ENOMEM, "malloc");
     for (size_t i = 0; i < max_size; i++) src[i] = (uint8_t)(i * 131 + (i >> 12));
+    bt_stage stg;
+    bt_stage_open(&o, max_size, &stg);
+    if (stg.k) { /* rank 0's device buffer holds the pattern */
+        stg.k->copy(stg.dev, src, max_size, MR_COPY_H2D);
+        bt_must(stg.k->check(), "staged upload");
+    }
     tp_msg m = bt_recv(ctx, 60);
     uint64_t k_len[2];
     if (m.type != MSG_KEYS || m.len < sizeof(cpu_set_t) + sizeof k_len) bt_must(MR_EPROTO, "keys message");
@@ -552,11 +743,13 @@ int main(int argc, char **argv)
             if (o.perftest && r->ref_gbs == 0)
                 MR_WARN("%s %zu B: no result from %s", r->ref_test, r->size, o.perftest_bin);
         }
+        if (stg.k) n_rows = bt_staged_rows(ctx, &o, &stg, rk_alloc, src, o.sizes[s], rows, n_rows);
     }
     tp_rkey_release(rk_alloc);
     tp_rkey_release(rk_reg);
     bt_must(tp_send(ctx, 1, MSG_QUIT, NULL, 0), "quit");
     tp_finalize(ctx);
+    bt_stage_close(&stg);
     bt_print(&o, rows, n_rows, argc, argv);
     int wrong = 0;
     for (int i = 0; i < n_rows; i++) wrong += rows[i].wrong;
