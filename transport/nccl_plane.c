@@ -1,0 +1,175 @@
+/* transport/nccl_plane.c — see nccl_plane.h. */
+#include "nccl_plane.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "common/timer.h"
+
+_Static_assert(sizeof(np_id) == sizeof(ncclUniqueId), "np_id must hold an ncclUniqueId");
+
+struct np_plane {
+    ncclComm_t comm;
+    cudaStream_t stream;
+    int device, n_members, member;
+    bool broken;               /* aborted after a failure: every call fails fast */
+    char why[256];
+};
+
+static mr_status fail_nccl(ncclResult_t r, const char *what)
+{
+    return mr_fail(r == ncclSystemError || r == ncclRemoteError ? MR_EPEER : MR_EIO,
+                   "NCCL %s: %s", what, ncclGetErrorString(r));
+}
+
+static mr_status fail_cuda(cudaError_t e, const char *what)
+{
+    return mr_fail(MR_EIO, "NCCL plane: %s: %s: %s", what, cudaGetErrorName(e),
+                   cudaGetErrorString(e));
+}
+
+static void nap(void)
+{
+    struct timespec ts = {0, 20000}; /* 20 us: NCCL transfers take longer */
+    nanosleep(&ts, NULL);
+}
+
+bool np_available(void)
+{
+    return true;
+}
+
+mr_status np_make_id(np_id *out)
+{
+    ncclUniqueId id;
+    ncclResult_t r = ncclGetUniqueId(&id);
+    if (r != ncclSuccess) return fail_nccl(r, "ncclGetUniqueId");
+    memcpy(out->bytes, &id, sizeof id);
+    return MR_OK;
+}
+
+/* Abort the communicator and remember why (from mr_last_error()). */
+static void plane_break(np_plane *p)
+{
+    if (p->broken) return;
+    snprintf(p->why, sizeof p->why, "%s", mr_last_error());
+    p->broken = true;
+    if (p->comm) ncclCommAbort(p->comm);
+    p->comm = NULL;
+}
+
+/* Wait until the communicator leaves ncclInProgress (non-blocking init and
+ * group calls), or the deadline. */
+static mr_status wait_comm(np_plane *p, double deadline, const char *what)
+{
+    for (;;) {
+        ncclResult_t state = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(p->comm, &state);
+        if (r != ncclSuccess) return fail_nccl(r, "ncclCommGetAsyncError");
+        if (state == ncclSuccess) return MR_OK;
+        if (state != ncclInProgress) return fail_nccl(state, what);
+        if (mr_now() > deadline)
+            return mr_fail(MR_EPEER, "NCCL %s: not done within its deadline (a member missing?)",
+                           what);
+        nap();
+    }
+}
+
+mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
+                    np_plane **out)
+{
+    *out = NULL;
+    if (n_members < 1 || member < 0 || member >= n_members)
+        return mr_fail(MR_EINVAL, "NCCL plane: member %d of %d", member, n_members);
+    np_plane *p = calloc(1, sizeof *p);
+    if (!p) return mr_fail(MR_ENOMEM, "NCCL plane: out of memory");
+    p->device = device;
+    p->n_members = n_members;
+    p->member = member;
+    mr_status st = MR_OK;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) st = fail_cuda(e, "device/stream");
+    if (st == MR_OK) {
+        ncclUniqueId uid;
+        memcpy(&uid, id->bytes, sizeof uid);
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        ncclResult_t r = ncclCommInitRankConfig(&p->comm, n_members, uid, member, &config);
+        if (r != ncclSuccess && r != ncclInProgress) st = fail_nccl(r, "ncclCommInitRankConfig");
+        else st = wait_comm(p, mr_now() + timeout_s, "communicator creation");
+    }
+    if (st != MR_OK) {
+        plane_break(p);
+        np_destroy(p);
+        return mr_fail_prefix(st, "member %d of %d on GPU %d: ", member, n_members, device);
+    }
+    *out = p;
+    return MR_OK;
+}
+
+mr_status np_exchange(np_plane *p, const np_xfer *x, int n, double timeout_s)
+{
+    if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
+    for (int i = 0; i < n; i++)
+        if (x[i].peer < 0 || x[i].peer >= p->n_members || (x[i].bytes && !x[i].buf))
+            return mr_fail(MR_EINVAL, "NCCL exchange: transfer %d: peer %d of %d, %zu bytes at %p",
+                           i, x[i].peer, p->n_members, x[i].bytes, x[i].buf);
+    const double deadline = mr_now() + timeout_s;
+    mr_status st = MR_OK;
+    ncclResult_t r = ncclGroupStart();
+    for (int i = 0; i < n && r == ncclSuccess; i++) {
+        if (x[i].bytes == 0) continue;
+        r = x[i].send ? ncclSend(x[i].buf, x[i].bytes, ncclInt8, x[i].peer, p->comm, p->stream)
+                      : ncclRecv(x[i].buf, x[i].bytes, ncclInt8, x[i].peer, p->comm, p->stream);
+    }
+    ncclResult_t end = ncclGroupEnd();
+    if (r == ncclSuccess) r = end;
+    if (r != ncclSuccess && r != ncclInProgress) st = fail_nccl(r, "group");
+    if (st == MR_OK) st = wait_comm(p, deadline, "group launch");
+    /* the transfers themselves: the stream drains, or an async error / deadline */
+    while (st == MR_OK) {
+        cudaError_t e = cudaStreamQuery(p->stream);
+        if (e == cudaSuccess) break;
+        if (e != cudaErrorNotReady) {
+            st = fail_cuda(e, "cudaStreamQuery");
+            break;
+        }
+        ncclResult_t state = ncclSuccess;
+        ncclCommGetAsyncError(p->comm, &state);
+        if (state != ncclSuccess && state != ncclInProgress) {
+            st = fail_nccl(state, "exchange");
+            break;
+        }
+        if (mr_now() > deadline) {
+            st = mr_fail(MR_EPEER, "NCCL exchange: no completion within %.1f s (%d transfers; "
+                         "a peer is gone or did not post its side)", timeout_s, n);
+            break;
+        }
+        nap();
+    }
+    if (st != MR_OK) plane_break(p);
+    return st;
+}
+
+void np_destroy(np_plane *p)
+{
+    if (!p) return;
+    if (p->comm) {
+        /* clean shutdown: flush, then destroy; abort if that does not finish */
+        ncclResult_t r = ncclCommFinalize(p->comm);
+        if (r == ncclSuccess || r == ncclInProgress) {
+            if (wait_comm(p, mr_now() + 10.0, "finalize") == MR_OK) ncclCommDestroy(p->comm);
+            else ncclCommAbort(p->comm);
+        } else {
+            ncclCommAbort(p->comm);
+        }
+    }
+    if (p->stream) cudaStreamDestroy(p->stream);
+    free(p);
+}

@@ -1,0 +1,70 @@
+/* transport/nccl_plane.h — the NCCL data plane between GPU ranks.
+ *
+ * A plane is one NCCL communicator over a set of member processes, each on
+ * its own GPU, plus a CUDA stream of its own. Its one operation is a group of
+ * point-to-point transfers of device buffers (ncclSend/ncclRecv between
+ * ncclGroupStart/End): the shape of an expert dispatch or combine, where each
+ * rank sends rows to some peers and receives rows from others in one step.
+ *
+ * Bootstrap: member 0 makes an id (np_make_id) and the caller hands its bytes
+ * to every other member out of band (the cluster sends them over its UCX
+ * control plane); then every member calls np_create with the same id.
+ *
+ * No silent hangs: the communicator is non-blocking (ncclConfig blocking = 0)
+ * and every wait — creation and each exchange — polls the stream and
+ * ncclCommGetAsyncError with a deadline. A peer that dies or never posts its
+ * side surfaces as MR_EPEER ("NCCL exchange: no completion within 5.0 s ...")
+ * or the NCCL error text; the plane is then aborted (ncclCommAbort) and every
+ * later call fails fast. Destroy it and rebuild a plane without the dead rank.
+ *
+ * Constraints (NCCL's): one GPU per member — two members on one device are
+ * refused at creation (such ranks share pinned host staging instead, see
+ * model/kv_store.h); buffers must be device memory of the member's GPU and
+ * complete (the caller synchronized the stream that produced them); sizes of
+ * matching send/recv pairs must agree (the cluster sends sizes on the control
+ * plane first).
+ *
+ * Builds without NCCL link a stub whose np_available() is false and whose
+ * functions return MR_EUNSUPPORTED.
+ */
+#ifndef MR_NCCL_PLANE_H
+#define MR_NCCL_PLANE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/status.h"
+
+#define NP_ID_BYTES 128 /* NCCL_UNIQUE_ID_BYTES */
+
+typedef struct np_id {
+    unsigned char bytes[NP_ID_BYTES];
+} np_id;
+
+typedef struct np_plane np_plane;
+
+typedef struct np_xfer {
+    int peer;          /* member index; may be the caller itself */
+    bool send;         /* true: send buf to peer; false: receive into buf */
+    void *buf;         /* device memory */
+    size_t bytes;
+} np_xfer;
+
+bool np_available(void);
+
+/* Member 0 only: a fresh communicator id. */
+mr_status np_make_id(np_id *out);
+
+/* Join the plane as `member` of n_members on CUDA device `device`; waits for
+ * all members up to timeout_s. */
+mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
+                    np_plane **out);
+
+/* Issue every transfer as one group and wait until all completed, or fail
+ * (and abort the plane) on an NCCL error or when timeout_s passes. */
+mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeout_s);
+
+/* Finalize (or abort when an exchange failed) and free. Accepts NULL. */
+void np_destroy(np_plane *plane);
+
+#endif

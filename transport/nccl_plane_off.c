@@ -1,0 +1,44 @@
+/* transport/nccl_plane_off.c — nccl_plane.h for builds without NCCL. */
+#include "nccl_plane.h"
+
+static mr_status off(void)
+{
+    return mr_fail(MR_EUNSUPPORTED, "NCCL data plane: this moerun was built without NCCL");
+}
+
+bool np_available(void)
+{
+    return false;
+}
+
+mr_status np_make_id(np_id *out)
+{
+    (void)out;
+    return off();
+}
+
+mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
+                    np_plane **out)
+{
+    (void)id;
+    (void)n_members;
+    (void)member;
+    (void)device;
+    (void)timeout_s;
+    *out = 0;
+    return off();
+}
+
+mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeout_s)
+{
+    (void)plane;
+    (void)xfers;
+    (void)n;
+    (void)timeout_s;
+    return off();
+}
+
+void np_destroy(np_plane *plane)
+{
+    (void)plane;
+}
