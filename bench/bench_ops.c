@@ -37,6 +37,7 @@
 #include "../kernels/cpu/cpu_internal.h"
 #include "bench_cluster.h"
 #include "bench_decode.h"
+#include "bench_layer.h"
 #include "bench_sys.h"
 
 typedef struct bench_shape {
@@ -87,15 +88,19 @@ typedef struct bench_pool {
 
 static void bench_usage(FILE *out)
 {
-    fprintf(out, "usage: moerun bench ops|decode|cluster|transport [options]\n"
+    fprintf(out, "usage: moerun bench ops|decode|layer|cluster|transport [options]\n"
                  "  ops        CPU expert FFN vs cblas_sgemm and vs memory bandwidth\n"
                  "             [--threads N] [--quick] [--json FILE]\n"
                  "  decode     batch-1 decode tok/s and weight bytes/s vs a read-only stream\n"
                  "             [--model DIR] [--tokens N] [--threads T] [--json FILE]\n"
+                 "  layer      decode step time per dense/MoE layer at real shapes vs roofline\n"
+                 "             [--config FILE|--preset P] [--batches ..] [--context C]\n"
+                 "             [--backend cpu|cuda] [--json FILE]   (--help for all)\n"
                  "  cluster    CPU-seconds per generated token, cluster vs single process\n"
                  "             [--model DIR] [--layout P,D,E] [--requests N] [--prompt-len L]\n"
                  "             [--new-tokens G] [--json FILE]\n"
-                 "  transport  KV put / token dispatch bandwidth vs ucx_perftest (2 MPI ranks)\n");
+                 "  transport  KV put / token dispatch bandwidth vs ucx_perftest (2 MPI ranks)\n"
+                 "             [--staged cuda|devsim] adds GPU->host->UCX->host->GPU rows\n");
 }
 
 /* ---- weights and timing ---------------------------------------------------- */
@@ -509,6 +514,7 @@ int mr_cmd_bench(int argc, char **argv)
         return 0;
     }
     if (argc >= 2 && strcmp(argv[1], "decode") == 0) return mr_bench_decode(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "layer") == 0) return mr_bench_layer(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "cluster") == 0) return mr_bench_cluster(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "transport") == 0) return bench_exec_transport(argc, argv);
     if (argc < 2 || strcmp(argv[1], "ops") != 0) {

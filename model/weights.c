@@ -10,6 +10,7 @@
 #include "weights.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,4 +378,67 @@ mr_status mr_weights_check(const mr_config *cfg, const mr_st_archive *archive)
     free(plan.specs);
     mr_weights_free(&scratch);
     return status;
+}
+
+/* ---- random weights in memory (benchmarks) --------------------------------- */
+
+/* A 16 Mi-float block of uniform [-1, 1) values, reused (at a different
+ * offset per tensor) for every tensor: filling tens of GB stays a memcpy. */
+#define RANDOM_BLOCK_FLOATS ((size_t)1 << 24)
+
+static uint64_t rand_next(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545f4914f6cdd1dull;
+}
+
+mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out)
+{
+    wt_plan plan = {0};
+    mr_weights w;
+    memset(&w, 0, sizeof w);
+    memset(out, 0, sizeof *out);
+    mr_status status = plan_build(cfg, NULL, NULL, &w, &plan);
+    float *block = status == MR_OK ? malloc(RANDOM_BLOCK_FLOATS * sizeof(float)) : NULL;
+    if (status == MR_OK && !block) status = mr_fail(MR_ENOMEM, "weights: out of memory");
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t i = 0; block && i < RANDOM_BLOCK_FLOATS; i++)
+        block[i] = (float)((double)(rand_next(&rng) >> 40) / (double)(1u << 23) - 1.0);
+    for (size_t i = 0; i < plan.n_specs && status == MR_OK; i++) {
+        const wt_spec *spec = &plan.specs[i];
+        size_t n = (size_t)spec->shape[0] * (size_t)(spec->ndim == 2 ? spec->shape[1] : 1);
+        float *buf = mr_aligned_alloc(n * sizeof *buf);
+        if (!buf) {
+            status = mr_fail(MR_ENOMEM, "out of memory for random tensor %s (%zu floats)",
+                             spec->name, n);
+            break;
+        }
+        if (strstr(spec->name, "norm")) { /* RMSNorm weights: near 1 */
+            for (size_t j = 0; j < n; j++) buf[j] = 1.0f + 0.1f * block[j % RANDOM_BLOCK_FLOATS];
+        } else if (strstr(spec->name, "e_score_correction_bias")) {
+            for (size_t j = 0; j < n; j++) buf[j] = 0.01f * block[j % RANDOM_BLOCK_FLOATS];
+        } else { /* linear layers: uniform ±1/sqrt(fan_in), embeddings ±1 */
+            float scale = spec->ndim == 2 && !strstr(spec->name, "embed_tokens")
+                              ? 1.0f / sqrtf((float)spec->shape[1]) : 1.0f;
+            size_t offset = (size_t)(rand_next(&rng) % RANDOM_BLOCK_FLOATS);
+            for (size_t j = 0; j < n;) {
+                size_t at = (offset + j) % RANDOM_BLOCK_FLOATS;
+                size_t len = RANDOM_BLOCK_FLOATS - at < n - j ? RANDOM_BLOCK_FLOATS - at : n - j;
+                for (size_t q = 0; q < len; q++) buf[j + q] = scale * block[at + q];
+                j += len;
+            }
+        }
+        *spec->dst = buf;
+        w.n_bytes += (uint64_t)n * sizeof *buf;
+    }
+    free(block);
+    free(plan.specs);
+    if (status != MR_OK) {
+        mr_weights_free(&w);
+        return status;
+    }
+    *out = w;
+    return MR_OK;
 }

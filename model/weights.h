@@ -85,6 +85,12 @@ mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *arch
                                  mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
 
+/* Random host weights for every tensor the config calls for (all experts),
+ * without a checkpoint: linear layers uniform in ±1/sqrt(fan_in), norms near
+ * 1, router bias near 0. Values repeat with a period of 2^24 floats (fills
+ * tens of GB fast). For benchmarks at real shapes (moerun bench layer). */
+mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out);
+
 /* A copy of host weights in backend memory: every array `host` holds is
  * allocated with k->alloc and copied (arrays NULL in host stay NULL; shapes
  * are kept). For a host-memory backend (cpu) it still copies, so the two
