@@ -26,14 +26,22 @@
 #    (libcmocka0). The GPU test and bench need only OpenBLAS and cJSON; the
 #    rest lets the other binaries load (running mpirun there is not attempted).
 # 2. On the GPU machine (device tool: carry [".gpu-pack.tar.xz"]), repo root:
-#      bash scripts/gpu-run.sh run [ARCHIVE] [--quick]
-#    Unpacks to /tmp/moerun-gpu-pack, sets LD_LIBRARY_PATH, prints the machine
-#    (nvidia-smi, nvcc, driver) and any library ldd cannot resolve, runs every
-#    gpu test op (test_gpu_ops OP, plus --bf16 for the GEMM ops) with
-#    MOERUN_REQUIRE_GPU=1 (no GPU = FAIL, never a skip), then moerun-bench-gpu.
-#    Writes to $OUT (default ./gpu-run-out), 4 files (the tool returns ≤ 8):
-#      env.txt  gpu-tests.log  bench-gpu.txt  bench-gpu.json
-#    and prints a summary. Exit 0 only when every test passed and the bench ran.
+#      bash scripts/gpu-run.sh run [ARCHIVE] [--quick] [--only STAGES]
+#    Unpacks to /tmp/moerun-gpu-pack (once per archive), sets LD_LIBRARY_PATH,
+#    relocates the packed Open MPI (OPAL_PREFIX) and UCX (UCX_MODULE_DIR),
+#    sets MOERUN_REQUIRE_GPU=1 (no GPU = FAIL, never a skip) and runs the
+#    stages (comma list; default all; each command must fit the device tool's
+#    10 minutes, so split long sessions with --only):
+#      tests       test_gpu_ops OP for every op (+ --bf16 GEMM ops), NCCL plane
+#      engine      tests/engine/check_backend.py: generate --backend cuda vs cpu
+#                  (fp32: same tokens, logits within 1e-3; bf16 tolerance)
+#      cluster     tests/cluster/check_cluster.py --backend cuda, 1P1D1E and
+#                  2P1D2E, all ranks sharing the GPU, vs generate on cpu
+#      transport   moerun bench transport --staged cuda (GPU->host->UCX->GPU)
+#      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
+#      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE)
+#    Writes env.txt and one log per stage to $OUT (default ./gpu-run-out)
+#    and prints a summary. Exit 0 only when every step passed.
 set -euo pipefail
 
 die() { echo "gpu-run: $*" >&2; exit 1; }
@@ -41,7 +49,8 @@ die() { echo "gpu-run: $*" >&2; exit 1; }
 # ---- pack (build machine) -----------------------------------------------------
 pack_pkgs=(libopenblas0-pthread libgfortran5 libquadmath0 libcjson1 libprotobuf-c1
   libopenmpi3 libhwloc15 libpmix2 libevent-core-2.1-7 libevent-pthreads-2.1-7
-  libfabric1 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libucx0 libcmocka0)
+  libfabric1 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libucx0 libcmocka0
+  openmpi-bin openmpi-common ucx-utils)
 
 pack() {
   local builddir=${1:-build-cuda} archive=${2:-.gpu-pack.tar.xz}
@@ -60,7 +69,8 @@ pack() {
     done
   for p in "${pack_pkgs[@]}"; do
     local deb
-    deb=$(find /var/cache/apt/archives -maxdepth 1 -name "${p}_*_amd64.deb" | sort | tail -n1)
+    deb=$(find /var/cache/apt/archives -maxdepth 1 \( -name "${p}_*_amd64.deb" -o \
+      -name "${p}_*_all.deb" \) | sort | tail -n1)
     if [ -n "$deb" ]; then
       dpkg -x "$deb" "$stage/lib"
     elif dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -72,7 +82,11 @@ pack() {
       die "package $p: no .deb in /var/cache/apt/archives and not installed"
     fi
   done
-  rm -rf "$stage/lib/usr/share"
+  # keep Open MPI's help texts (its error messages), drop the rest of share/
+  find "$stage/lib/usr/share" -mindepth 1 -maxdepth 1 ! -name openmpi -exec rm -rf {} +
+  # the real model config for `moerun bench layer` (../shared is not carried)
+  mkdir -p "$stage/models"
+  cp ../shared/models/deepseek-ai--DeepSeek-V3.config.json "$stage/models/"
   {
     echo "moerun gpu pack, $(date -u +%FT%TZ), built on $(uname -n) ($(uname -sr))"
     echo "build dir: $(cd "$builddir" && pwd)"
@@ -89,77 +103,116 @@ pack() {
 }
 
 # ---- run (GPU machine) ---------------------------------------------------------
-gpu_ops=(memory matmul rmsnorm rope softmax swiglu moe_gate expert_ffn mla_absorbed mla_naive)
+gpu_ops=(memory movement matmul rmsnorm rope softmax swiglu moe_gate expert_ffn mla_absorbed
+  mla_naive)
 bf16_ops=(matmul expert_ffn mla_absorbed mla_naive)
+all_stages=tests,engine,cluster,transport,bench-gpu,bench-layer
 
 run() {
-  local archive=.gpu-pack.tar.xz quick=()
-  for a in "$@"; do
-    case "$a" in
+  local archive=.gpu-pack.tar.xz quick=() stages=$all_stages
+  while [ $# -gt 0 ]; do
+    case "$1" in
       --quick) quick=(--quick) ;;
-      *) archive=$a ;;
+      --only) stages=$2; shift ;;
+      *) archive=$1 ;;
     esac
+    shift
   done
   [ -f "$archive" ] || die "no archive $archive (make it with: bash scripts/gpu-run.sh pack)"
   local out=${OUT:-./gpu-run-out} pack=/tmp/moerun-gpu-pack
   mkdir -p "$out"
-  rm -rf "$pack" && mkdir -p "$pack"
-  tar -C "$pack" -xJf "$archive"
+  if [ ! -f "$pack/MANIFEST" ] || [ "$archive" -nt "$pack/MANIFEST" ]; then
+    rm -rf "$pack" && mkdir -p "$pack"
+    tar -C "$pack" -xJf "$archive"
+  fi
   local libdirs
   libdirs=$(find "$pack/lib" -name '*.so*' -printf '%h\n' | sort -u | tr '\n' ':')
   export LD_LIBRARY_PATH="${libdirs}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # CUDA 13 runtime libraries elsewhere (e.g. PyTorch's pip wheels) when the
   # toolkit directory lacks them
-  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
+  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
     if [ ! -e "/usr/local/cuda/lib64/$lib" ] && ! ldconfig -p | grep -q "$lib"; then
       local dir
       dir=$(find /usr/local /opt /usr/lib -name "$lib" -printf '%h\n' 2>/dev/null | head -n1 || true)
       if [ -n "$dir" ]; then LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"; fi
     fi
   done
-  export MOERUN_REQUIRE_GPU=1
-  local tests="$pack/bin/tests/gpu/test_gpu_ops" bench="$pack/bin/bench/gpu/moerun-bench-gpu"
+  # the packed Open MPI and UCX, relocated (OPAL_PREFIX; tried on the build
+  # machine with the system copies hidden in a mount namespace)
+  export OPAL_PREFIX="$pack/lib/usr" UCX_MODULE_DIR="$pack/lib/usr/lib/x86_64-linux-gnu/ucx"
+  ln -sf orterun "$pack/lib/usr/bin/mpirun"
+  export PATH="$pack/lib/usr/bin:$PATH"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  export MOERUN_REQUIRE_GPU=1 MOERUN_BUILD_DIR="$pack/bin"
+  local bin="$pack/bin" tests="$pack/bin/tests/gpu/test_gpu_ops"
   {
     cat "$pack/MANIFEST"
     echo "--- machine"
     uname -a
     nvidia-smi || echo "nvidia-smi failed"
     nvcc --version 2>&1 | tail -n 2 || true
+    python3 --version || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-    echo "--- unresolved libraries (ldd), none expected for the two gpu binaries"
-    for b in "$tests" "$bench"; do
+    echo "--- unresolved libraries (ldd), none expected"
+    for b in "$tests" "$bin/moerun" "$bin/bench/gpu/moerun-bench-gpu" "$bin/decode_node/moerun-decode"; do
       ldd "$b" | grep "not found" | sed "s|^|$(basename "$b"): |" || true
     done
   } >"$out/env.txt" 2>&1
-  cat "$out/env.txt"
+  head -n 60 "$out/env.txt"
 
   local failed=() passed=0
-  : >"$out/gpu-tests.log"
-  run_test() {
-    local rc=0
-    echo "=== test_gpu_ops $*" >>"$out/gpu-tests.log"
-    timeout 300 "$tests" "$@" >>"$out/gpu-tests.log" 2>&1 || rc=$?
-    echo "=== exit $rc" >>"$out/gpu-tests.log"
-    if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else failed+=("$* (exit $rc)"); fi
+  step() { # step NAME LOG TIMEOUT CMD...: run, append to LOG, count
+    local name=$1 log=$2 limit=$3 rc=0
+    shift 3
+    echo "=== $name: $*" >>"$log"
+    timeout "$limit" "$@" >>"$log" 2>&1 || rc=$?
+    echo "=== exit $rc" >>"$log"
+    echo "$name: exit $rc"
+    if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else failed+=("$name (exit $rc)"); fi
   }
-  for op in "${gpu_ops[@]}"; do run_test "$op"; done
-  for op in "${bf16_ops[@]}"; do run_test "$op" --bf16; done
+  has() { [[ ",$stages," == *",$1,"* ]]; }
 
-  local bench_rc=0
-  timeout 540 "$bench" "${quick[@]}" --json "$out/bench-gpu.json" >"$out/bench-gpu.txt" 2>&1 ||
-    bench_rc=$?
-  cat "$out/bench-gpu.txt"
+  if has tests; then
+    for op in "${gpu_ops[@]}"; do step "op $op" "$out/gpu-tests.log" 300 "$tests" "$op"; done
+    for op in "${bf16_ops[@]}"; do step "op $op bf16" "$out/gpu-tests.log" 300 "$tests" "$op" --bf16; done
+    step "nccl plane" "$out/gpu-tests.log" 120 "$bin/tests/gpu/test_nccl_plane"
+  fi
+  if has engine; then # generate --backend cuda against cpu
+    step "generate fp32" "$out/engine.log" 400 python3 tests/engine/check_backend.py \
+      --moerun "$bin/moerun" --backend cuda --precision fp32
+    step "generate bf16" "$out/engine.log" 400 python3 tests/engine/check_backend.py \
+      --moerun "$bin/moerun" --backend cuda --precision bf16
+  fi
+  if has cluster; then # every rank on the one GPU, --precision fp32
+    for layout in 1,1,1 2,1,2; do
+      step "cluster $layout" "$out/cluster.log" 400 python3 tests/cluster/check_cluster.py \
+        --build "$bin" --source . --layout "$layout" --backend cuda
+    done
+  fi
+  if has transport; then
+    MOERUN_BENCH_TRANSPORT_BIN="$bin/bench/moerun-bench-transport" \
+      step "bench transport staged" "$out/bench-transport.txt" 300 launch/moerun-bench-transport \
+      --sizes 1,4,64 --trials 3 --staged cuda --perftest-bin "$pack/lib/usr/bin/ucx_perftest"
+  fi
+  if has bench-gpu; then
+    step "bench gpu" "$out/bench-gpu.txt" 540 "$bin/bench/gpu/moerun-bench-gpu" "${quick[@]}" \
+      --json "$out/bench-gpu.json"
+  fi
+  if has bench-layer; then # DeepSeek-V3 shapes: 1 dense + 1 MoE layer, fp32 weights (~56 GB)
+    step "bench layer fp32" "$out/bench-layer.txt" 540 "$bin/moerun" bench layer \
+      --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
+      --batches 1,8,32,64,128,256 --context 1024 --steps 5 --json "$out/bench-layer.json"
+  fi
 
-  echo "--- summary"
-  echo "gpu tests: $passed passed, ${#failed[@]} failed (log: $out/gpu-tests.log)"
-  for f in "${failed[@]}"; do echo "  FAILED: test_gpu_ops $f"; done
-  echo "failed checks: $(grep -c '^FAIL' "$out/gpu-tests.log" || true)"
-  echo "moerun-bench-gpu: exit $bench_rc"
-  [ "${#failed[@]}" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+  echo "--- summary ($stages)"
+  echo "steps: $passed passed, ${#failed[@]} failed (logs in $out)"
+  for f in "${failed[@]}"; do echo "  FAILED: $f"; done
+  [ "${#failed[@]}" -eq 0 ]
 }
 
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 pack [BUILDDIR] [ARCHIVE] | run [ARCHIVE] [--quick]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [BUILDDIR] [ARCHIVE] | run [ARCHIVE] [--quick] [--only STAGES]" >&2
+     exit 2 ;;
 esac
