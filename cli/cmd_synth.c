@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/args.h"
 #include "../common/status.h"
 #include "../model/safetensors.h"
 #include "../model/synth.h"
@@ -24,7 +25,9 @@ static void synth_usage(FILE *out)
     fprintf(out,
             "usage: moerun synth --out DIR [--preset tiny|tiny-v2|tiny-lite|small]\n"
             "                    [--dtype f32|bf16|fp8] [--seed N] [--shards N]\n"
-            "                    [--gate-bias-offset X]\n");
+            "                    [--gate-bias-offset X] [--hot-experts ID,... [--hot-bias X]]\n"
+            "--hot-experts: these experts get +X (default 0.3) on their router bias in every\n"
+            "MoE layer, so routing prefers them (persistently hot experts, for balancing tests).\n");
 }
 
 static int parse_u64(const char *text, uint64_t *out)
@@ -42,7 +45,8 @@ int mr_cmd_synth(int argc, char **argv)
 {
     const char *out_dir = NULL;
     mr_synth_opts opts = {.preset = "tiny", .dtype = MR_SYNTH_F32, .seed = 0, .shards = 1,
-                          .gate_bias_offset = 0.0f};
+                          .gate_bias_offset = 0.0f, .hot_bias = 0.3f};
+    static int32_t hot[1024];
     const char *dtype_name = "f32";
 
     for (int i = 1; i < argc; i++) {
@@ -86,6 +90,25 @@ int mr_cmd_synth(int argc, char **argv)
                 return 2;
             }
             opts.shards = (int)number;
+        } else if (strcmp(arg, "--hot-experts") == 0) {
+            int32_t *ids = NULL;
+            int n = 0;
+            if (mr_parse_id_list(arg, value, &ids, &n) != MR_OK || n > 1024) {
+                fprintf(stderr, "moerun synth: %s\n",
+                        n > 1024 ? "--hot-experts: at most 1024 ids" : mr_last_error());
+                free(ids);
+                return 2;
+            }
+            memcpy(hot, ids, sizeof(int32_t) * (size_t)n);
+            free(ids);
+            opts.hot_experts = hot;
+            opts.n_hot_experts = n;
+        } else if (strcmp(arg, "--hot-bias") == 0) {
+            opts.hot_bias = strtof(value, &end);
+            if (end == value || *end != '\0') {
+                fprintf(stderr, "moerun synth: --hot-bias %s: expected a number\n", value);
+                return 2;
+            }
         } else if (strcmp(arg, "--gate-bias-offset") == 0) {
             opts.gate_bias_offset = strtof(value, &end);
             if (end == value || *end != '\0') {

@@ -23,6 +23,7 @@
 #include "requests.h"
 #include "runtime/role.h"
 #include "inject.h"
+#include "rebalance.h"
 #include "scheduler.h"
 #include "tracker.h"
 
@@ -39,6 +40,8 @@ typedef struct coord {
     mr_tracker tracker;
     mr_run_report rep;
     mr_expert_load load;
+    mr_rebalancer rb;          /* live expert re-placement (rebalance.h) */
+    bool *alive;               /* (ranks) for the rebalancer */
     int *order;                /* valid request indices in submission order */
     int n_order, next_submit;
     double start_s, cpu_start_s, wait_s, end_s;
@@ -136,6 +139,32 @@ static void wait_ready(coord *c)
     else MR_INFO("all %d ranks ready in %.2f s", n - 1, mr_now() - t0);
 }
 
+/* The placement the decode ranks start with (same rule as theirs), handed
+ * to the rebalancer. */
+static mr_status setup_rebalancer(coord *c)
+{
+    int n_e = 0, n = tp_size(c->role.tp);
+    int *experts = mr_role_ranks(&c->role, TP_ROLE_EXPERT, &n_e);
+    mr_placement initial;
+    mr_status st = c->role.opts.placement_path
+                       ? mr_placement_load(c->role.opts.placement_path, &c->cfg, experts, n_e,
+                                           &initial)
+                       : mr_placement_round_robin(&c->cfg, experts, n_e, &initial);
+    if (st == MR_OK)
+        st = mr_rb_init(&c->rb, &c->cfg, &c->role.opts, experts, n_e, n, &initial, mr_now());
+    mr_placement_free(&initial);
+    free(experts);
+    c->alive = malloc(sizeof(bool) * (size_t)n);
+    if (st == MR_OK && !c->alive) st = mr_fail(MR_ENOMEM, "coordinator: out of memory");
+    return st;
+}
+
+static const bool *alive_ranks(coord *c)
+{
+    for (int r = 0; r < c->rep.n_ranks; r++) c->alive[r] = c->rep.ranks[r].alive;
+    return c->alive;
+}
+
 static mr_status setup(coord *c)
 {
     const mr_role_opts *o = &c->role.opts;
@@ -162,9 +191,11 @@ static mr_status setup(coord *c)
     free(decode);
     MR_TRY(st);
     MR_TRY(build_order(c));
+    MR_TRY(setup_rebalancer(c));
     wait_ready(c);
     if (o->inject_garbage > 0) mr_inject_garbage(&c->role, o->inject_garbage);
     c->start_s = mr_now();
+    c->rb.t0 = c->rb.last_s = c->start_s;
     c->cpu_start_s = mr_cpu_seconds();
     c->last_progress_s = c->start_s;
     return mr_tracker_init(&c->tracker, &c->reqs, &c->sched, c->start_s);
@@ -256,6 +287,7 @@ static void on_rank_dead(coord *c, int rank, double now)
         return;
     }
     rr->alive = false;
+    mr_rb_on_dead(&c->rb, &c->role, rank, alive_ranks(c), now);
     const tp_peer *peer = tp_peer_info(c->role.tp, rank);
     bool is_decode = peer->role == TP_ROLE_DECODE, is_prefill = peer->role == TP_ROLE_PREFILL;
     mr_sched_mark_dead(&c->sched, rank);
@@ -311,7 +343,12 @@ static void on_control(coord *c, const tp_msg *m, double now)
                                f->load->n_experts, f->load->tokens, f->load->n_tokens) != MR_OK) {
             c->bad_frames++;
             MR_WARN("%s", mr_last_error());
+        } else if (tp_peer_info(c->role.tp, m->src)->role == TP_ROLE_EXPERT) {
+            mr_rb_on_load(&c->rb, m->src, f->load->layers, f->load->n_layers, f->load->tokens);
         }
+        break;
+    case MOERUN__FRAME__BODY_PLACEMENT_ACK:
+        mr_rb_on_ack(&c->rb, &c->role, m->src, f->placement_ack, alive_ranks(c), now);
         break;
     default:
         c->bad_frames++;
@@ -373,6 +410,7 @@ static void serve(coord *c)
         int n = mr_tracker_check_timeouts(&c->tracker, timeout_s, now);
         if (n) MR_ERROR("%d requests timed out after %g s", n, timeout_s);
         progress(c, now);
+        mr_rb_tick(&c->rb, &c->role, alive_ranks(c), now);
         if (!handled && !mr_tracker_all_done(&c->tracker)) wait_for_traffic(c, wait);
     }
     c->end_s = mr_now();
@@ -458,8 +496,14 @@ static mr_status write_outputs(coord *c)
         MR_TRY(mr_report_write_results(&c->tracker, stdout));
     }
     mr_report_print_table(&c->tracker, &c->rep, stderr);
+    mr_rb_print(&c->rb, stderr);
     if (o->summary_path) {
+        cJSON *extra = cJSON_CreateObject();
+        if (extra) cJSON_AddItemToObject(extra, "rebalance", mr_rb_json(&c->rb));
+        c->rep.extra = extra;
         char *json = mr_report_summary_json(&c->tracker, &c->rep);
+        c->rep.extra = NULL;
+        cJSON_Delete(extra);
         if (!json) return mr_fail(MR_ENOMEM, "summary: out of memory");
         st = write_text(o->summary_path, json);
         free(json);
@@ -473,6 +517,8 @@ static void coord_free(coord *c)
     mr_sched_free(&c->sched);
     mr_run_report_free(&c->rep);
     mr_expert_load_free(&c->load);
+    mr_rb_free(&c->rb);
+    free(c->alive);
     mr_req_set_free(&c->reqs);
     free(c->order);
 }
@@ -509,6 +555,7 @@ int main(int argc, char **argv)
     c.rep.wall_s = c.end_s - c.start_s;
     shutdown_cluster(&c, "all requests ended");
     own_stats(&c);
+    mr_rb_finish(&c.rb, mr_now()); /* the last LoadReports came with shutdown */
     char reason[1024];
     int status = mr_report_exit_status(&c.tracker, &c.rep, reason, sizeof reason);
     st = write_outputs(&c);

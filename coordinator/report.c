@@ -309,6 +309,11 @@ char *mr_report_summary_json(const mr_tracker *t, const mr_run_report *rep)
             cJSON_AddNumberToObject(imb, key, v);
         }
     }
+    if (rep->extra) { /* the caller's sections (e.g. "rebalance"), copied */
+        const cJSON *item;
+        cJSON_ArrayForEach(item, rep->extra)
+            cJSON_AddItemToObject(o, item->string, cJSON_Duplicate(item, true));
+    }
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     return text;

@@ -16,7 +16,8 @@
  *       "links":[{"src","dst","bytes","msgs"}],      (pairs with traffic only)
  *       "frames_rejected","ignored_events","dead_ranks":[...],
  *       "expert_load":{"<layer>":[tokens per expert]},
- *       "expert_imbalance":{"<layer>": max/mean}}
+ *       "expert_imbalance":{"<layer>": max/mean},
+ *       ...every member of rep->extra, e.g. "rebalance" (coordinator/rebalance.h)}
  *    Percentiles are over completed requests (TPOT: those with >= 2 tokens),
  *    linear interpolation between closest ranks (numpy's default); 0 when empty.
  *  - a human table of the same on stderr (mr_report_print_table).
@@ -32,6 +33,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include <cjson/cJSON.h>
 
 #include "common/status.h"
 #include "expert_load.h"
@@ -57,6 +60,7 @@ typedef struct mr_run_report {
     double wall_s;
     uint64_t frames_rejected;    /* coordinator's own rejected control frames */
     const mr_expert_load *load;  /* routed tokens per (layer, expert), or NULL */
+    const cJSON *extra;          /* more top-level summary sections (caller's), or NULL */
 } mr_run_report;
 
 mr_status mr_run_report_init(mr_run_report *rep, int n_ranks);

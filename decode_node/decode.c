@@ -214,6 +214,28 @@ static void on_peer_dead(decode_state *d, int rank)
      * with no live replica fails its requests (remote_moe.c). */
 }
 
+/* SWITCH: route with the new table from the next step on. Handled between
+ * steps (the main loop), so no dispatch of the old table is in flight. */
+static void on_placement(decode_state *d, int src, const Moerun__Placement *pf)
+{
+    mr_placement table;
+    mr_status st = src == d->role.coordinator &&
+                           pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_SWITCH
+                       ? mr_role_placement_of(&d->role, pf, &table)
+                       : mr_fail(MR_EPROTO, "placement phase %d from rank %d is not for decode "
+                                 "ranks", (int)pf->phase, src);
+    if (st == MR_OK) {
+        mr_placement_free(&d->placement);
+        d->placement = table; /* moved */
+        MR_INFO("placement epoch %llu: routing with the new table",
+                (unsigned long long)pf->epoch);
+    } else {
+        MR_WARN("placement epoch %llu: %s", (unsigned long long)pf->epoch, mr_last_error());
+    }
+    mr_role_send_placement_ack(&d->role, pf->epoch, pf->phase, st == MR_OK ? NULL : mr_last_error(),
+                               0, 0);
+}
+
 static void handle_message(decode_state *d, tp_msg *m)
 {
     if (m->type == TP_MSG_PEER_DEAD) {
@@ -230,6 +252,7 @@ static void handle_message(decode_state *d, tp_msg *m)
     case MOERUN__FRAME__BODY_ADMIT: on_admit(d, f->admit); break;
     case MOERUN__FRAME__BODY_KV_READY: on_kv_ready(d, m->src, f->kv_ready); break;
     case MOERUN__FRAME__BODY_SHUTDOWN: d->role.shutdown = true; break;
+    case MOERUN__FRAME__BODY_PLACEMENT: on_placement(d, m->src, f->placement); break;
     default: mr_role_reject_frame(&d->role, f, m->src); break;
     }
     mr_frame_free(f);

@@ -30,6 +30,47 @@ static bool holds(void *ctx, int layer, int expert)
     return mr_placement_holds(&x->placement, layer, expert, x->role.rank);
 }
 
+/* ---- live re-placement (proto Placement; docs/PROTOCOL.md) ----------------- */
+
+typedef struct placed_on {
+    const mr_placement *p;
+    int rank;
+} placed_on;
+
+static bool in_table(void *ctx, int layer, int expert)
+{
+    const placed_on *t = ctx;
+    return mr_placement_holds(t->p, layer, expert, t->rank);
+}
+
+/* PREPARE: load what the new table gives this rank (keep everything held).
+ * COMMIT: the table in force; drop what it does not give this rank. */
+static void on_placement(expert_state *x, const Moerun__Placement *pf)
+{
+    mr_placement table;
+    int loaded = 0, dropped = 0;
+    mr_status st = mr_role_placement_of(&x->role, pf, &table);
+    placed_on t = {&table, x->role.rank};
+    if (st == MR_OK && pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE) {
+        st = mr_role_add_experts(&x->role, in_table, &t, &loaded);
+    } else if (st == MR_OK && pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_COMMIT) {
+        mr_role_drop_experts(&x->role, in_table, &t, &dropped);
+        mr_placement_free(&x->placement);
+        x->placement = table; /* moved */
+        memset(&table, 0, sizeof table);
+    } else if (st == MR_OK) {
+        st = mr_fail(MR_EPROTO, "placement phase %d is not for expert ranks", (int)pf->phase);
+    }
+    if (st != MR_OK) MR_WARN("placement epoch %llu: %s", (unsigned long long)pf->epoch, mr_last_error());
+    else MR_INFO("placement epoch %llu %s: %d experts loaded, %d dropped",
+                 (unsigned long long)pf->epoch,
+                 pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE ? "prepared" : "committed",
+                 loaded, dropped);
+    mr_role_send_placement_ack(&x->role, pf->epoch, pf->phase, st == MR_OK ? NULL : mr_last_error(),
+                               loaded, dropped);
+    mr_placement_free(&table);
+}
+
 static void send_load_report(expert_state *x)
 {
     const mr_config *cfg = &x->role.model.cfg;
@@ -173,6 +214,8 @@ static void handle_message(expert_state *x, tp_msg *m)
         Moerun__Frame *f = mr_role_control_frame(&x->role, m);
         if (!f) return;
         if (f->body_case == MOERUN__FRAME__BODY_SHUTDOWN) x->role.shutdown = true;
+        else if (f->body_case == MOERUN__FRAME__BODY_PLACEMENT && m->src == x->role.coordinator)
+            on_placement(x, f->placement);
         else mr_role_reject_frame(&x->role, f, m->src);
         mr_frame_free(f);
     }
@@ -220,7 +263,8 @@ int main(int argc, char **argv)
             tp_msg_free(&m);
         }
         if (x.n_batch) serve_batch(&x);
-        if (x.load_dirty && mr_now() - x.last_report > 2.0) send_load_report(&x);
+        if (x.load_dirty && mr_now() - x.last_report > x.role.opts.load_report_period_s)
+            send_load_report(&x);
         if (!got && !x.n_batch && !x.role.shutdown) mr_role_idle(&x.role, 0.5);
     }
     if (st == MR_OK && tp_peer_alive(x.role.tp, x.role.coordinator)) {

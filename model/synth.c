@@ -250,6 +250,7 @@ typedef struct synth_writer {
     size_t strip_cap;              /* elements */
     uint64_t seed;
     float bias_offset;
+    const mr_synth_opts *opts;     /* hot experts */
 } synth_writer;
 
 static mr_status write_bytes(synth_writer *wr, const void *data, size_t n)
@@ -316,6 +317,11 @@ static mr_status write_tensor(synth_writer *wr, const synth_tensor *t)
         int64_t n_rows = rows - row < strip_rows ? rows - row : strip_rows;
         size_t n = (size_t)(n_rows * cols);
         fill_uniform(&rng, wr->values, n);
+        if (t->init == INIT_BIAS) /* one value per expert id */
+            for (int h = 0; h < wr->opts->n_hot_experts; h++) {
+                int64_t id = wr->opts->hot_experts[h];
+                if (id >= row && id < row + n_rows) wr->values[id - row] += wr->opts->hot_bias;
+            }
         size_t n_bytes = n * mr_dtype_size(t->dtype);
         if (t->dtype == MR_DT_F32) {
             MR_TRY(write_bytes(wr, wr->values, n_bytes)); /* little-endian host */
@@ -522,11 +528,19 @@ mr_status mr_synth_write(const char *out_dir, const mr_synth_opts *opts)
                          opts->shards, list.n_units, preset);
         goto fail;
     }
+    for (int h = 0; h < opts->n_hot_experts; h++) {
+        if (opts->hot_experts[h] < 0 || opts->hot_experts[h] >= cfg.n_routed_experts) {
+            status = mr_fail(MR_EINVAL, "synth: hot expert %d is not in [0, %d) for preset %s",
+                             opts->hot_experts[h], cfg.n_routed_experts, preset);
+            goto fail;
+        }
+    }
     if ((status = build_list(&cfg, &list)) != MR_OK || (status = make_dirs(out_dir)) != MR_OK)
         goto fail;
 
     wr.seed = opts->seed;
     wr.bias_offset = opts->gate_bias_offset;
+    wr.opts = opts;
     for (int shard = 0; shard < opts->shards; shard++) {
         char file[64];
         if (opts->shards == 1)

@@ -28,6 +28,12 @@ typedef struct mr_synth_opts {
     uint64_t seed;
     int shards;                /* 1 = model.safetensors; N > 1 = index + N files */
     float gate_bias_offset;    /* added to every e_score_correction_bias value */
+    /* Persistently hot experts (load-balancing tests): these expert ids get
+     * +hot_bias on e_score_correction_bias in every MoE layer, so the router
+     * prefers them for every token. */
+    const int32_t *hot_experts;
+    int n_hot_experts;
+    float hot_bias;
 } mr_synth_opts;
 
 /* NULL-terminated list of preset names. */

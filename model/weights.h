@@ -85,6 +85,13 @@ mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *arch
                                  mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
 
+/* One expert's (or MLP's) three matrices: a backend copy of host arrays
+ * (shapes kept; nothing left allocated on failure), and freeing them (k NULL:
+ * host memory from the loader). Used when an expert rank's set of experts
+ * changes while serving. */
+mr_status mr_mlp_to_backend(const mr_kernels *k, const mr_mlp *host, mr_mlp *dev);
+void mr_mlp_free(const mr_kernels *k, mr_mlp *m);
+
 /* Random host weights for every tensor the config calls for (all experts),
  * without a checkpoint: linear layers uniform in ±1/sqrt(fan_in), norms near
  * 1, router bias near 0. Values repeat with a period of 2^24 floats (fills

@@ -145,3 +145,18 @@ mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
     *out = w;
     return MR_OK;
 }
+
+mr_status mr_mlp_to_backend(const mr_kernels *k, const mr_mlp *host, mr_mlp *dev)
+{
+    *dev = *host;
+    upload_ctx u = {.k = k, .status = MR_OK, .n_bytes = 0};
+    visit_mlp(dev, upload_array, &u);
+    if (u.status == MR_OK) u.status = k->check();
+    if (u.status != MR_OK) mr_mlp_free(k, dev);
+    return u.status;
+}
+
+void mr_mlp_free(const mr_kernels *k, mr_mlp *m)
+{
+    visit_mlp(m, free_array, (void *)k);
+}

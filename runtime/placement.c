@@ -149,3 +149,102 @@ int mr_placement_route(const mr_placement *p, int layer, int expert, int slot, c
     }
     return n_live ? live[slot % n_live] : -1;
 }
+
+mr_status mr_placement_copy(const mr_placement *src, mr_placement *dst)
+{
+    memset(dst, 0, sizeof *dst);
+    size_t n = (size_t)src->n_layers * src->n_experts;
+    dst->n_replicas = malloc(n ? n : 1);
+    dst->ranks = malloc(sizeof(int32_t) * (n ? n : 1) * REP);
+    if (!dst->n_replicas || !dst->ranks) {
+        mr_placement_free(dst);
+        return mr_fail(MR_ENOMEM, "placement: out of memory");
+    }
+    dst->n_layers = src->n_layers;
+    dst->n_experts = src->n_experts;
+    memcpy(dst->n_replicas, src->n_replicas, n);
+    memcpy(dst->ranks, src->ranks, sizeof(int32_t) * n * REP);
+    return MR_OK;
+}
+
+mr_status mr_placement_from_table(const mr_config *cfg, int n_layers, int n_experts,
+                                  const int32_t *n_replicas, size_t n_counts,
+                                  const int32_t *ranks, size_t n_ranks_listed,
+                                  const int *allowed, int n_allowed, mr_placement *out)
+{
+    memset(out, 0, sizeof *out);
+    if (n_layers != cfg->num_hidden_layers || n_experts != cfg->n_routed_experts ||
+        n_counts != (size_t)n_layers * (size_t)n_experts)
+        return mr_fail(MR_EINVAL, "placement table: %d layers x %d experts (%zu counts) does not "
+                       "match the model's %d x %d", n_layers, n_experts, n_counts,
+                       cfg->num_hidden_layers, cfg->n_routed_experts);
+    size_t n = n_counts;
+    out->n_layers = n_layers;
+    out->n_experts = n_experts;
+    out->n_replicas = calloc(n ? n : 1, 1);
+    out->ranks = malloc(sizeof(int32_t) * (n ? n : 1) * REP);
+    if (!out->n_replicas || !out->ranks) {
+        mr_placement_free(out);
+        return mr_fail(MR_ENOMEM, "placement: out of memory");
+    }
+    mr_status st = MR_OK;
+    size_t at_rank = 0;
+    for (int l = 0; l < n_layers && st == MR_OK; l++) {
+        for (int e = 0; e < n_experts && st == MR_OK; e++) {
+            size_t at = entry(out, l, e);
+            int32_t c = n_replicas[at];
+            bool moe = mr_config_layer_is_moe(cfg, l);
+            if ((moe && (c < 1 || c > REP)) || (!moe && c != 0)) {
+                st = mr_fail(MR_EINVAL, "placement table: layer %d expert %d has %d replicas "
+                             "(expected %s)", l, e, c, moe ? "1..8" : "0 on a dense layer");
+                break;
+            }
+            if (at_rank + (size_t)c > n_ranks_listed) {
+                st = mr_fail(MR_EINVAL, "placement table: rank list ends at layer %d expert %d",
+                             l, e);
+                break;
+            }
+            for (int i = 0; i < c && st == MR_OK; i++) {
+                int r = ranks[at_rank + (size_t)i];
+                if (!rank_allowed(allowed, n_allowed, r))
+                    st = mr_fail(MR_EINVAL, "placement table: layer %d expert %d: rank %d is not "
+                                 "an expert rank of this cluster", l, e, r);
+                for (int j = 0; j < i && st == MR_OK; j++)
+                    if (out->ranks[at * REP + j] == r)
+                        st = mr_fail(MR_EINVAL, "placement table: layer %d expert %d lists rank "
+                                     "%d twice", l, e, r);
+                out->ranks[at * REP + i] = r;
+            }
+            out->n_replicas[at] = (uint8_t)c;
+            at_rank += (size_t)c;
+        }
+    }
+    if (st == MR_OK && at_rank != n_ranks_listed)
+        st = mr_fail(MR_EINVAL, "placement table: %zu ranks listed, %zu used", n_ranks_listed,
+                     at_rank);
+    if (st != MR_OK) mr_placement_free(out);
+    return st;
+}
+
+mr_status mr_placement_to_table(const mr_placement *p, int32_t **n_replicas, size_t *n_counts,
+                                int32_t **ranks, size_t *n_ranks_listed)
+{
+    size_t n = (size_t)p->n_layers * p->n_experts, total = 0;
+    for (size_t i = 0; i < n; i++) total += p->n_replicas[i];
+    *n_replicas = malloc(sizeof(int32_t) * (n ? n : 1));
+    *ranks = malloc(sizeof(int32_t) * (total ? total : 1));
+    if (!*n_replicas || !*ranks) {
+        free(*n_replicas);
+        free(*ranks);
+        *n_replicas = *ranks = NULL;
+        return mr_fail(MR_ENOMEM, "placement: out of memory");
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        (*n_replicas)[i] = p->n_replicas[i];
+        for (int j = 0; j < p->n_replicas[i]; j++) (*ranks)[k++] = p->ranks[i * REP + (size_t)j];
+    }
+    *n_counts = n;
+    *n_ranks_listed = total;
+    return MR_OK;
+}

@@ -36,6 +36,21 @@ mr_status mr_placement_round_robin(const mr_config *cfg, const int *ranks, int n
 mr_status mr_placement_load(const char *path, const mr_config *cfg, const int *ranks,
                             int n_ranks, mr_placement *out);
 void mr_placement_free(mr_placement *p);
+/* A deep copy (dst is overwritten, not freed). */
+mr_status mr_placement_copy(const mr_placement *src, mr_placement *dst);
+
+/* The table of a Placement frame: counts checked
+ * against the model (dims, MoE layers only, 1..MR_PLACEMENT_MAX_REPLICAS
+ * replicas per MoE expert), every rank among `ranks`, no rank twice in one
+ * list; anything else is MR_EINVAL naming the entry. */
+mr_status mr_placement_from_table(const mr_config *cfg, int n_layers, int n_experts,
+                                  const int32_t *n_replicas, size_t n_counts,
+                                  const int32_t *ranks, size_t n_ranks_listed,
+                                  const int *allowed, int n_allowed, mr_placement *out);
+/* Flatten p into (n_layers * n_experts) counts and the concatenated ranks
+ * (malloc'd; caller frees both). */
+mr_status mr_placement_to_table(const mr_placement *p, int32_t **n_replicas, size_t *n_counts,
+                                int32_t **ranks, size_t *n_ranks_listed);
 
 bool mr_placement_holds(const mr_placement *p, int layer, int expert, int rank);
 /* Rank serving `slot` of (layer, expert) among live replicas; -1 when none

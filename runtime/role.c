@@ -128,6 +128,94 @@ mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter
     return load_model(r, filter, filter_ctx, true);
 }
 
+typedef struct missing_filter {
+    const mr_weights *held;
+    mr_expert_filter want;
+    void *ctx;
+} missing_filter;
+
+static bool wanted_and_missing(void *ctx, int layer, int expert)
+{
+    const missing_filter *m = ctx;
+    return m->want(m->ctx, layer, expert) && !m->held->layers[layer].experts[expert].gate.w;
+}
+
+mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n)
+{
+    *n = 0;
+    missing_filter mf = {&r->model.weights, want, ctx};
+    mr_model add;
+    double t0 = mr_now();
+    MR_TRY(mr_model_load_routed(r->opts.model_dir, wanted_and_missing, &mf, &add));
+    mr_status st = MR_OK;
+    mr_weights *w = &r->model.weights;
+    bool backend = r->backend_experts.backend != NULL;
+    for (int l = 0; l < w->n_layers && st == MR_OK; l++) {
+        if (!w->layers[l].is_moe) continue;
+        for (int e = 0; e < w->n_experts && st == MR_OK; e++) {
+            mr_mlp *src = &add.weights.layers[l].experts[e];
+            if (!src->gate.w) continue;
+            if (backend) {
+                st = mr_mlp_to_backend(r->kernels, src, &r->backend_experts.layers[l].experts[e]);
+                if (st != MR_OK) break;
+            }
+            w->layers[l].experts[e] = *src; /* the host arrays move over */
+            memset(src, 0, sizeof *src);
+            w->n_bytes += 4ull * 3 * (uint64_t)w->layers[l].experts[e].gate.rows *
+                          (uint64_t)w->layers[l].experts[e].gate.cols;
+            (*n)++;
+        }
+    }
+    mr_model_free(&add);
+    if (st == MR_OK)
+        MR_INFO("loaded %d experts in %.2f s for a new placement", *n, mr_now() - t0);
+    return st;
+}
+
+void mr_role_drop_experts(mr_role *r, mr_expert_filter keep, void *ctx, int *n)
+{
+    *n = 0;
+    mr_weights *w = &r->model.weights;
+    bool backend = r->backend_experts.backend != NULL;
+    for (int l = 0; l < w->n_layers; l++) {
+        if (!w->layers[l].is_moe) continue;
+        for (int e = 0; e < w->n_experts; e++) {
+            mr_mlp *m = &w->layers[l].experts[e];
+            if (!m->gate.w || keep(ctx, l, e)) continue;
+            w->n_bytes -= 4ull * 3 * (uint64_t)m->gate.rows * (uint64_t)m->gate.cols;
+            mr_mlp_free(NULL, m);
+            if (backend) mr_mlp_free(r->kernels, &r->backend_experts.layers[l].experts[e]);
+            (*n)++;
+        }
+    }
+}
+
+mr_status mr_role_placement_of(const mr_role *r, const Moerun__Placement *p, mr_placement *out)
+{
+    int n_expert = 0;
+    int *experts = mr_role_ranks(r, TP_ROLE_EXPERT, &n_expert);
+    mr_status st = mr_placement_from_table(&r->model.cfg, p->n_layers, p->n_experts, p->n_replicas,
+                                           p->n_n_replicas, p->ranks, p->n_ranks, experts,
+                                           n_expert, out);
+    free(experts);
+    return st;
+}
+
+mr_status mr_role_send_placement_ack(mr_role *r, uint64_t epoch, Moerun__PlacementPhase phase,
+                                     const char *error, int loaded, int dropped)
+{
+    Moerun__PlacementAck ack = MOERUN__PLACEMENT_ACK__INIT;
+    ack.epoch = epoch;
+    ack.phase = phase;
+    ack.error = (char *)(error ? error : "");
+    ack.experts_loaded = loaded;
+    ack.experts_dropped = dropped;
+    Moerun__Frame f = MOERUN__FRAME__INIT;
+    f.body_case = MOERUN__FRAME__BODY_PLACEMENT_ACK;
+    f.placement_ack = &ack;
+    return mr_role_send_frame(r, r->coordinator, &f);
+}
+
 const mr_weights *mr_role_expert_weights(const mr_role *r)
 {
     return r->backend_experts.backend ? &r->backend_experts : &r->model.weights;

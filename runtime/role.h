@@ -14,6 +14,7 @@
 #include "model/experts.h"
 #include "model/model.h"
 #include "proto/wire.h"
+#include "placement.h"
 #include "role_opts.h"
 #include "transport/tp.h"
 
@@ -59,6 +60,22 @@ mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_c
 /* The same for a rank that only runs routed experts: nothing else is loaded,
  * and on a non-host backend the experts are copied there (backend_experts). */
 mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+/* Expert ranks whose set of experts changes while serving (re-placement):
+ * _add_experts loads, from the model directory again, every routed expert
+ * `want` accepts that is not loaded yet (and copies it to the backend);
+ * _drop_experts frees every loaded expert `keep` rejects. Counts are
+ * returned in *n. Experts held before and after are never touched, so the
+ * rank serves both placements in between. */
+mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n);
+void mr_role_drop_experts(mr_role *r, mr_expert_filter keep, void *ctx, int *n);
+
+/* A Placement frame's table as an mr_placement, checked against the model
+ * and this cluster's expert ranks. */
+mr_status mr_role_placement_of(const mr_role *r, const Moerun__Placement *p, mr_placement *out);
+/* PlacementAck to the coordinator (error NULL or "" = done). */
+mr_status mr_role_send_placement_ack(mr_role *r, uint64_t epoch, Moerun__PlacementPhase phase,
+                                     const char *error, int loaded, int dropped);
+
 /* The routed-expert weights in r->kernels' memory (expert ranks). */
 const mr_weights *mr_role_expert_weights(const mr_role *r);
 

@@ -18,6 +18,9 @@ void mr_role_opts_defaults(mr_role_opts *o)
     o->heartbeat_period_s = 1.0;
     o->heartbeat_timeout_s = 30.0;
     o->request_timeout_s = 600.0;
+    o->redundant_experts = -1;
+    o->rebalance_min_gain = 0.05;
+    o->load_report_period_s = 1.0;
 }
 
 const char *mr_role_opts_usage(void)
@@ -42,7 +45,11 @@ const char *mr_role_opts_usage(void)
            "  --heartbeat-period S     (default 1)\n"
            "  --heartbeat-timeout S    (default 30)\n"
            "  --request-timeout S      (default 600)\n"
-           "  --inject-garbage N       test hook: coordinator sends N bad frames of each kind\n";
+           "  --inject-garbage N       test hook: coordinator sends N bad frames of each kind\n"
+           "  --rebalance-period S     re-place hot experts every S s while serving (0 = off)\n"
+           "  --redundant-experts N    extra replicas per MoE layer (default: one per expert rank)\n"
+           "  --rebalance-min-gain X   re-place when max/mean rank load drops by X (default 0.05)\n"
+           "  --load-report-period S   expert ranks report per-expert load every S s (default 1)\n";
 }
 
 mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
@@ -79,13 +86,20 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             MR_TRY(mr_parse_int(f, v, 1, 1 << 20, &o->max_batch_tokens));
         else if (!strcmp(f, "--max-running")) MR_TRY(mr_parse_int(f, v, 1, 1 << 16, &o->max_running));
         else if (!strcmp(f, "--inject-garbage")) MR_TRY(mr_parse_int(f, v, 0, 1000, &o->inject_garbage));
+        else if (!strcmp(f, "--redundant-experts"))
+            MR_TRY(mr_parse_int(f, v, 0, 4096, &o->redundant_experts));
         else if (!strcmp(f, "--max-wait-ms") || !strcmp(f, "--heartbeat-period") ||
-                 !strcmp(f, "--heartbeat-timeout") || !strcmp(f, "--request-timeout")) {
+                 !strcmp(f, "--heartbeat-timeout") || !strcmp(f, "--request-timeout") ||
+                 !strcmp(f, "--rebalance-period") || !strcmp(f, "--rebalance-min-gain") ||
+                 !strcmp(f, "--load-report-period")) {
             float x;
             MR_TRY(mr_parse_float(f, v, 0.0, 1e7, &x));
             if (!strcmp(f, "--max-wait-ms")) o->max_wait_ms = x;
             else if (!strcmp(f, "--heartbeat-period")) o->heartbeat_period_s = x;
             else if (!strcmp(f, "--heartbeat-timeout")) o->heartbeat_timeout_s = x;
+            else if (!strcmp(f, "--rebalance-period")) o->rebalance_period_s = x;
+            else if (!strcmp(f, "--rebalance-min-gain")) o->rebalance_min_gain = x;
+            else if (!strcmp(f, "--load-report-period")) o->load_report_period_s = x;
             else o->request_timeout_s = x;
         } else {
             return mr_fail(MR_EINVAL, "unknown flag '%s'", f);

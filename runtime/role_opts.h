@@ -31,6 +31,10 @@ typedef struct mr_role_opts {
     double heartbeat_timeout_s;
     double request_timeout_s;     /* coordinator: a request not finished by then fails */
     int inject_garbage;           /* test hook: coordinator sends N bad frames of each kind */
+    double rebalance_period_s;    /* coordinator: re-place experts this often; 0 = never */
+    int redundant_experts;        /* extra replicas per MoE layer (-1: one per expert rank) */
+    double rebalance_min_gain;    /* re-place only when predicted imbalance drops this much */
+    double load_report_period_s;  /* expert ranks: LoadReport period */
 } mr_role_opts;
 
 void mr_role_opts_defaults(mr_role_opts *o);

@@ -38,13 +38,16 @@ def run(cmd, timeout, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def make_requests(n, vocab, max_new, long_len):
+def make_requests(n, vocab, max_new, long_len, gap_ms=0):
     reqs = []
     for i in range(n):
         length = [3, 9, long_len, 1, 17, 5][i % 6] + (i // 6)
         ids = [(7 * i + 13 * j + 1) % vocab for j in range(length)]
-        reqs.append({"id": f"r{i:02d}", "prompt_ids": ids, "max_new_tokens": max_new + (i % 3),
-                     "ignore_eos": True})
+        q = {"id": f"r{i:02d}", "prompt_ids": ids, "max_new_tokens": max_new + (i % 3),
+             "ignore_eos": True}
+        if gap_ms:
+            q["arrival_ms"] = i * gap_ms
+        reqs.append(q)
     return reqs
 
 
@@ -61,6 +64,32 @@ def hottest_placement(summary, expert_ranks, n_layers_first_moe):
             entry[str(e)] = [home, other] if other != home else [home]
         layers[str(layer)] = entry
     return {"layers": layers}
+
+
+def check_rebalance(summary):
+    """Live re-placement ran and paid off: >= 1 epoch completed, and the
+    expert ranks' measured imbalance (max/mean rank load) in the windows after
+    the first epoch is clearly below the first window's (the initial round
+    robin, with the hot experts stacked on one rank)."""
+    rb = summary.get("rebalance", {})
+    done = rb.get("epochs_done", 0)
+    windows = [w["measured_imbalance"] for w in rb.get("windows", []) if w["tokens"] > 0]
+    print(f"re-placement: {done} epochs done; measured imbalance per window: "
+          + " ".join(f"{w:.3f}" for w in windows))
+    for e in rb.get("epochs", []):
+        print(f"  epoch {e['epoch']}: predicted {e['predicted_before']:.3f} -> "
+              f"{e['predicted_after']:.3f}, {e['experts_loaded']} loaded, "
+              f"{e['experts_dropped']} dropped{' ABORTED ' + e['error'] if e['aborted'] else ''}")
+    if done < 1 or len(windows) < 3:
+        print(f"FAIL: expected >= 1 completed epoch and >= 3 windows")
+        return 1
+    after = sum(windows[1:]) / len(windows[1:])
+    if not after < windows[0] - 0.1:
+        print(f"FAIL: mean imbalance after re-placement {after:.3f} is not below the first "
+              f"window's {windows[0]:.3f} - 0.1")
+        return 1
+    print(f"imbalance {windows[0]:.3f} (round robin) -> {after:.3f} (mean of later windows)")
+    return 0
 
 
 def main():
@@ -80,6 +109,12 @@ def main():
                     help="compute backend of the cluster's ranks (the reference is always "
                          "`moerun generate` on cpu)")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--hot-experts", default="",
+                    help="synthesize with these experts persistently hot (moerun synth)")
+    ap.add_argument("--rebalance-period", type=float, default=0.0,
+                    help="live re-placement period; > 0 also checks that the expert ranks' "
+                         "measured imbalance drops after the first epoch")
+    ap.add_argument("--arrival-gap-ms", type=int, default=0)
     args = ap.parse_args()
     P, D, E = (int(x) for x in args.layout.split(","))
     moerun = os.path.join(args.build, "moerun")
@@ -98,13 +133,16 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="moerun-cluster-") as work:
         model = os.path.join(work, "model")
-        r = run([moerun, "synth", "--out", model, "--preset", args.preset, "--seed", "5"], 120)
+        synth = [moerun, "synth", "--out", model, "--preset", args.preset, "--seed", "5"]
+        if args.hot_experts:
+            synth += ["--hot-experts", args.hot_experts]
+        r = run(synth, 120)
         if r.returncode != 0:
             print(r.stderr)
             return 1
         cfg = json.load(open(os.path.join(model, "config.json")))
         reqs = make_requests(args.n_requests, cfg["vocab_size"], args.max_new,
-                             args.max_batch_tokens + 11)
+                             args.max_batch_tokens + 11, args.arrival_gap_ms)
         req_path = os.path.join(work, "requests.jsonl")
         with open(req_path, "w") as f:
             for q in reqs:
@@ -119,6 +157,9 @@ def main():
                   "--block-tokens", str(args.block_tokens),
                   "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn,
                   "--backend", args.backend, "--precision", args.precision]
+        if args.rebalance_period > 0:
+            common += ["--rebalance-period", str(args.rebalance_period),
+                       "--load-report-period", str(args.rebalance_period / 4)]
         if args.placement == "hot2":
             warm = os.path.join(work, "warm-summary.json")
             r = run([launcher] + common + ["--out", os.path.join(work, "warm.jsonl"),
@@ -180,6 +221,8 @@ def main():
                 if key not in res:
                     print(f"FAIL {q['id']}: result lacks {key}")
                     failures += 1
+        if args.rebalance_period > 0:
+            failures += check_rebalance(json.load(open(sum_path)))
         print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''} on {args.backend}: "
               f"{len(reqs)} requests, "
               f"{failures} failures, worst max|dlogit| {worst:.3g}")
