@@ -230,7 +230,7 @@ static void on_placement(decode_state *d, int src, const Moerun__Placement *pf)
         MR_INFO("placement epoch %llu: routing with the new table",
                 (unsigned long long)pf->epoch);
     } else {
-        MR_WARN("placement epoch %llu: %s", (unsigned long long)pf->epoch, mr_last_error());
+        mr_role_reject(&d->role); /* logs and counts it; routing is unchanged */
     }
     mr_role_send_placement_ack(&d->role, pf->epoch, pf->phase, st == MR_OK ? NULL : mr_last_error(),
                                0, 0);

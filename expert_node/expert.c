@@ -50,15 +50,20 @@ static void on_placement(expert_state *x, const Moerun__Placement *pf)
     mr_placement table;
     int loaded = 0, dropped = 0;
     mr_status st = mr_role_placement_of(&x->role, pf, &table);
+    if (st != MR_OK) { /* a hostile or corrupt table: refuse, keep serving as before */
+        mr_role_reject(&x->role);
+        mr_role_send_placement_ack(&x->role, pf->epoch, pf->phase, mr_last_error(), 0, 0);
+        return;
+    }
     placed_on t = {&table, x->role.rank};
-    if (st == MR_OK && pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE) {
+    if (pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE) {
         st = mr_role_add_experts(&x->role, in_table, &t, &loaded);
-    } else if (st == MR_OK && pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_COMMIT) {
+    } else if (pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_COMMIT) {
         mr_role_drop_experts(&x->role, in_table, &t, &dropped);
         mr_placement_free(&x->placement);
         x->placement = table; /* moved */
         memset(&table, 0, sizeof table);
-    } else if (st == MR_OK) {
+    } else {
         st = mr_fail(MR_EPROTO, "placement phase %d is not for expert ranks", (int)pf->phase);
     }
     if (st != MR_OK) MR_WARN("placement epoch %llu: %s", (unsigned long long)pf->epoch, mr_last_error());
