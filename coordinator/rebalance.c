@@ -140,6 +140,44 @@ double mr_rb_predicted_imbalance(const mr_config *cfg, const mr_placement *table
     return sum_mean > 0 ? sum_max / sum_mean : 0;
 }
 
+/* EPLB's rank indices are arbitrary up to a permutation (live ranks are
+ * interchangeable): relabel them so each new rank slot lands on the live
+ * rank that already holds most of its experts (greedy on the overlap), and
+ * an epoch moves as few experts as it can. perm[i] = live index for slot i. */
+static void keep_experts_in_place(const mr_rebalancer *rb, int layer, const mr_eplb_layer *lay,
+                                  const int *live, int n_live, int *perm)
+{
+    const mr_config *c = rb->cfg;
+    int *ov = calloc((size_t)n_live * n_live, sizeof(int));
+    bool *slot_done = calloc((size_t)n_live, sizeof(bool));
+    bool *rank_done = calloc((size_t)n_live, sizeof(bool));
+    for (int i = 0; i < n_live; i++) perm[i] = i;
+    if (!ov || !slot_done || !rank_done) goto done;
+    for (int e = 0; e < c->n_routed_experts; e++)
+        for (int k = 0; k < lay->replicas[e]; k++)
+            for (int j = 0; j < n_live; j++)
+                ov[(size_t)lay->rank_of[e][k] * n_live + (size_t)j] +=
+                    mr_placement_holds(&rb->current, layer, e, live[j]);
+    for (int round = 0; round < n_live; round++) {
+        int bi = -1, bj = -1, best = -1;
+        for (int i = 0; i < n_live; i++) {
+            if (slot_done[i]) continue;
+            for (int j = 0; j < n_live; j++)
+                if (!rank_done[j] && ov[(size_t)i * n_live + (size_t)j] > best) {
+                    best = ov[(size_t)i * n_live + (size_t)j];
+                    bi = i;
+                    bj = j;
+                }
+        }
+        perm[bi] = bj;
+        slot_done[bi] = rank_done[bj] = true;
+    }
+done:
+    free(ov);
+    free(slot_done);
+    free(rank_done);
+}
+
 /* The balanced table for this window's load over the live expert ranks. */
 static mr_status build_next(mr_rebalancer *rb, const bool *alive)
 {
@@ -160,11 +198,13 @@ static mr_status build_next(mr_rebalancer *rb, const bool *alive)
         if (!mr_config_layer_is_moe(c, l)) continue;
         st = mr_eplb_balance(rb->smoothed + at(c, l, 0), c->n_routed_experts, n_live, redundant,
                              lay);
+        int perm[256];
+        if (st == MR_OK) keep_experts_in_place(rb, l, lay, live, n_live, perm);
         for (int e = 0; e < c->n_routed_experts && st == MR_OK; e++) {
             size_t k = at(c, l, e);
             rb->next.n_replicas[k] = (uint8_t)lay->replicas[e];
             for (int i = 0; i < lay->replicas[e]; i++)
-                rb->next.ranks[k * REP + (size_t)i] = live[lay->rank_of[e][i]];
+                rb->next.ranks[k * REP + (size_t)i] = live[perm[lay->rank_of[e][i]]];
         }
     }
     free(lay);
