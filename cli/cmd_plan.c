@@ -1,6 +1,6 @@
 /* cli/cmd_plan.c — `moerun plan placement`: an expert placement with
  * redundant replicas for the hot experts, from the per-expert load a cluster
- * run measured.
+ * run measured; `moerun plan capacity` is in cmd_plan_capacity.c.
  *
  *   moerun plan placement --summary SUMMARY.json --expert-ranks 4,5,6
  *                         [--redundant N] [--out PLACEMENT.json]
@@ -20,13 +20,21 @@
 
 #include "../common/args.h"
 #include "../common/fileio.h"
+#include "../model/config.h"
+#include "../planner/capacity.h"
 #include "../planner/eplb.h"
 #include "commands.h"
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: moerun plan placement --summary SUMMARY.json --expert-ranks 4,5,6\n"
-                 "                             [--redundant N] [--out PLACEMENT.json]\n");
+                 "                             [--redundant N] [--out PLACEMENT.json]\n"
+                 "       moerun plan capacity --config CONFIG.json --gpu %s --trace TRACE\n"
+                 "                            --ttft-p90-ms MS --tpot-p90-ms MS [options]\n"
+                 "  placement  expert placement with redundant replicas from measured load\n"
+                 "  capacity   prefill/decode node counts for a request trace at latency targets\n"
+                 "             ('moerun plan capacity --help' lists its options)\n",
+            MR_CAP_HW_NAMES);
 }
 
 static cJSON *layer_placement(const mr_eplb_layer *l, const int32_t *ranks)
@@ -114,6 +122,7 @@ static int plan_placement(const char *summary_path, const int32_t *ranks, int n_
 
 int mr_cmd_plan(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "capacity")) return mr_cmd_plan_capacity(argc, argv);
     if (argc < 2 || strcmp(argv[1], "placement") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
             usage(stdout);

@@ -18,8 +18,9 @@ static void usage(FILE *out)
             "  generate   single-process reference engine (the correctness oracle)\n"
             "  synth      write a random-weight model in the real checkpoint format\n"
             "  inspect    validate a model directory and summarize it\n"
-            "  bench      benchmarks (ops, decode, cluster, transport)\n"
-            "  plan       expert placement with redundant replicas from measured load\n"
+            "  bench      benchmarks (ops, decode, layer, cluster, transport)\n"
+            "  plan       placement: expert replicas from measured load; capacity: nodes for a\n"
+            "             request trace at TTFT/TPOT targets (roofline model + simulation)\n"
             "\n"
             "The cluster is started with launch/moerun-cluster.\n"
             "Run 'moerun <command> --help' for the options of a command.\n",

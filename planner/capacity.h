@@ -121,7 +121,7 @@ typedef struct mr_cap_model {
 typedef struct mr_cap_request {
     double arrival_s;
     int input_tokens;  /* >= 1 */
-    int output_tokens; /* >= 1 */
+    int output_tokens; /* >= 0 */
 } mr_cap_request;
 
 /* ---- hardware profiles (hw_profiles.c) ---------------------------------- */
@@ -137,9 +137,11 @@ mr_status mr_cap_hw_profile(const char *name, mr_cap_hw *out);
 mr_status mr_cap_hw_apply_json(const char *text, size_t len, const char *origin, mr_cap_hw *hw);
 /* Efficiency from `moerun bench layer --json` output: the median over rows
  * of moe_roofline_ms / moe_layer_ms (rows with both > 0), capped at 1.
- * *n_rows: rows used. */
+ * *n_rows: rows used; device: its "device" string ("" when absent),
+ * truncated to device_cap bytes. */
 mr_status mr_cap_calibration_parse(const char *text, size_t len, const char *origin,
-                                   double *efficiency, int *n_rows);
+                                   double *efficiency, int *n_rows, char *device,
+                                   size_t device_cap);
 
 /* ---- cost model ----------------------------------------------------------- */
 
@@ -232,7 +234,7 @@ typedef struct mr_cap_decode_row {
     double batch_per_gpu; /* sequences per GPU needed for the demanded rate */
     double batch_limit;   /* min(decode_max_batch, KV limit); 0: weights do not fit */
     double tpot_ms;       /* step time at batch_per_gpu (at batch_limit when overloaded) */
-    double utilization;   /* batch_per_gpu / batch_limit */
+    double utilization;   /* demanded output rate / the rate at batch_limit (> 1: overloaded) */
     double tok_s_per_node; /* demanded output tok/s / nodes */
     bool overloaded;      /* even batch_limit cannot deliver the rate */
     bool meets;           /* !overloaded and tpot_ms <= the target */
@@ -254,6 +256,7 @@ typedef struct mr_cap_plan {
     int n_prefill_rows;
 
     int decode_min_nodes;         /* fewest decode nodes holding the weights */
+    double decode_floor_ms;       /* step time at batch 1 in the largest EP group searched */
     int decode_nodes;             /* the answer; 0: none up to max_nodes */
     double decode_weight_bytes;   /* per GPU at the answer */
     int decode_batch_at_slo;      /* largest batch per GPU meeting the TPOT target */

@@ -124,7 +124,8 @@ static int cmp_double(const void *a, const void *b)
 }
 
 mr_status mr_cap_calibration_parse(const char *text, size_t len, const char *origin,
-                                   double *efficiency, int *n_rows)
+                                   double *efficiency, int *n_rows, char *device,
+                                   size_t device_cap)
 {
     cJSON *root = cJSON_ParseWithLength(text, len);
     const cJSON *rows = cJSON_GetObjectItemCaseSensitive(root, "rows");
@@ -133,6 +134,9 @@ mr_status mr_cap_calibration_parse(const char *text, size_t len, const char *ori
         return mr_fail(MR_EINVAL, "%s: expected the JSON of `moerun bench layer --json` "
                        "(an object with a \"rows\" array)", origin);
     }
+    const cJSON *dev = cJSON_GetObjectItemCaseSensitive(root, "device");
+    if (device_cap > 0)
+        snprintf(device, device_cap, "%s", cJSON_IsString(dev) ? dev->valuestring : "");
     int cap = cJSON_GetArraySize(rows), n = 0;
     double *ratio = malloc(sizeof(double) * (size_t)(cap > 0 ? cap : 1));
     if (!ratio) {
