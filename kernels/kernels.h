@@ -148,6 +148,17 @@ typedef struct mr_kernels {
     void (*expert_ffn)(const mr_expert_w *e, const float *x, int n_tokens, float *out,
                        bool accumulate, float *scratch);
 
+    /* The routed experts of one MoE layer in one call: group g runs
+     * experts[g] on rows [row_start[g], row_start[g+1]) of x(n_rows, D) into
+     * the same rows of out (unweighted, overwritten); n_rows =
+     * row_start[n_groups]. Every expert has the same dim and inter. Results
+     * equal one expert_ffn per group (cpu does exactly that); cuda issues the
+     * gate and up GEMMs of all groups as one grouped GEMM, one SwiGLU over
+     * all rows, and the down GEMMs as a second grouped GEMM.
+     * experts and row_start are host memory. scratch: 2 * n_rows * inter. */
+    void (*experts_grouped)(const mr_expert_w *experts, int n_groups, const int32_t *row_start,
+                            const float *x, float *out, float *scratch);
+
     /* Absorbed MLA attention of n_q queries of ONE sequence over its latent
      * context ctx(n_ctx, C+R) (row t = [normalized c_kv (C) | roped k_pe (R)]).
      * q_lat(n_q, H, C) is q_nope absorbed through kv_b's key rows, q_pe(n_q, H, R)

@@ -13,6 +13,8 @@ void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws)
     free(ws->order);
     free(ws->start);
     free(ws->host_idx);
+    free(ws->views);
+    free(ws->row_start);
     mr_kbuf_free(k, &ws->host_in);
     mr_kbuf_free(k, &ws->host_out);
     memset(ws, 0, sizeof *ws);
@@ -37,8 +39,14 @@ static mr_status ws_reserve_slots(mr_expert_ws *ws, int n_slots, int n_experts)
         MR_TRY(grow_host((void **)&ws->host_idx, &c2, 2 * (size_t)n_slots, sizeof(int32_t)));
         ws->cap_slots = (size_t)n_slots;
     }
-    return grow_host((void **)&ws->start, &ws->cap_experts, (size_t)n_experts + 1,
-                     sizeof(int32_t));
+    if (ws->cap_experts < (size_t)n_experts + 1) {
+        size_t c1 = ws->cap_experts, c2 = ws->cap_experts, c3 = ws->cap_experts;
+        MR_TRY(grow_host((void **)&ws->start, &c1, (size_t)n_experts + 1, sizeof(int32_t)));
+        MR_TRY(grow_host((void **)&ws->row_start, &c2, (size_t)n_experts + 1, sizeof(int32_t)));
+        MR_TRY(grow_host((void **)&ws->views, &c3, (size_t)n_experts + 1, sizeof(mr_expert_w)));
+        ws->cap_experts = (size_t)n_experts + 1;
+    }
+    return MR_OK;
 }
 
 static mr_expert_w expert_view(const mr_mlp *m)
@@ -73,30 +81,26 @@ static mr_status group_slots(const mr_config *cfg, const mr_weights *weights, mr
     return MR_OK;
 }
 
-/* One expert_ffn per non-empty group over sorted rows in ws->in → ws->out. */
+/* Every non-empty group over sorted rows in ws->in → ws->out, as one
+ * experts_grouped call. */
 static mr_status run_groups(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
                             mr_expert_ws *ws, int layer)
 {
-    const int D = cfg->hidden_size, inter = cfg->moe_intermediate_size;
+    const int inter = cfg->moe_intermediate_size;
     const int E = cfg->n_routed_experts;
-    int max_group = 0;
-    for (int e = 0; e < E; e++) {
-        int n = ws->start[e + 1] - ws->start[e];
-        if (n > max_group) max_group = n;
-    }
+    const size_t n_rows = (size_t)ws->start[E];
     mr_status st = MR_OK;
-    float *scratch = mr_kbuf_reserve(k, &ws->scratch, sizeof(float) * 2 * (size_t)max_group * inter,
-                                     &st);
+    /* experts_grouped: 2 * n_rows * inter (every group's hidden rows at once) */
+    float *scratch = mr_kbuf_reserve(k, &ws->scratch, sizeof(float) * 2 * n_rows * inter, &st);
     if (st != MR_OK) return st;
-    const float *in = ws->in.p;
-    float *out = ws->out.p;
+    int n_groups = 0;
     for (int e = 0; e < E; e++) {
-        int start = ws->start[e];
-        int n = ws->start[e + 1] - start;
-        if (n == 0) continue;
-        mr_expert_w ew = expert_view(&weights->layers[layer].experts[e]);
-        k->expert_ffn(&ew, in + (size_t)start * D, n, out + (size_t)start * D, false, scratch);
+        if (ws->start[e + 1] == ws->start[e]) continue;
+        ws->views[n_groups] = expert_view(&weights->layers[layer].experts[e]);
+        ws->row_start[n_groups++] = ws->start[e];
     }
+    ws->row_start[n_groups] = ws->start[E];
+    k->experts_grouped(ws->views, n_groups, ws->row_start, ws->in.p, ws->out.p, scratch);
     return MR_OK;
 }
 

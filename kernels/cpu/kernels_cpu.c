@@ -265,6 +265,18 @@ static void cpu_moe_combine(const float *expert_out, const float *weights, int n
     }
 }
 
+static void cpu_experts_grouped(const mr_expert_w *experts, int n_groups,
+                                const int32_t *row_start, const float *x, float *out,
+                                float *scratch)
+{
+    for (int g = 0; g < n_groups; g++) {
+        const int n = row_start[g + 1] - row_start[g];
+        if (n <= 0) continue;
+        const size_t at = (size_t)row_start[g] * (size_t)experts[g].dim;
+        mr_cpu_expert_ffn(&experts[g], x + at, n, out + at, false, scratch);
+    }
+}
+
 static void cpu_add(float *y, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -294,6 +306,7 @@ static const mr_kernels cpu_kernels = {
     .swiglu = mr_cpu_swiglu,
     .moe_gate = cpu_moe_gate,
     .expert_ffn = mr_cpu_expert_ffn,
+    .experts_grouped = cpu_experts_grouped,
     .mla_absorbed = cpu_mla_absorbed,
     .mla_naive = cpu_mla_naive,
 };

@@ -187,6 +187,7 @@ void table_fill(mr_kernels *t)
     t->swiglu = cu_op_swiglu;
     t->moe_gate = cu_op_moe_gate;
     t->expert_ffn = cu_op_expert_ffn;
+    t->experts_grouped = cu_op_experts_grouped;
     t->mla_absorbed = cu_op_mla_absorbed;
     t->mla_naive = cu_op_mla_naive;
 }

@@ -139,6 +139,8 @@ void cu_op_moe_gate(const float *logits, const float *bias, int n_tokens,
                     float *scratch);
 void cu_op_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float *out,
                       bool accumulate, float *scratch);
+void cu_op_experts_grouped(const mr_expert_w *experts, int n_groups, const int32_t *row_start,
+                           const float *x, float *out, float *scratch);
 void cu_op_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int n_heads,
                         int kv_lora, int rope_dim, const float *ctx, int n_ctx,
                         const int32_t *ctx_len, float scale, float *out_lat, float *scratch);

@@ -253,6 +253,28 @@ static void ds_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, fl
     mr_kernels_cpu()->expert_ffn(e, x, n_tokens, out, accumulate, scratch);
 }
 
+static void ds_experts_grouped(const mr_expert_w *experts, int n_groups, const int32_t *row_start,
+                               const float *x, float *out, float *scratch)
+{
+    if (n_groups <= 0) return;
+    need_host("experts_grouped", "row_start", row_start, I(n_groups + 1));
+    const int n_rows = row_start[n_groups], dim = experts[0].dim, inter = experts[0].inter;
+    for (int g = 0; g < n_groups; g++) {
+        const mr_expert_w *e = &experts[g];
+        if (e->dim != dim || e->inter != inter || row_start[g + 1] < row_start[g])
+            violation("experts_grouped", "experts", e, 0, "differ in shape or rows go backwards");
+        if (row_start[g + 1] == row_start[g]) continue;
+        size_t wsz = F((size_t)inter * dim);
+        need_dev("experts_grouped", "gate", e->gate, wsz);
+        need_dev("experts_grouped", "up", e->up, wsz);
+        need_dev("experts_grouped", "down", e->down, wsz);
+    }
+    need_dev("experts_grouped", "x", x, F((size_t)n_rows * dim));
+    need_dev("experts_grouped", "out", out, F((size_t)n_rows * dim));
+    need_dev("experts_grouped", "scratch", scratch, F(2 * (size_t)n_rows * inter));
+    mr_kernels_cpu()->experts_grouped(experts, n_groups, row_start, x, out, scratch);
+}
+
 static void ds_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int H, int C, int R,
                             const float *ctx, int n_ctx, const int32_t *ctx_len, float scale,
                             float *out_lat, float *scratch)
@@ -343,6 +365,7 @@ static const mr_kernels devsim_kernels = {
     .swiglu = ds_swiglu,
     .moe_gate = ds_moe_gate,
     .expert_ffn = ds_expert_ffn,
+    .experts_grouped = ds_experts_grouped,
     .mla_absorbed = ds_mla_absorbed,
     .mla_naive = ds_mla_naive,
 };

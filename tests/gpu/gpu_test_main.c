@@ -133,6 +133,7 @@ static const gt_op ops[] = {
     { "rmsnorm", gt_test_rmsnorm },       { "rope", gt_test_rope },
     { "softmax", gt_test_softmax },       { "swiglu", gt_test_swiglu },
     { "moe_gate", gt_test_moe_gate },     { "expert_ffn", gt_test_expert_ffn },
+    { "experts_grouped", gt_test_experts_grouped },
     { "mla_absorbed", gt_test_mla_absorbed }, { "mla_naive", gt_test_mla_naive },
     { "movement", gt_test_movement },
 };

@@ -139,3 +139,53 @@ void gt_test_expert_ffn(gt_ctx *t)
     check_expert_ffn(t, 7168, 2048, 4, false);  /* DeepSeek-V3 routed expert, decode */
     check_expert_ffn(t, 2048, 1408, 64, false); /* DeepSeek-V2-Lite expert width */
 }
+
+/* ---- experts_grouped ------------------------------------------------------------------- */
+
+/* n_groups experts with the given row counts (0 = an empty group) in one
+ * call, against the CPU (one expert_ffn per group). */
+static void check_experts_grouped(gt_ctx *t, int dim, int inter, int n_groups, const int *rows)
+{
+    int32_t start[9];
+    start[0] = 0;
+    for (int g = 0; g < n_groups; g++) start[g + 1] = start[g] + rows[g];
+    const int n_rows = start[n_groups];
+    const size_t nw = (size_t)inter * dim, nx = (size_t)n_rows * dim;
+    const size_t n_scratch = 2 * (size_t)n_rows * inter;
+    mr_expert_w w_cpu[8], w_dev[8];
+    const float a_in = sqrtf(3.0f / (float)dim), a_mid = sqrtf(3.0f / (float)inter);
+    for (int g = 0; g < n_groups; g++) {
+        float *gate = gt_host(t, nw), *up = gt_host(t, nw), *down = gt_host(t, nw);
+        gt_fill(t, gate, nw, -a_in, a_in);
+        gt_fill(t, up, nw, -a_in, a_in);
+        gt_fill(t, down, nw, -a_mid, a_mid);
+        w_cpu[g] = (mr_expert_w){ gate, up, down, dim, inter };
+        w_dev[g] = (mr_expert_w){ gt_upload(t, gate, nw * sizeof(float)),
+                                  gt_upload(t, up, nw * sizeof(float)),
+                                  gt_upload(t, down, nw * sizeof(float)), dim, inter };
+    }
+    float *x = gt_host(t, nx), *out_cpu = gt_host(t, nx), *out_gpu = gt_host(t, nx);
+    float *scratch = gt_host(t, n_scratch);
+    gt_fill(t, x, nx, -1.0f, 1.0f);
+    float *dx = gt_upload(t, x, nx * sizeof(float));
+    float *dout = gt_dev_alloc(t, nx * sizeof(float));
+    float *dscratch = gt_dev_alloc(t, n_scratch * sizeof(float));
+    t->cpu->experts_grouped(w_cpu, n_groups, start, x, out_cpu, scratch);
+    t->gpu->experts_grouped(w_dev, n_groups, start, dx, dout, dscratch);
+    gt_download(t, out_gpu, dout, nx * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "experts_grouped D=%d inter=%d groups=%d rows=%d", dim, inter,
+             n_groups, n_rows);
+    gt_check_close(t, what, out_gpu, out_cpu, nx, t->bf16 ? GT_TOL_CHAIN_BF16 : GT_TOL_GEMM_FP32);
+    gt_case_end(t);
+}
+
+void gt_test_experts_grouped(gt_ctx *t)
+{
+    const int one[1] = {5}, mixed[6] = {1, 0, 7, 33, 0, 2}, even[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    const int v3_decode[4] = {3, 1, 2, 5};
+    check_experts_grouped(t, 33, 17, 1, one);
+    check_experts_grouped(t, 256, 128, 6, mixed);    /* empty groups are skipped */
+    check_experts_grouped(t, 1024, 512, 8, even);    /* small preset, 64 rows each */
+    check_experts_grouped(t, 7168, 2048, 4, v3_decode); /* DeepSeek-V3 experts, decode */
+}
