@@ -202,8 +202,13 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
         }
         want[S - 1] = 1;
     }
+    /* greedy without --logits-out: the argmax runs on the backend and only
+     * token ids come back (same tokens as the sampler at temperature 0) */
+    const bool greedy = a->sampling.temperature == 0.0f && !a->logits_out;
+    int32_t token;
     mr_batch prefill = {S, a->prompt, positions, seqs, want};
-    st = mr_engine_forward(engine, &prefill, logits);
+    st = greedy ? mr_engine_forward_greedy(engine, &prefill, &token)
+                : mr_engine_forward(engine, &prefill, logits);
     free(want);
     if (st != MR_OK) goto done;
     const float *last = logits;
@@ -215,13 +220,17 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
 
     /* Decode: feed each sampled token back through the latent KV cache. */
     t0 = mr_now();
-    int32_t token;
-    if ((st = mr_sampler_next(&sampler, last, V, &token)) != MR_OK) goto done;
+    if (!greedy && (st = mr_sampler_next(&sampler, last, V, &token)) != MR_OK) goto done;
     ids[n_gen++] = token;
     while (n_gen < N && (a->ignore_eos || token != cfg->eos_token_id)) {
         int32_t pos = S + n_gen - 1;
         mr_kv_seq *sp = &seq;
         mr_batch step = {1, &token, &pos, &sp, NULL};
+        if (greedy) {
+            if ((st = mr_engine_forward_greedy(engine, &step, &token)) != MR_OK) goto done;
+            ids[n_gen++] = token;
+            continue;
+        }
         if ((st = mr_engine_forward(engine, &step, logits)) != MR_OK) goto done;
         if (a->logits_out && (st = mr_npy_append(&npy, logits, 1)) != MR_OK) goto done;
         if ((st = mr_sampler_next(&sampler, logits, V, &token)) != MR_OK) goto done;

@@ -51,6 +51,7 @@ typedef struct decode_state {
     /* per-step batch buffers (max_running) */
     dec_req **batch_reqs;
     int32_t *batch_ids, *batch_pos;
+    int32_t *batch_next;       /* greedy steps: the next token of each */
     mr_kv_seq **batch_seqs;
     float *logits;
 

@@ -105,6 +105,12 @@ typedef struct mr_kernels {
     void (*moe_combine)(const float *expert_out, const float *weights, int n_tokens, int top_k,
                         int dim, float *out);
 
+    /* Greedy sampling on the backend: out[r] = index of the largest value
+     * of row r of x(n_rows, n), the first one on ties; NaN never wins,
+     * unless x(r, 0) is NaN (then 0) — exactly mr_argmax (model/sampler.h).
+     * out(n_rows) int32 in backend memory. */
+    void (*argmax_rows)(const float *x, int n_rows, int n, int32_t *out);
+
     /* y(i) += x(i) for i < n (residual add). */
     void (*add)(float *y, const float *x, size_t n);
 

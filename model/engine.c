@@ -24,7 +24,7 @@ struct mr_engine {
     /* backend scratch (contents not kept across growth, see kbuf.h) */
     mr_kbuf x, xn, qa, q, kv, q_lat, head_in, head_out, out_lat, attn_out, ctx, q_pe, kvb;
     mr_kbuf k_full, v_full, scores, rope_cs, gate_logits, gate_w, gate_scratch, gate_ids;
-    mr_kbuf expert_out, mlp_scratch, routed, idx, logits;
+    mr_kbuf expert_out, mlp_scratch, routed, idx, logits, greedy_ids;
     mr_expert_ws experts;     /* local routed experts */
 
     /* host side of one forward (staging memory, pinned on cuda): indices and
@@ -209,7 +209,7 @@ void mr_engine_destroy(mr_engine *e)
                        &e->head_out, &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
                        &e->k_full, &e->v_full, &e->scores, &e->rope_cs, &e->gate_logits,
                        &e->gate_w, &e->gate_scratch, &e->gate_ids, &e->expert_out,
-                       &e->mlp_scratch, &e->routed, &e->idx, &e->logits};
+                       &e->mlp_scratch, &e->routed, &e->idx, &e->logits, &e->greedy_ids};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mr_kbuf_free(k, bufs[i]);
     mr_kbuf *host_bufs[] = {&e->idx_host, &e->cs_host, &e->gw_host, &e->h_host, &e->eo_host,
                             &e->ids_host};
@@ -532,12 +532,15 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
     return st;
 }
 
-mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
+/* The forward pass up to the logits of the wanted tokens, in backend memory
+ * (*dev_logits, n_want rows); `host_out` is where a host-memory backend
+ * writes them directly (NULL: into the engine's buffer). */
+static mr_status forward_logits(mr_engine *e, const mr_batch *b, float *host_out,
+                                float **dev_logits)
 {
     const mr_config *c = e->cfg;
     const mr_kernels *k = e->k;
     const int T = b->n_tokens, D = c->hidden_size;
-    if (T <= 0) return MR_OK;
     MR_TRY(validate_batch(e, b));
     MR_TRY(forward_prepare(e, b));
 
@@ -557,13 +560,38 @@ mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
     /* final norm + lm_head for the tokens that want logits */
     const int n_want = e->n_want;
     float *xn = fbuf(e, &e->xn, (size_t)(n_want > 0 ? n_want : 1) * D, &st);
-    float *out = logits;
-    if (!k->host_memory) out = fbuf(e, &e->logits, (size_t)n_want * c->vocab_size, &st);
+    float *out = host_out && k->host_memory
+                     ? host_out
+                     : fbuf(e, &e->logits, (size_t)(n_want > 0 ? n_want : 1) * c->vocab_size, &st);
     if (st != MR_OK) return st;
     k->gather_rows(x, D, e->dev_idx + e->off_want, 0, n_want, D, xn);
     k->rmsnorm(xn, e->w->final_norm, xn, n_want, D, D, c->rms_norm_eps);
     k->matmul(xn, e->w->lm_head.w, out, n_want, c->vocab_size, D, false);
-    if (!k->host_memory)
-        k->copy(logits, out, sizeof(float) * (size_t)n_want * c->vocab_size, MR_COPY_D2H);
-    return k->check();
+    *dev_logits = out;
+    return MR_OK;
+}
+
+mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
+{
+    if (b->n_tokens <= 0) return MR_OK;
+    float *out = NULL;
+    MR_TRY(forward_logits(e, b, logits, &out));
+    if (out != logits)
+        e->k->copy(logits, out, sizeof(float) * (size_t)e->n_want * e->cfg->vocab_size,
+                   MR_COPY_D2H);
+    return e->k->check();
+}
+
+mr_status mr_engine_forward_greedy(mr_engine *e, const mr_batch *b, int32_t *ids)
+{
+    if (b->n_tokens <= 0) return MR_OK;
+    float *out = NULL;
+    MR_TRY(forward_logits(e, b, NULL, &out));
+    mr_status st = MR_OK;
+    const size_t n = (size_t)(e->n_want > 0 ? e->n_want : 1);
+    int32_t *dev_ids = mr_kbuf_reserve(e->k, &e->greedy_ids, sizeof(int32_t) * n, &st);
+    if (st != MR_OK) return st;
+    e->k->argmax_rows(out, e->n_want, e->cfg->vocab_size, dev_ids);
+    e->k->copy(ids, dev_ids, sizeof(int32_t) * (size_t)e->n_want, MR_COPY_D2H);
+    return e->k->check();
 }

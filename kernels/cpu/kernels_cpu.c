@@ -277,6 +277,18 @@ static void cpu_experts_grouped(const mr_expert_w *experts, int n_groups,
     }
 }
 
+/* The rule of mr_argmax (model/sampler.c): strictly greater wins. */
+static void cpu_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
+{
+    for (int r = 0; r < n_rows; r++) {
+        const float *row = x + (size_t)r * n;
+        int32_t best = 0;
+        for (int i = 1; i < n; i++)
+            if (row[i] > row[best]) best = i;
+        out[r] = best;
+    }
+}
+
 static void cpu_add(float *y, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -299,6 +311,7 @@ static const mr_kernels cpu_kernels = {
     .scatter_rows = cpu_scatter_rows,
     .moe_combine = cpu_moe_combine,
     .add = cpu_add,
+    .argmax_rows = cpu_argmax_rows,
     .matmul = mr_cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

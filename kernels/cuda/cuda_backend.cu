@@ -180,6 +180,7 @@ void table_fill(mr_kernels *t)
     t->scatter_rows = cu_op_scatter_rows;
     t->moe_combine = cu_op_moe_combine;
     t->add = cu_op_add;
+    t->argmax_rows = cu_op_argmax_rows;
     t->matmul = cu_op_matmul;
     t->rmsnorm = cu_op_rmsnorm;
     t->rope = cu_op_rope;

@@ -126,6 +126,7 @@ void cu_op_scatter_rows(const float *src, int n, int width, const int32_t *rows,
 void cu_op_moe_combine(const float *expert_out, const float *weights, int n_tokens, int top_k,
                        int dim, float *out);
 void cu_op_add(float *y, const float *x, size_t n);
+void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out);
 void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
                   bool accumulate);
 void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,

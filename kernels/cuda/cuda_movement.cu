@@ -1,7 +1,8 @@
 /* kernels/cuda/cuda_movement.cu — data-movement ops of the CUDA backend:
  * strided copies, indexed row gather/scatter (embedding lookup, paged KV
  * reads and writes, expert permutations), the fixed-order MoE combine and
- * the residual add. Contracts in kernels/kernels.h.
+ * the residual add, and the row argmax of greedy sampling. Contracts in
+ * kernels/kernels.h.
  *
  * moe_combine sums k = 0..K-1 from 0.0f with separate multiply and add
  * (__fmul_rn/__fadd_rn: no FMA contraction), operation for operation as
@@ -157,4 +158,63 @@ static mr_status add_impl(float *y, const float *x, size_t n)
 void cu_op_add(float *y, const float *x, size_t n)
 {
     cu_record(add_impl(y, x, n));
+}
+
+/* ---- argmax_rows (greedy sampling) ----------------------------------------------- */
+
+#define ARGMAX_THREADS 256
+
+/* (v, i) beats (bv, bi): larger value, or equal value and lower index; NaN
+ * never beats anything and anything beats NaN (the caller handles a NaN at
+ * index 0, where mr_argmax returns 0). */
+__device__ inline bool argmax_better(float v, int i, float bv, int bi)
+{
+    if (isnan(v)) return false;
+    if (isnan(bv)) return true;
+    return v > bv || (v == bv && i < bi);
+}
+
+__global__ void argmax_rows_kernel(const float *x, int n, int32_t *out)
+{
+    const float *row = x + (size_t)blockIdx.x * (size_t)n;
+    __shared__ float sv[ARGMAX_THREADS];
+    __shared__ int si[ARGMAX_THREADS];
+    if (isnan(row[0])) { /* mr_argmax keeps index 0: nothing compares greater than NaN */
+        if (threadIdx.x == 0) out[blockIdx.x] = 0;
+        return;
+    }
+    float bv = NAN;
+    int bi = n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (argmax_better(row[i], i, bv, bi)) {
+            bv = row[i];
+            bi = i;
+        }
+    sv[threadIdx.x] = bv;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride &&
+            argmax_better(sv[threadIdx.x + stride], si[threadIdx.x + stride], sv[threadIdx.x],
+                          si[threadIdx.x])) {
+            sv[threadIdx.x] = sv[threadIdx.x + stride];
+            si[threadIdx.x] = si[threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = si[0] < n ? si[0] : 0;
+}
+
+static mr_status argmax_rows_impl(const float *x, int n_rows, int n, int32_t *out)
+{
+    if (n_rows <= 0) return MR_OK;
+    if (n <= 0) return mr_fail(MR_EINVAL, "cuda argmax_rows: row length %d", n);
+    argmax_rows_kernel<<<n_rows, ARGMAX_THREADS, 0, cu_stream()>>>(x, n, out);
+    CU_LAUNCH_TRY();
+    return MR_OK;
+}
+
+void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
+{
+    cu_record(argmax_rows_impl(x, n_rows, n, out));
 }

@@ -334,6 +334,13 @@ static void ds_moe_combine(const float *expert_out, const float *weights, int n_
     mr_kernels_cpu()->moe_combine(expert_out, weights, n_tokens, top_k, dim, out);
 }
 
+static void ds_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
+{
+    need_dev("argmax_rows", "x", x, F((size_t)n_rows * n));
+    need_dev("argmax_rows", "out", out, I(n_rows));
+    mr_kernels_cpu()->argmax_rows(x, n_rows, n, out);
+}
+
 static void ds_add(float *y, const float *x, size_t n)
 {
     need_dev("add", "y", y, F(n));
@@ -358,6 +365,7 @@ static const mr_kernels devsim_kernels = {
     .scatter_rows = ds_scatter_rows,
     .moe_combine = ds_moe_combine,
     .add = ds_add,
+    .argmax_rows = ds_argmax_rows,
     .matmul = ds_matmul,
     .rmsnorm = ds_rmsnorm,
     .rope = ds_rope,

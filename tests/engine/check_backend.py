@@ -8,6 +8,8 @@ V2-Lite) and both MLA forms, runs `moerun generate --logits-out` on cpu and on
 the backend with the same prompt, and checks:
   * devsim:      tokens equal and logits bit-identical (same CPU ops; only the
                  data movement differs, so any difference is a movement bug);
+                 and without --logits-out (greedy: argmax on the backend, ids
+                 only) the same tokens again (also for cuda fp32);
   * cuda fp32:   tokens equal, max|dlogit| <= 1e-3 (the bar the engine meets
                  against the float64 reference);
   * cuda bf16:   max|dlogit| <= 3e-2 * max|logit| with the CPU's prompt fed
@@ -46,9 +48,11 @@ def prompt_ids(spec):
 
 
 def generate(moerun, model, prompt, n_new, attn, backend, precision, npy):
+    """npy None: no --logits-out, so generate takes its greedy path (argmax on
+    the backend, only token ids copied back)."""
     cmd = [moerun, "generate", "--model", model, "--prompt-ids", prompt,
            "--max-new-tokens", str(n_new), "--ignore-eos", "--attn", attn,
-           "--backend", backend, "--logits-out", npy]
+           "--backend", backend] + (["--logits-out", npy] if npy else [])
     if backend == "cuda":
         cmd += ["--precision", precision]
     r = run(cmd)
@@ -111,6 +115,13 @@ def main():
                       f"max|dlogit| {diff:.3g} (tol {tol:g})")
                 if got != want:
                     print(f"     cpu {want}\n     {args.backend} {got}")
+                # the greedy path: argmax on the backend, ids only
+                greedy, err = generate(args.moerun, model, prompt, n_new, attn, args.backend,
+                                       args.precision, None)
+                if greedy != want:
+                    print(f"FAIL {label}: greedy path (argmax on {args.backend}) gave {greedy} "
+                          f"{err}, sampler on cpu logits {want}")
+                    ok = False
             failures += 0 if ok else 1
     print(f"{args.backend} ({args.precision}) vs cpu: {len(CASES)} cases, {failures} failures")
     return 1 if failures else 0

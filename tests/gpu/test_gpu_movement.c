@@ -1,11 +1,13 @@
 /* tests/gpu/test_gpu_movement.c — CUDA data-movement ops against the CPU
  * reference: copy_2d (all three directions), gather_rows / scatter_rows
- * (embedding lookup, paged-KV rows with a layer offset), moe_combine and add.
+ * (embedding lookup, paged-KV rows with a layer offset), moe_combine, add and
+ * argmax_rows (greedy sampling: integer results must be identical).
  *
  * These ops move or add floats without reassociation, so the tolerance is 0:
  * results must be bit-identical (moe_combine sums k in order with separate
  * multiply and add on both backends).
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -114,8 +116,43 @@ static void check_combine(gt_ctx *t, int n_tokens, int top_k, int dim)
     gt_case_end(t);
 }
 
+/* ---- argmax_rows ------------------------------------------------------------------ */
+
+/* Random rows, then planted cases: a tie (the first index must win), NaN in
+ * the middle (never wins), NaN at index 0 (mr_argmax returns 0), all -inf. */
+static void check_argmax(gt_ctx *t, int n_rows, int n)
+{
+    const size_t total = (size_t)n_rows * n;
+    float *x = gt_host(t, total);
+    gt_fill(t, x, total, -10.0f, 10.0f);
+    if (n_rows >= 4 && n >= 8) {
+        x[(size_t)0 * n + 3] = 50.0f;
+        x[(size_t)0 * n + n - 1] = 50.0f;          /* tie: index 3 wins */
+        x[(size_t)1 * n + 2] = NAN;                /* ignored */
+        x[(size_t)2 * n + 0] = NAN;                /* row answers 0 */
+        for (int i = 0; i < n; i++) x[(size_t)3 * n + i] = -INFINITY; /* answers 0 */
+    }
+    int32_t *want = (int32_t *)gt_host(t, (size_t)n_rows), *got = (int32_t *)gt_host(t, (size_t)n_rows);
+    float *dx = gt_upload(t, x, total * sizeof(float));
+    int32_t *dout = gt_dev_alloc(t, (size_t)n_rows * sizeof(int32_t));
+    t->cpu->argmax_rows(x, n_rows, n, want);
+    t->gpu->argmax_rows(dx, n_rows, n, dout);
+    gt_download(t, got, dout, (size_t)n_rows * sizeof(int32_t));
+    int bad = -1;
+    for (int r = 0; r < n_rows && bad < 0; r++)
+        if (got[r] != want[r]) bad = r;
+    char what[128], detail[96] = "";
+    snprintf(what, sizeof what, "argmax_rows rows=%d n=%d (ties, NaN, -inf planted)", n_rows, n);
+    if (bad >= 0) snprintf(detail, sizeof detail, "row %d: gpu %d, cpu %d", bad, got[bad], want[bad]);
+    gt_check_true(t, what, bad < 0, detail);
+    gt_case_end(t);
+}
+
 void gt_test_movement(gt_ctx *t)
 {
+    check_argmax(t, 1, 1);
+    check_argmax(t, 6, 257);
+    check_argmax(t, 64, 129280); /* DeepSeek-V3 vocabulary, a decode batch */
     check_copy_2d(t, 1, 1, 1, 1);
     check_copy_2d(t, 5, 64, 192, 64);      /* q_pe out of q rows */
     check_copy_2d(t, 33, 512, 576, 1024);  /* c_kv out of latent rows, wider dst */
