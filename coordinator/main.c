@@ -555,7 +555,7 @@ int main(int argc, char **argv)
     c.rep.wall_s = c.end_s - c.start_s;
     shutdown_cluster(&c, "all requests ended");
     own_stats(&c);
-    mr_rb_finish(&c.rb, mr_now()); /* the last LoadReports came with shutdown */
+    mr_rb_finish(&c.rb, alive_ranks(&c), mr_now()); /* the last LoadReports came with shutdown */
     char reason[1024];
     int status = mr_report_exit_status(&c.tracker, &c.rep, reason, sizeof reason);
     st = write_outputs(&c);

@@ -81,20 +81,24 @@ void mr_rb_on_load(mr_rebalancer *rb, int src, const int32_t *layers, size_t n_l
     }
 }
 
-/* Σ_l max_r x(r, l) / Σ_l mean_r x(r, l) over the expert ranks. */
-static double imbalance_of(const mr_rebalancer *rb, const double *rank_layer)
+/* Σ_l max_r x(r, l) / Σ_l mean_r x(r, l) over the live expert ranks (a
+ * dead rank is no part of the balance). */
+static double imbalance_of(const mr_rebalancer *rb, const double *rank_layer, const bool *alive)
 {
     const mr_config *c = rb->cfg;
     double sum_max = 0, sum_mean = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
+    int n_live = 0;
+    for (int i = 0; i < rb->n_expert; i++) n_live += alive[rb->expert_ranks[i]];
+    for (int l = 0; l < c->num_hidden_layers && n_live > 0; l++) {
         double mx = 0, total = 0;
         for (int i = 0; i < rb->n_expert; i++) {
+            if (!alive[rb->expert_ranks[i]]) continue;
             double v = rank_layer[(size_t)rb->expert_ranks[i] * c->num_hidden_layers + (size_t)l];
             mx = v > mx ? v : mx;
             total += v;
         }
         sum_max += mx;
-        sum_mean += rb->n_expert ? total / rb->n_expert : 0;
+        sum_mean += total / n_live;
     }
     return sum_mean > 0 ? sum_max / sum_mean : 0;
 }
@@ -252,7 +256,7 @@ static void broadcast(mr_rebalancer *rb, mr_role *role, tp_role kind, Moerun__Pl
     }
 }
 
-static void close_window(mr_rebalancer *rb, double now)
+static void close_window(mr_rebalancer *rb, const bool *alive, double now)
 {
     const mr_config *c = rb->cfg;
     if (rb->n_windows < MR_RB_MAX_WINDOWS && rb->window_tokens > 0) {
@@ -263,7 +267,7 @@ static void close_window(mr_rebalancer *rb, double now)
             mr_rb_window *w = &rb->windows[rb->n_windows++];
             w->end_s = now - rb->t0;
             w->tokens = rb->window_tokens;
-            w->measured = imbalance_of(rb, rl);
+            w->measured = imbalance_of(rb, rl, alive);
             free(rl);
         }
     }
@@ -272,28 +276,54 @@ static void close_window(mr_rebalancer *rb, double now)
     rb->window_tokens = 0;
 }
 
+/* An expert of the current table whose every replica is on a dead rank. */
+static bool has_orphan(const mr_rebalancer *rb, const bool *alive, int *layer, int *expert)
+{
+    const mr_config *c = rb->cfg;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int e = 0; e < c->n_routed_experts; e++) {
+            size_t k = at(c, l, e);
+            int live = 0;
+            for (int i = 0; i < rb->current.n_replicas[k]; i++)
+                live += alive[rb->current.ranks[k * REP + (size_t)i]];
+            if (rb->current.n_replicas[k] > 0 && live == 0) {
+                *layer = l;
+                *expert = e;
+                return true;
+            }
+        }
+    return false;
+}
+
 void mr_rb_tick(mr_rebalancer *rb, mr_role *role, const bool *alive, double now)
 {
     if (rb->period_s <= 0 || rb->disabled || rb->phase != MR_RB_IDLE) return;
-    if (now - rb->last_s < rb->period_s) return;
+    /* experts left without a live replica (an expert rank died): re-place
+     * them on the live ranks now, whatever the load says */
+    int orphan_layer = -1, orphan_expert = -1;
+    const bool recover = has_orphan(rb, alive, &orphan_layer, &orphan_expert);
+    if (!recover && now - rb->last_s < rb->period_s) return;
     rb->last_s = now;
     /* at least one token per expert and layer on average, else too noisy */
     const mr_config *c = rb->cfg;
     uint64_t min_tokens = (uint64_t)c->n_routed_experts *
                           (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace);
-    if (rb->window_tokens < min_tokens || rb->n_epochs == MR_RB_MAX_EPOCHS) return;
+    if ((!recover && rb->window_tokens < min_tokens) || rb->n_epochs == MR_RB_MAX_EPOCHS) return;
     const size_t cells = (size_t)c->num_hidden_layers * c->n_routed_experts;
     for (size_t i = 0; i < cells; i++) rb->smoothed[i] = rb->smoothed[i] / 2 + rb->window_load[i];
     mr_status st = build_next(rb, alive);
     double before = mr_rb_predicted_imbalance(c, &rb->current, rb->smoothed, rb->n_ranks);
     double after = st == MR_OK ? mr_rb_predicted_imbalance(c, &rb->next, rb->smoothed,
                                                            rb->n_ranks) : before;
-    close_window(rb, now);
+    close_window(rb, alive, now);
     if (st != MR_OK) {
         MR_WARN("rebalance: %s", mr_last_error());
         return;
     }
-    if (!(after < before * (1.0 - rb->min_gain))) {
+    if (recover) {
+        MR_WARN("rebalance: layer %d expert %d (and maybe more) has no live replica; re-placing "
+                "over the live expert ranks", orphan_layer, orphan_expert);
+    } else if (!(after < before * (1.0 - rb->min_gain))) {
         MR_DEBUG("rebalance: predicted imbalance %.3f -> %.3f, not worth an epoch", before, after);
         return;
     }
@@ -304,6 +334,7 @@ void mr_rb_tick(mr_rebalancer *rb, mr_role *role, const bool *alive, double now)
     ep->done_s = -1;
     ep->predicted_before = before;
     ep->predicted_after = after;
+    ep->recovery = recover;
     MR_INFO("rebalance epoch %llu: predicted expert-rank imbalance %.3f -> %.3f; preparing",
             (unsigned long long)ep->epoch, before, after);
     rb->phase = MR_RB_PREPARING;
@@ -417,9 +448,9 @@ void mr_rb_on_dead(mr_rebalancer *rb, mr_role *role, int rank, const bool *alive
     }
 }
 
-void mr_rb_finish(mr_rebalancer *rb, double now)
+void mr_rb_finish(mr_rebalancer *rb, const bool *alive, double now)
 {
-    close_window(rb, now);
+    close_window(rb, alive, now);
 }
 
 cJSON *mr_rb_json(const mr_rebalancer *rb)
@@ -443,6 +474,7 @@ cJSON *mr_rb_json(const mr_rebalancer *rb)
         cJSON_AddNumberToObject(j, "experts_loaded", e->experts_loaded);
         cJSON_AddNumberToObject(j, "experts_dropped", e->experts_dropped);
         cJSON_AddBoolToObject(j, "aborted", e->aborted);
+        cJSON_AddBoolToObject(j, "recovery", e->recovery);
         cJSON_AddStringToObject(j, "error", e->error);
         cJSON_AddItemToArray(eps, j);
     }
@@ -471,7 +503,8 @@ void mr_rb_print(const mr_rebalancer *rb, FILE *fp)
                     (unsigned long long)e->epoch, e->start_s,
                     e->done_s >= 0 ? e->done_s - e->start_s : -1.0, e->predicted_before,
                     e->predicted_after, e->experts_loaded, e->experts_dropped,
-                    e->aborted ? e->error : e->done_s < 0 ? "(unfinished)" : "");
+                    e->aborted ? e->error : e->done_s < 0 ? "(unfinished)"
+                                   : e->recovery ? "(recovery: experts of a dead rank)" : "");
         }
     }
     if (rb->n_windows) {

@@ -22,14 +22,18 @@
  *             step (between steps: no old dispatch is in flight); each acks;
  *   COMMIT  → every live expert rank drops what the new table does not give
  *             it; each acks; the epoch is done.
+ * Recovery: when an expert rank dies and some expert has no live replica
+ * left, the next tick runs an epoch at once (whatever the load or the gain)
+ * that places every expert over the live expert ranks, so requests after it
+ * are served again (those caught by the death still end with an error).
  * A PREPARE failure (or a dead expert rank) aborts the epoch: COMMIT carries
  * the old table, so ranks drop what they loaded and nothing else changed. A
  * SWITCH failure stops re-placement for the rest of the run (ranks keep
  * both sets: correct, only larger). Tokens never depend on the placement
  * (the engine's fixed combine), so outputs stay identical to generate's.
  *
- * Measured: each window's imbalance from what the ranks actually processed
- * (the same formula over per-rank, per-layer token counts), so the summary
+ * Measured: each window's imbalance from what the live ranks actually
+ * processed (the same formula over per-rank, per-layer token counts), so the summary
  * shows the balance before and after re-placement.
  *
  * Single-threaded, used by coordinator/main.c; sends through the role.
@@ -58,6 +62,7 @@ typedef struct mr_rb_epoch {
     double predicted_before, predicted_after;
     int experts_loaded, experts_dropped;
     bool aborted;
+    bool recovery;                     /* forced: experts had no live replica */
     char error[160];
 } mr_rb_epoch;
 
@@ -105,7 +110,7 @@ void mr_rb_on_ack(mr_rebalancer *rb, mr_role *role, int src, const Moerun__Place
                   const bool *alive, double now);
 void mr_rb_on_dead(mr_rebalancer *rb, mr_role *role, int rank, const bool *alive, double now);
 /* The run ended: close the last window. */
-void mr_rb_finish(mr_rebalancer *rb, double now);
+void mr_rb_finish(mr_rebalancer *rb, const bool *alive, double now);
 
 /* imbalance of `table` on load (layers, experts), as defined above. */
 double mr_rb_predicted_imbalance(const mr_config *cfg, const mr_placement *table,

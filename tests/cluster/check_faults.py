@@ -152,15 +152,99 @@ def check_kill(args, work, role):
     return failures
 
 
+def check_kill_recover(args, work):
+    """SIGKILL an expert rank while requests keep arriving, with live
+    re-placement on: requests caught by the death end with an error naming the
+    lost rank; the coordinator re-places the dead rank's experts on the live
+    expert ranks (a recovery epoch), and every request arriving 2 s after the
+    kill completes."""
+    synth(args.build, os.path.join(work, "model"))
+    req = os.path.join(work, "req.jsonl")
+    gap_ms, n = 30, 150
+    with open(req, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"r{i}", "prompt_ids": [(7 * i + j) % 256 for j in range(4 + i % 9)],
+                                "max_new_tokens": 24, "ignore_eos": True,
+                                "arrival_ms": i * gap_ms}) + "\n")
+    out, summ = os.path.join(work, "out.jsonl"), os.path.join(work, "summary.json")
+    cmd = [os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "1", "--decode", "1",
+           "--expert", "3", "--model", os.path.join(work, "model"), "--requests", req,
+           "--out", out, "--summary", summ, "--heartbeat-timeout", "10",
+           "--rebalance-period", "0.3", "--load-report-period", "0.1"]
+    log = open(os.path.join(work, "launcher.log"), "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launcher_env(args.build))
+    victim, t_ready, t_kill = None, None, None
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        log.seek(0)
+        if "ranks ready" in log.read():  # the coordinator's clock starts now
+            t_ready = time.time()
+            time.sleep(0.8)
+            pids = [p for p in subprocess.run(["pgrep", "-x", "moerun-expert"], capture_output=True,
+                                              text=True).stdout.split()
+                    if work in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
+            if pids:
+                victim = int(pids[0])
+                os.kill(victim, signal.SIGKILL)
+                t_kill = time.time()
+            break
+        time.sleep(0.02)
+    if victim is None:
+        proc.kill()
+        return ["no moerun-expert process to kill (cluster not ready in time)"]
+    try:
+        rc = proc.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return ["cluster still running 150 s after the expert rank was killed"]
+    log.seek(0)
+    print(log.read()[-4000:])
+    failures = []
+    if rc == 0:
+        failures.append("launcher exited 0 after a rank died")
+    results = {json.loads(x)["id"]: json.loads(x) for x in open(out)}
+    if len(results) != n:
+        failures.append(f"{len(results)} results for {n} requests")
+    kill_ms = (t_kill - t_ready) * 1e3
+    lost = late_ok = late = 0
+    for i in range(n):
+        res = results.get(f"r{i}")
+        if res is None:
+            continue
+        if res["finish_reason"] == "error":
+            lost += 1
+            if "lost expert rank" not in res["error"]:
+                failures.append(f"r{i}: error does not name the lost rank: {res['error']}")
+        if i * gap_ms >= kill_ms + 2000:
+            late += 1
+            late_ok += res["finish_reason"] == "length" and len(res["output_ids"]) == 24
+    summary = json.load(open(summ))
+    recovery = [e for e in summary.get("rebalance", {}).get("epochs", [])
+                if e.get("recovery") and not e.get("aborted") and e.get("done_s", -1) >= 0]
+    print(f"killed expert pid {victim} {kill_ms:.0f} ms after start; {lost} requests lost; "
+          f"{late_ok}/{late} requests arriving 2 s after the kill completed; "
+          f"{len(recovery)} recovery epoch(s)")
+    if lost == 0:
+        failures.append("no request was affected by the kill")
+    if not recovery:
+        failures.append("no completed recovery epoch in the summary")
+    if late == 0 or late_ok != late:
+        failures.append(f"only {late_ok} of {late} requests after the recovery completed")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True)
     ap.add_argument("--source", required=True)
-    ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode"])
+    ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
+                                     "kill-expert-recover"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
         if args.mode == "bad-input":
             failures = check_bad_input(args, work)
+        elif args.mode == "kill-expert-recover":
+            failures = check_kill_recover(args, work)
         else:
             failures = check_kill(args, work, args.mode.split("-")[1])
     for f in failures:
