@@ -58,12 +58,32 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, int
         uint8_t *buf = mr_bulk_pack_routed(MSG_DISPATCH, layer, d->step, h, D, K, expert_ids,
                                            d->route, n_slots, r, &size);
         if (!buf) return mr_fail(MR_ENOMEM, "dispatch: out of memory");
-        mr_status st = tp_send(d->role.tp, r, MSG_DISPATCH, buf, size);
-        free(buf);
+        /* zero-copy: buf stays ours until release_dispatches() flushed it */
+        d->send_bufs[r] = buf;
+        mr_status st = tp_send_nocopy(d->role.tp, r, MSG_DISPATCH, buf, size);
         if (st != MR_OK) return mr_fail_prefix(st, "dispatch to expert rank %d: ", r);
         (*n_pending)++;
     }
     return MR_OK;
+}
+
+/* The layer's dispatch buffers may be freed once their sends completed: the
+ * answers came back, so the flush only collects local completions (a dead
+ * peer's flush fails fast, its buffer is free as well). */
+static void release_dispatches(decode_state *d)
+{
+    const int n_ranks = tp_size(d->role.tp);
+    for (int r = 0; r < n_ranks; r++) {
+        if (!d->send_bufs[r]) continue;
+        mr_status st = tp_flush(d->role.tp, r, 2.0 * d->role.opts.heartbeat_timeout_s);
+        if (st == MR_ETIMEDOUT) {
+            /* still in flight: it must not be freed under UCX; declare the peer
+             * dead (its requests fail), then the buffer is ours again */
+            tp_declare_dead(d->role.tp, r, "dispatch send did not complete");
+        }
+        free(d->send_bufs[r]);
+        d->send_bufs[r] = NULL;
+    }
 }
 
 mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
@@ -109,6 +129,14 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
         }
     }
     free(answered);
+    if (st != MR_OK) { /* keep this layer's error, not a flush's */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", mr_last_error());
+        release_dispatches(d);
+        st = mr_fail(st, "%s", why);
+    } else {
+        release_dispatches(d);
+    }
     d->moe_wait_s += mr_now() - t0;
     return st;
 }

@@ -159,8 +159,21 @@ static void serve_layer(expert_state *x, int layer)
             size = mr_bulk_size(MSG_COMBINE, 0, D);
         }
         double ts = mr_now();
-        if (tp_send(x->role.tp, x->batch[i].src, MSG_COMBINE, replies[i], size) != MR_OK)
+        /* zero-copy: replies[i] stays ours until the flush below */
+        if (tp_send_nocopy(x->role.tp, x->batch[i].src, MSG_COMBINE, replies[i], size) != MR_OK)
             MR_WARN("answer to rank %d lost: %s", x->batch[i].src, mr_last_error());
+        x->role.transfer_s += mr_now() - ts;
+    }
+    /* the answers must have left before their buffers are freed */
+    for (int i = 0; replies && i < x->n_batch; i++) {
+        if (!replies[i]) continue;
+        bool first = true; /* one flush per destination */
+        for (int j = 0; j < i && first; j++) first = !(replies[j] && x->batch[j].src == x->batch[i].src);
+        if (!first) continue;
+        double ts = mr_now();
+        mr_status fst = tp_flush(x->role.tp, x->batch[i].src, 2.0 * x->role.opts.heartbeat_timeout_s);
+        if (fst == MR_ETIMEDOUT)
+            tp_declare_dead(x->role.tp, x->batch[i].src, "combine send did not complete");
         x->role.transfer_s += mr_now() - ts;
     }
 done:

@@ -61,23 +61,29 @@ static double experts_held(const mr_config *c, int ep_gpus)
     return ceil((double)c->n_routed_experts / ep_gpus);
 }
 
-void mr_cap_layer_work(const mr_cap_model *m, int ep_gpus, bool moe, const mr_cap_batch *b,
-                       mr_cap_work *w)
+/* Attention of one layer: projections in the weight dtype, the core in bf16. */
+static void attention_work(const mr_cap_model *m, const mr_cap_batch *b, mr_cap_work *w)
 {
     const mr_config *c = m->cfg;
-    const double ws = weight_scale_bytes(m), T = b->tokens, pairs = b->attn_pairs;
-    const double D = c->hidden_size, H = c->num_attention_heads, C = c->kv_lora_rank;
-    const double R = c->qk_rope_head_dim, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
-    const double attn = mr_cap_attn_params(c);
+    const double T = b->tokens, pairs = b->attn_pairs, H = c->num_attention_heads;
+    const double C = c->kv_lora_rank, R = c->qk_rope_head_dim, nope = c->qk_nope_head_dim;
+    const double vd = c->v_head_dim, attn = mr_cap_attn_params(c);
     memset(w, 0, sizeof *w);
-
-    /* attention: projections in the weight dtype, the core in bf16 */
-    w->hbm_bytes = attn * ws + b->kv_rows * mr_config_latent_dim(c) * m->dep.kv_bytes;
+    w->hbm_bytes = attn * weight_scale_bytes(m) +
+                   b->kv_rows * mr_config_latent_dim(c) * m->dep.kv_bytes;
     w->gemm_flops = 2.0 * T * attn;
     if (b->phase == MR_CAP_DECODE) /* absorbed: scores over C + R, values over C */
         w->bf16_flops = H * pairs * (4.0 * C + 2.0 * R);
     else /* expanded per head: QK over nope + rope, PV over v_head */
         w->bf16_flops = 2.0 * H * pairs * (nope + R) + 2.0 * H * pairs * vd;
+}
+
+void mr_cap_layer_work(const mr_cap_model *m, int ep_gpus, bool moe, const mr_cap_batch *b,
+                       mr_cap_work *w)
+{
+    const mr_config *c = m->cfg;
+    const double ws = weight_scale_bytes(m), T = b->tokens, D = c->hidden_size;
+    attention_work(m, b, w);
 
     if (!moe) {
         const double mlp = 3.0 * D * c->intermediate_size;
@@ -115,16 +121,22 @@ void mr_cap_head_work(const mr_cap_model *m, const mr_cap_batch *b, mr_cap_work 
     w->bf16_flops = 2.0 * b->logits_rows * vd;
 }
 
-double mr_cap_work_s(const mr_cap_model *m, const mr_cap_work *w)
+void mr_cap_work_terms(const mr_cap_model *m, const mr_cap_work *w, mr_cap_terms *out)
 {
     const mr_cap_hw *hw = &m->hw;
     const double eff = m->dep.efficiency, link = m->dep.link_efficiency;
     const double gemm_peak = m->dep.weight_bytes == 1 ? hw->fp8_flops_per_s : hw->bf16_flops_per_s;
-    const double mem = w->hbm_bytes / (hw->hbm_bytes_per_s * eff);
-    const double math = (w->gemm_flops / gemm_peak + w->bf16_flops / hw->bf16_flops_per_s) / eff;
-    const double nvl = w->nvlink_bytes / (hw->nvlink_bytes_per_s * link);
-    const double net = w->net_bytes / (hw->net_bytes_per_s * link);
-    return fmax(fmax(mem, math), fmax(nvl, net));
+    out->hbm_s = w->hbm_bytes / (hw->hbm_bytes_per_s * eff);
+    out->math_s = (w->gemm_flops / gemm_peak + w->bf16_flops / hw->bf16_flops_per_s) / eff;
+    out->nvlink_s = w->nvlink_bytes / (hw->nvlink_bytes_per_s * link);
+    out->net_s = w->net_bytes / (hw->net_bytes_per_s * link);
+}
+
+double mr_cap_work_s(const mr_cap_model *m, const mr_cap_work *w)
+{
+    mr_cap_terms t;
+    mr_cap_work_terms(m, w, &t);
+    return fmax(fmax(t.hbm_s, t.math_s), fmax(t.nvlink_s, t.net_s));
 }
 
 double mr_cap_forward_s(const mr_cap_model *m, int ep_gpus, const mr_cap_batch *b)
@@ -144,7 +156,9 @@ double mr_cap_forward_s(const mr_cap_model *m, int ep_gpus, const mr_cap_batch *
     return t + mr_cap_work_s(m, &w);
 }
 
-double mr_cap_weight_bytes_per_gpu(const mr_cap_model *m, int ep_gpus)
+/* Weights of a GPU that holds `held` routed experts per MoE layer and every
+ * non-expert weight (held = 0: an attention node of the disaggregated layout). */
+static double weight_bytes_holding(const mr_cap_model *m, double held)
 {
     const mr_config *c = m->cfg;
     const double ws = weight_scale_bytes(m), D = c->hidden_size, E = c->n_routed_experts;
@@ -153,9 +167,14 @@ double mr_cap_weight_bytes_per_gpu(const mr_cap_model *m, int ep_gpus)
     const double attn = mr_cap_attn_params(c) * ws;
     const double dense_layer = attn + 3.0 * D * c->intermediate_size * ws;
     const double moe_layer = attn + E * D * 2.0 + c->n_shared_experts * expert * ws +
-                             experts_held(c, ep_gpus) * expert * ws;
+                             held * expert * ws;
     const double embed_head = 2.0 * 2.0 * c->vocab_size * D; /* bf16 embedding + lm_head */
     return dense * dense_layer + moe * moe_layer + embed_head;
+}
+
+double mr_cap_weight_bytes_per_gpu(const mr_cap_model *m, int ep_gpus)
+{
+    return weight_bytes_holding(m, experts_held(m->cfg, ep_gpus));
 }
 
 double mr_cap_kv_bytes_per_token(const mr_cap_model *m)
@@ -168,6 +187,52 @@ double mr_cap_kv_batch_limit(const mr_cap_model *m, int ep_gpus, double context)
     double free_bytes = m->dep.mem_util * m->hw.hbm_bytes - mr_cap_weight_bytes_per_gpu(m, ep_gpus);
     if (free_bytes <= 0) return 0;
     return floor(free_bytes / (mr_cap_kv_bytes_per_token(m) * fmax(context, 1.0)));
+}
+
+/* ---- attention-FFN disaggregation (the search is in capacity_afd.c) -------- */
+
+double mr_cap_afd_net_bytes_per_token(const mr_cap_model *m)
+{
+    const mr_config *c = m->cfg;
+    return c->num_experts_per_tok * (double)c->hidden_size * (m->dep.weight_bytes + 2.0);
+}
+
+void mr_cap_afd_layer_work(const mr_cap_model *m, int attn_gpus, int expert_gpus, bool moe,
+                           const mr_cap_batch *b, mr_cap_work *attn, mr_cap_work *experts)
+{
+    const mr_config *c = m->cfg;
+    memset(experts, 0, sizeof *experts);
+    if (!moe) { /* dense layers run on the attention GPUs as in DP attention */
+        mr_cap_layer_work(m, 1, false, b, attn);
+        return;
+    }
+    const double ws = weight_scale_bytes(m), T = b->tokens, D = c->hidden_size;
+    const double E = c->n_routed_experts, K = c->num_experts_per_tok;
+    const double expert = expert_params(c), shared = c->n_shared_experts * expert;
+    attention_work(m, b, attn);
+    attn->hbm_bytes += E * D * 2.0 /* router, bf16 */ + shared * ws;
+    attn->bf16_flops += 2.0 * T * E * D;
+    attn->gemm_flops += 2.0 * T * shared;
+    attn->net_bytes = T * mr_cap_afd_net_bytes_per_token(m);
+
+    /* the expert GPUs see every attention GPU's tokens, K rows each */
+    const double tokens = (double)attn_gpus * T, rows = tokens * K / expert_gpus;
+    const double touched = 1.0 - pow(1.0 - K / E, tokens);
+    experts->hbm_bytes = experts_held(c, expert_gpus) * touched * expert * ws;
+    experts->gemm_flops = 2.0 * rows * expert;
+    experts->net_bytes = rows * D * (m->dep.weight_bytes + 2.0);
+}
+
+double mr_cap_afd_attn_weight_bytes(const mr_cap_model *m)
+{
+    return weight_bytes_holding(m, 0);
+}
+
+double mr_cap_afd_expert_weight_bytes(const mr_cap_model *m, int expert_gpus)
+{
+    const mr_config *c = m->cfg;
+    const int moe = c->num_hidden_layers - n_dense_layers(c);
+    return moe * experts_held(c, expert_gpus) * expert_params(c) * weight_scale_bytes(m);
 }
 
 double mr_cap_decode_step_s(const mr_cap_model *m, int ep_gpus, double batch, double context)

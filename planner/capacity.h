@@ -65,6 +65,34 @@
  *    nodes form one EP group of all decode nodes (default) or groups of
  *    decode_ep_nodes. The answer is the smallest count meeting the target;
  *    the prefill search assumes TTFT p90 does not grow with more nodes.
+ *  - Decode layouts: the decode answer above is "EP on decode" (every decode
+ *    GPU runs DP attention and holds a share of the routed experts). It is
+ *    compared with attention–FFN disaggregation (AFD): A attention GPUs
+ *    (attention nodes × gpus_per_node) run DP attention, the dense layers,
+ *    router, shared experts and lm_head, hold every non-expert weight, and
+ *    give the rest of mem_util · HBM to KV; X expert GPUs (expert nodes ×
+ *    gpus_per_node) hold only routed experts, ceil(E / X) per MoE layer each
+ *    (they fit when that is < mem_util · HBM; no KV there). Per MoE layer
+ *    every token's K rows cross the scale-out network to the expert GPUs and
+ *    back (attention and expert GPUs sit on different nodes: no NVLink): a
+ *    copy is D values out in the weight dtype and D bf16 values back, both
+ *    added on one link direction as the EP model does. An expert GPU serves
+ *    all A·b tokens of a step (b per attention GPU): A·b·K / X rows (EPLB
+ *    balanced), and reads a held expert with probability 1 − (1 − K/E)^(A·b).
+ *    MoE layer time = max(t_attn + t_experts, t_net): t_attn and t_experts
+ *    are max(HBM, math) of an attention GPU (attention + router + shared
+ *    expert) and of an expert GPU; t_net is the busier NIC (an attention GPU
+ *    sends b·K copies, an expert GPU A·b·K / X). Communication hides behind
+ *    compute when shorter (two micro-batches, as assumed for EP), but a
+ *    layer's attention and expert compute do not overlap each other (no
+ *    ping-pong pipelining of micro-batches across the two tiers is credited:
+ *    conservative for AFD). Dense layers and lm_head as in EP. The search
+ *    tries expert nodes from the fewest that hold the experts up to
+ *    max(64, 4 × that) (and --max-nodes), the fewest attention nodes for
+ *    each (exponential then binary search: meeting the target is monotone in
+ *    attention nodes), and keeps the fewest total nodes (ties: lower TPOT).
+ *    The winner is the layout with fewer total nodes among those that meet
+ *    the target; a tie goes to EP on decode (one tier fewer to run).
  */
 #ifndef MR_CAPACITY_H
 #define MR_CAPACITY_H
@@ -173,6 +201,12 @@ void mr_cap_layer_work(const mr_cap_model *m, int ep_gpus, bool moe, const mr_ca
                        mr_cap_work *out);
 /* Final lm_head (bf16 V×D); nothing when b->logits_rows == 0. */
 void mr_cap_head_work(const mr_cap_model *m, const mr_cap_batch *b, mr_cap_work *out);
+/* The roofline's terms of one work item, seconds. */
+typedef struct mr_cap_terms {
+    double hbm_s, math_s, nvlink_s, net_s;
+} mr_cap_terms;
+
+void mr_cap_work_terms(const mr_cap_model *m, const mr_cap_work *w, mr_cap_terms *out);
 /* Roofline time of w: max(bytes, FLOPs, links) as in the contract above. */
 double mr_cap_work_s(const mr_cap_model *m, const mr_cap_work *w);
 /* Every layer + head. */
@@ -198,6 +232,22 @@ double mr_cap_prefill_node_tok_s(const mr_cap_model *m, int ep_gpus, double mean
 /* Smallest power-of-two node count (<= 64) whose EP group holds the
  * weights; MR_EINVAL (naming the bytes) when none does. */
 mr_status mr_cap_min_ep_nodes(const mr_cap_model *m, int *nodes);
+
+/* ---- attention-FFN disaggregation: costs (capacity.c) --------------------- */
+
+/* Bytes one token moves over the network per MoE layer: K copies of D
+ * values dispatched in the weight dtype plus D bf16 values combined. */
+double mr_cap_afd_net_bytes_per_token(const mr_cap_model *m);
+/* Layer `moe` (else dense) of a decode or prefill batch b of one attention
+ * GPU, with attn_gpus attention GPUs (each with batch b) and expert_gpus
+ * expert GPUs: *attn is what one attention GPU does (dense layers: all of
+ * it), *experts what one expert GPU does (zero for dense layers). */
+void mr_cap_afd_layer_work(const mr_cap_model *m, int attn_gpus, int expert_gpus, bool moe,
+                           const mr_cap_batch *b, mr_cap_work *attn, mr_cap_work *experts);
+/* Weights an attention GPU holds: everything but the routed experts. */
+double mr_cap_afd_attn_weight_bytes(const mr_cap_model *m);
+/* Routed-expert weights an expert GPU holds with expert_gpus of them. */
+double mr_cap_afd_expert_weight_bytes(const mr_cap_model *m, int expert_gpus);
 
 /* ---- trace, simulation, search ------------------------------------------- */
 
@@ -243,6 +293,89 @@ typedef struct mr_cap_decode_row {
 mr_status mr_cap_decode_evaluate(const mr_cap_model *m, const mr_cap_trace_stats *t, int nodes,
                                  double tpot_target_ms, mr_cap_decode_row *out);
 
+/* ---- decode layouts: EP on decode vs attention-FFN disaggregation --------
+ * (capacity_afd.c; the model is at the top of this header) */
+
+typedef enum { MR_CAP_LAYOUT_NONE, MR_CAP_LAYOUT_EP, MR_CAP_LAYOUT_AFD } mr_cap_layout;
+
+/* What stops the layout from using one node fewer (one attention node fewer
+ * for AFD; one expert node fewer when it has a single attention node). */
+typedef enum {
+    MR_CAP_BIND_WEIGHTS, /* the weights would not fit */
+    MR_CAP_BIND_KV,      /* overloaded at the KV-memory batch limit (whose step meets TPOT) */
+    MR_CAP_BIND_BATCH,   /* overloaded at --decode-max-batch (whose step meets TPOT) */
+    /* the TPOT target, through the largest share of that smaller layout's step: */
+    MR_CAP_BIND_HBM,
+    MR_CAP_BIND_COMPUTE,
+    MR_CAP_BIND_NVLINK,
+    MR_CAP_BIND_NETWORK
+} mr_cap_bind;
+
+/* A decode step's time by resource: every layer's time goes to the term
+ * that sets it (an AFD MoE layer's to net_s when the network is the longer,
+ * else its attention part and its expert part each to their larger term).
+ * The fields add up to the step time; expert_s is the part of hbm_s +
+ * math_s spent on AFD expert GPUs. */
+typedef struct mr_cap_split {
+    double hbm_s, math_s, nvlink_s, net_s;
+    double expert_s;
+} mr_cap_split;
+
+/* Decode step of the AFD layout: batch sequences of `context` tokens on each
+ * of attn_gpus attention GPUs, expert_gpus expert GPUs; split may be NULL. */
+double mr_cap_afd_step_s(const mr_cap_model *m, int attn_gpus, int expert_gpus, double batch,
+                         double context, mr_cap_split *split);
+/* mr_cap_decode_step_s (EP on decode) with its split. */
+double mr_cap_decode_step_split(const mr_cap_model *m, int ep_gpus, double batch, double context,
+                                mr_cap_split *split);
+
+/* One layout at one size, at the trace's decode demand. */
+typedef struct mr_cap_layout_row {
+    mr_cap_layout layout;
+    int nodes;             /* EP: decode nodes; AFD: attention nodes; 0: none found */
+    int expert_nodes;      /* AFD; 0 for EP */
+    double batch_per_gpu;  /* sequences per decode (attention) GPU for the demanded rate */
+    double batch_limit;    /* min(decode_max_batch, KV memory); 0: the weights do not fit */
+    double tpot_ms;        /* step time at batch_per_gpu (batch_limit when overloaded) */
+    double utilization;    /* demanded rate / the rate at batch_limit */
+    double tok_s_per_node; /* demanded output tok/s / all of the layout's nodes */
+    bool overloaded, meets;
+    mr_cap_bind binds;     /* answers only */
+    mr_cap_split split;    /* the step at batch_per_gpu */
+} mr_cap_layout_row;
+
+/* The AFD layout with attn_nodes attention and expert_nodes expert nodes. */
+mr_status mr_cap_afd_evaluate(const mr_cap_model *m, const mr_cap_trace_stats *t, int attn_nodes,
+                              int expert_nodes, double tpot_target_ms, mr_cap_layout_row *out);
+
+typedef struct mr_cap_layouts {
+    mr_cap_layout_row ep;   /* EP on decode at the decode answer; nodes 0: none */
+    mr_cap_layout_row afd;  /* the cheapest AFD pair; nodes 0: none in the search */
+    mr_cap_layout winner;   /* fewer total nodes of those that meet; tie: EP; NONE: neither */
+    double afd_attn_weight_bytes;   /* per attention GPU */
+    double afd_expert_weight_bytes; /* per expert GPU at the answer (else at the fewest) */
+    double afd_attn_batch_limit;    /* min(decode_max_batch, KV memory) per attention GPU */
+    double afd_net_bytes_per_token; /* per MoE layer */
+    int afd_min_expert_nodes;       /* fewest expert nodes holding the experts; 0: never */
+    int afd_max_expert_nodes;       /* the search's limit */
+} mr_cap_layouts;
+
+/* Fill out for the trace's decode demand at tpot_ms: the EP row at
+ * ep_nodes (the decode answer, 0 for none; re-evaluated, so a count that
+ * misses the target is never the winner) and the AFD search. */
+mr_status mr_cap_layouts_compare(const mr_cap_model *m, const mr_cap_trace_stats *t,
+                                 double tpot_ms, int ep_nodes, mr_cap_layouts *out);
+/* Total nodes of a row (0 when it has none). */
+int mr_cap_layout_total_nodes(const mr_cap_layout_row *r);
+/* "EP on decode", "disaggregated", "none". */
+const char *mr_cap_layout_name(mr_cap_layout layout);
+/* What stops one node fewer, in words: "weights", "expert weights", "KV
+ * memory", "batch cap", "HBM bandwidth", "compute", "NVLink", "network". */
+const char *mr_cap_bind_name(const mr_cap_layout_row *r);
+/* What binds and where the row's own step goes, for the table:
+ * e.g. "KV memory; step 71% HBM, 29% network". */
+void mr_cap_layout_note(const mr_cap_layout_row *r, char *buf, size_t cap);
+
 typedef struct mr_cap_plan {
     mr_cap_trace_stats trace;
     double rate_scale, ttft_p90_ms, tpot_p90_ms;
@@ -269,6 +402,8 @@ typedef struct mr_cap_plan {
     double ref_prefill_node_tok_s;
     double ref_decode_node_tok_s;
     int ref_decode_batch;
+
+    mr_cap_layouts layouts; /* decode layout comparison at the decode answer */
 } mr_cap_plan;
 
 /* The whole plan: trace statistics, both searches, candidate rows around

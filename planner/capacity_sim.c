@@ -429,5 +429,5 @@ mr_status mr_cap_plan_run(const mr_cap_model *m, const mr_cap_request *reqs, int
     p->ref_decode_batch = mr_cap_decode_capacity(m, MR_CAP_DEEPSEEK_DECODE_EP,
                                                  p->trace.decode_context, tpot_p90_ms,
                                                  &p->ref_decode_node_tok_s);
-    return MR_OK;
+    return mr_cap_layouts_compare(m, &p->trace, tpot_p90_ms, p->decode_nodes, &p->layouts);
 }
