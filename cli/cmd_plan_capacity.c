@@ -13,6 +13,7 @@
 #include "../common/fileio.h"
 #include "../model/config.h"
 #include "../planner/capacity.h"
+#include "../planner/capacity_report.h"
 #include "../planner/trace.h"
 #include "commands.h"
 #include "mr_build_config.h"
@@ -26,7 +27,8 @@ static int cap_usage(FILE *out, int code)
             "                            --ttft-p90-ms MS --tpot-p90-ms MS [options]\n"
             "Prefill and decode node counts for a request trace at TTFT / TPOT p90 targets: a\n"
             "roofline cost model from the config's shapes and the GPU's spec sheet, a discrete-\n"
-            "event simulation of prefill, Little's law for decode (docs/CAPACITY.md).\n"
+            "event simulation of prefill, Little's law for decode, and which decode layout\n"
+            "needs fewer nodes: EP on decode or separate expert nodes (docs/CAPACITY.md).\n"
             "  --trace FILE             Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or\n"
             "                           Mooncake jsonl (timestamp ms, input_length,\n"
             "                           output_length)\n"
@@ -305,57 +307,6 @@ static void cap_print_answer(const cap_report *r)
            published, "-", cap_k(MR_CAP_DEEPSEEK_DECODE_TOK_S, a, sizeof a));
 }
 
-static void cap_print_layouts(const cap_report *r)
-{
-    const mr_cap_layouts *l = &r->p->layouts;
-    printf("\n## decode layout: EP on decode (DP attention + routed experts on every decode GPU) vs "
-           "disaggregated (attention nodes + separate expert nodes, all-to-all over the network)\n");
-    printf("## disaggregated: attention GPUs hold %.1f GB of non-expert weights + KV (batch limit "
-           "%.0f); expert GPUs hold only routed experts, ", l->afd_attn_weight_bytes / 1e9,
-           l->afd_attn_batch_limit);
-    if (l->afd_min_expert_nodes)
-        printf("fit from %d node%s (%.1f GB per GPU at the answer), %d to %d expert nodes "
-               "searched\n", l->afd_min_expert_nodes, l->afd_min_expert_nodes > 1 ? "s" : "",
-               l->afd_expert_weight_bytes / 1e9, l->afd_min_expert_nodes,
-               l->afd_max_expert_nodes);
-    else
-        printf("never fit within %d nodes\n", r->m->dep.max_nodes);
-    printf("## %.1f KB per token per MoE layer over the network (K copies: %s dispatch + bf16 "
-           "combine); MoE layer time = max(attention + experts, network)\n",
-           l->afd_net_bytes_per_token / 1e3, cap_dtype_name(r->m->dep.weight_bytes));
-    printf("## winner: fewer total nodes meeting TPOT p90; a tie goes to EP on decode; binds: "
-           "what stops one node fewer; step: where the step's time goes\n");
-    printf("# %-14s %11s %7s %6s %10s %9s %15s  %s\n", "layout", "attn/decode", "expert", "total",
-           "batch/GPU", "TPOT(ms)", "out-tok/s/node", "binds");
-    const mr_cap_layout_row *rows[2] = {&l->ep, &l->afd};
-    for (int i = 0; i < 2; i++) {
-        const mr_cap_layout_row *w = rows[i];
-        char note[160], expert[16];
-        if (!w->nodes) {
-            printf("  %-14s %11s %7s %6s %10s %9s %15s  none up to the search limit meets TPOT "
-                   "p90 <= %g ms\n", mr_cap_layout_name(w->layout), "-", "-", "-", "-", "-", "-",
-                   r->p->tpot_p90_ms);
-            continue;
-        }
-        mr_cap_layout_note(w, note, sizeof note);
-        snprintf(expert, sizeof expert, w->expert_nodes ? "%d" : "-", w->expert_nodes);
-        printf("  %-14s %11d %7s %6d %10.2f %9.2f %15.0f  %s\n", mr_cap_layout_name(w->layout),
-               w->nodes, expert, mr_cap_layout_total_nodes(w), w->batch_per_gpu, w->tpot_ms,
-               w->tok_s_per_node, note);
-    }
-    const mr_cap_layout_row *win = l->winner == MR_CAP_LAYOUT_AFD ? &l->afd : &l->ep;
-    const mr_cap_layout_row *other = l->winner == MR_CAP_LAYOUT_AFD ? &l->ep : &l->afd;
-    if (l->winner == MR_CAP_LAYOUT_NONE)
-        printf("decode layout: none (neither meets TPOT p90 <= %g ms at the trace's rate)\n",
-               r->p->tpot_p90_ms);
-    else if (other->nodes && other->meets)
-        printf("decode layout: %s (%d nodes vs %d)\n", mr_cap_layout_name(l->winner),
-               mr_cap_layout_total_nodes(win), mr_cap_layout_total_nodes(other));
-    else
-        printf("decode layout: %s (%d nodes vs none)\n", mr_cap_layout_name(l->winner),
-               mr_cap_layout_total_nodes(win));
-}
-
 static void cap_print_assumptions(const cap_report *r)
 {
     const mr_cap_deploy *d = &r->m->dep;
@@ -451,51 +402,6 @@ static cJSON *cap_json_decode(const cap_report *r)
     return o;
 }
 
-static cJSON *cap_json_layout_row(const mr_cap_layout_row *w)
-{
-    cJSON *j = cJSON_CreateObject();
-    if (!w->nodes) {
-        cJSON_AddNullToObject(j, "total_nodes");
-        return j;
-    }
-    cJSON_AddNumberToObject(j, w->layout == MR_CAP_LAYOUT_AFD ? "attention_nodes" : "decode_nodes",
-                            w->nodes);
-    if (w->layout == MR_CAP_LAYOUT_AFD) cJSON_AddNumberToObject(j, "expert_nodes", w->expert_nodes);
-    cJSON_AddNumberToObject(j, "total_nodes", mr_cap_layout_total_nodes(w));
-    cJSON_AddNumberToObject(j, "batch_per_gpu", w->batch_per_gpu);
-    cJSON_AddNumberToObject(j, "batch_limit", w->batch_limit);
-    cJSON_AddNumberToObject(j, "tpot_ms", w->tpot_ms);
-    cJSON_AddNumberToObject(j, "tok_s_per_node", w->tok_s_per_node);
-    cJSON_AddBoolToObject(j, "meets", w->meets);
-    cJSON_AddStringToObject(j, "binds", mr_cap_bind_name(w));
-    cJSON *s = cJSON_AddObjectToObject(j, "step_ms");
-    cJSON_AddNumberToObject(s, "hbm", 1e3 * w->split.hbm_s);
-    cJSON_AddNumberToObject(s, "compute", 1e3 * w->split.math_s);
-    cJSON_AddNumberToObject(s, "nvlink", 1e3 * w->split.nvlink_s);
-    cJSON_AddNumberToObject(s, "network", 1e3 * w->split.net_s);
-    cJSON_AddNumberToObject(s, "on_expert_gpus", 1e3 * w->split.expert_s);
-    return j;
-}
-
-static cJSON *cap_json_layouts(const cap_report *r)
-{
-    const mr_cap_layouts *l = &r->p->layouts;
-    cJSON *o = cJSON_CreateObject();
-    if (l->winner == MR_CAP_LAYOUT_NONE) cJSON_AddNullToObject(o, "winner");
-    else cJSON_AddStringToObject(o, "winner", l->winner == MR_CAP_LAYOUT_EP ? "ep_on_decode"
-                                                                           : "disaggregated");
-    cJSON_AddItemToObject(o, "ep_on_decode", cap_json_layout_row(&l->ep));
-    cJSON *a = cap_json_layout_row(&l->afd);
-    cJSON_AddItemToObject(o, "disaggregated", a);
-    cJSON_AddNumberToObject(a, "attention_weights_gb_per_gpu", l->afd_attn_weight_bytes / 1e9);
-    cJSON_AddNumberToObject(a, "attention_batch_limit", l->afd_attn_batch_limit);
-    cJSON_AddNumberToObject(a, "expert_weights_gb_per_gpu", l->afd_expert_weight_bytes / 1e9);
-    cJSON_AddNumberToObject(a, "min_expert_nodes", l->afd_min_expert_nodes);
-    cJSON_AddNumberToObject(a, "max_expert_nodes_searched", l->afd_max_expert_nodes);
-    cJSON_AddNumberToObject(a, "net_bytes_per_token_per_moe_layer", l->afd_net_bytes_per_token);
-    return o;
-}
-
 /* The inputs: GPU profile, deployment, trace statistics, into object o. */
 static void cap_json_inputs(const cap_report *r, cJSON *o)
 {
@@ -551,7 +457,7 @@ static int cap_write_json(const cap_report *r)
     cJSON_AddNumberToObject(tg, "tpot_p90_ms", p->tpot_p90_ms);
     cJSON_AddItemToObject(root, "prefill", cap_json_prefill(r));
     cJSON_AddItemToObject(root, "decode", cap_json_decode(r));
-    cJSON_AddItemToObject(root, "decode_layouts", cap_json_layouts(r));
+    cJSON_AddItemToObject(root, "decode_layouts", mr_cap_layouts_json(r->m, p));
     if (p->prefill_nodes && p->decode_nodes)
         cJSON_AddNumberToObject(root, "total_nodes", p->prefill_nodes + p->decode_nodes);
     else
@@ -613,7 +519,7 @@ int mr_cmd_plan_capacity(int argc, char **argv)
     cap_print_prefill(&r);
     cap_print_decode(&r);
     cap_print_answer(&r);
-    cap_print_layouts(&r);
+    mr_cap_print_layouts(stdout, &m, &plan);
     cap_print_assumptions(&r);
     int rc = o.json ? cap_write_json(&r) : 0;
     mr_trace_free(&trace);

@@ -12,6 +12,7 @@
 #include "common/timer.h"
 #include "model/synth.h"
 #include "runtime/placement.h"
+#include "prepare.h"
 #include "runtime/role.h"
 
 typedef struct expert_state {
@@ -22,6 +23,7 @@ typedef struct expert_state {
     double last_report;
     tp_msg *batch;           /* dispatches waiting to be served */
     int n_batch, cap_batch;
+    ex_prepare prepare;      /* a re-placement PREPARE loading in the background */
 } expert_state;
 
 static bool holds(void *ctx, int layer, int expert)
@@ -43,7 +45,20 @@ static bool in_table(void *ctx, int layer, int expert)
     return mr_placement_holds(t->p, layer, expert, t->rank);
 }
 
-/* PREPARE: load what the new table gives this rank (keep everything held).
+/* A background PREPARE finished loading: adopt its experts, ack. */
+static void finish_prepare(expert_state *x, bool ack)
+{
+    int loaded = 0;
+    uint64_t epoch = x->prepare.epoch;
+    mr_status st = ex_prepare_finish(&x->prepare, &x->role, &loaded);
+    if (st != MR_OK) MR_WARN("placement epoch %llu: %s", (unsigned long long)epoch, mr_last_error());
+    if (ack)
+        mr_role_send_placement_ack(&x->role, epoch, MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE,
+                                   st == MR_OK ? NULL : mr_last_error(), loaded, 0);
+}
+
+/* PREPARE: load what the new table gives this rank in the background (keep
+ * serving everything held); the ack follows when the load is adopted.
  * COMMIT: the table in force; drop what it does not give this rank. */
 static void on_placement(expert_state *x, const Moerun__Placement *pf)
 {
@@ -57,8 +72,16 @@ static void on_placement(expert_state *x, const Moerun__Placement *pf)
     }
     placed_on t = {&table, x->role.rank};
     if (pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_PREPARE) {
-        st = mr_role_add_experts(&x->role, in_table, &t, &loaded);
+        if (x->prepare.running) finish_prepare(x, false); /* superseded */
+        st = ex_prepare_start(&x->prepare, &x->role, &table, pf->epoch);
+        if (st == MR_OK) {
+            MR_INFO("placement epoch %llu: loading in the background", (unsigned long long)pf->epoch);
+            return; /* acked by finish_prepare */
+        }
     } else if (pf->phase == MOERUN__PLACEMENT_PHASE__PLACEMENT_COMMIT) {
+        /* an aborted epoch may commit while our load still runs: wait for it,
+         * so what it loaded is dropped below like everything else not kept */
+        if (x->prepare.running) finish_prepare(x, false);
         mr_role_drop_experts(&x->role, in_table, &t, &dropped);
         mr_placement_free(&x->placement);
         x->placement = table; /* moved */
@@ -280,15 +303,18 @@ int main(int argc, char **argv)
             handle_message(&x, &m);
             tp_msg_free(&m);
         }
+        if (ex_prepare_done(&x.prepare)) finish_prepare(&x, true);
         if (x.n_batch) serve_batch(&x);
         if (x.load_dirty && mr_now() - x.last_report > x.role.opts.load_report_period_s)
             send_load_report(&x);
-        if (!got && !x.n_batch && !x.role.shutdown) mr_role_idle(&x.role, 0.5);
+        if (!got && !x.n_batch && !x.role.shutdown)
+            mr_role_idle(&x.role, x.prepare.running ? 0.01 : 0.5); /* poll the load */
     }
     if (st == MR_OK && tp_peer_alive(x.role.tp, x.role.coordinator)) {
         if (x.load_dirty) send_load_report(&x);
         mr_role_send_stats(&x.role);
     }
+    if (x.prepare.running) finish_prepare(&x, false);
     for (int i = 0; i < x.n_batch; i++) tp_msg_free(&x.batch[i]);
     free(x.batch);
     free(x.load);

@@ -302,6 +302,7 @@ typedef enum { MR_CAP_LAYOUT_NONE, MR_CAP_LAYOUT_EP, MR_CAP_LAYOUT_AFD } mr_cap_
  * for AFD; one expert node fewer when it has a single attention node). */
 typedef enum {
     MR_CAP_BIND_WEIGHTS, /* the weights would not fit */
+    MR_CAP_BIND_GROUP,   /* EP: already one group of decode_ep_nodes nodes */
     MR_CAP_BIND_KV,      /* overloaded at the KV-memory batch limit (whose step meets TPOT) */
     MR_CAP_BIND_BATCH,   /* overloaded at --decode-max-batch (whose step meets TPOT) */
     /* the TPOT target, through the largest share of that smaller layout's step: */
@@ -365,16 +366,9 @@ typedef struct mr_cap_layouts {
  * misses the target is never the winner) and the AFD search. */
 mr_status mr_cap_layouts_compare(const mr_cap_model *m, const mr_cap_trace_stats *t,
                                  double tpot_ms, int ep_nodes, mr_cap_layouts *out);
-/* Total nodes of a row (0 when it has none). */
+/* Total nodes of a row (0 when it has none). Names and notes for printing
+ * are in capacity_report.h. */
 int mr_cap_layout_total_nodes(const mr_cap_layout_row *r);
-/* "EP on decode", "disaggregated", "none". */
-const char *mr_cap_layout_name(mr_cap_layout layout);
-/* What stops one node fewer, in words: "weights", "expert weights", "KV
- * memory", "batch cap", "HBM bandwidth", "compute", "NVLink", "network". */
-const char *mr_cap_bind_name(const mr_cap_layout_row *r);
-/* What binds and where the row's own step goes, for the table:
- * e.g. "KV memory; step 71% HBM, 29% network". */
-void mr_cap_layout_note(const mr_cap_layout_row *r, char *buf, size_t cap);
 
 typedef struct mr_cap_plan {
     mr_cap_trace_stats trace;

@@ -283,7 +283,7 @@ mr_status mr_cap_layouts_compare(const mr_cap_model *m, const mr_cap_trace_stats
         const int fewer_nodes = ep_nodes - (u > 0 ? u : 1);
         mr_cap_layout_row fewer = {.batch_limit = 0};
         if (fewer_nodes >= 1) MR_TRY(ep_evaluate(m, t, fewer_nodes, tpot_ms, &fewer));
-        o->ep.binds = bind_of(m, &fewer, tpot_ms);
+        o->ep.binds = fewer_nodes < 1 && u > 0 ? MR_CAP_BIND_GROUP : bind_of(m, &fewer, tpot_ms);
     }
     MR_TRY(afd_search(m, t, tpot_ms, o));
     if (!o->afd.nodes && o->afd_min_expert_nodes)
@@ -297,44 +297,4 @@ mr_status mr_cap_layouts_compare(const mr_cap_model *m, const mr_cap_trace_stats
     else
         o->winner = ep_ok ? MR_CAP_LAYOUT_EP : afd_ok ? MR_CAP_LAYOUT_AFD : MR_CAP_LAYOUT_NONE;
     return MR_OK;
-}
-
-const char *mr_cap_layout_name(mr_cap_layout layout)
-{
-    return layout == MR_CAP_LAYOUT_EP ? "EP on decode"
-           : layout == MR_CAP_LAYOUT_AFD ? "disaggregated" : "none";
-}
-
-const char *mr_cap_bind_name(const mr_cap_layout_row *r)
-{
-    switch (r->binds) {
-    case MR_CAP_BIND_WEIGHTS: return r->layout == MR_CAP_LAYOUT_AFD ? "expert weights" : "weights";
-    case MR_CAP_BIND_KV: return "KV memory";
-    case MR_CAP_BIND_BATCH: return "batch cap";
-    case MR_CAP_BIND_HBM: return "HBM bandwidth";
-    case MR_CAP_BIND_COMPUTE: return "compute";
-    case MR_CAP_BIND_NVLINK: return "NVLink";
-    case MR_CAP_BIND_NETWORK: return "network";
-    }
-    return "?";
-}
-
-void mr_cap_layout_note(const mr_cap_layout_row *r, char *buf, size_t cap)
-{
-    static const char *const unit[4] = {"HBM", "compute", "NVLink", "network"};
-    const mr_cap_split *s = &r->split;
-    const double total = s->hbm_s + s->math_s + s->nvlink_s + s->net_s;
-    double part[4];
-    split_top(s, part);
-    size_t used = (size_t)snprintf(buf, cap, "%s", mr_cap_bind_name(r));
-    if (!(total > 0)) return;
-    const char *sep = "; step";
-    for (int i = 0; i < 4 && used < cap; i++) {
-        const double pct = 100 * part[i] / total;
-        if (pct < 0.5) continue;
-        used += (size_t)snprintf(buf + used, cap - used, "%s %.0f%% %s", sep, pct, unit[i]);
-        sep = ",";
-    }
-    if (r->layout == MR_CAP_LAYOUT_AFD && used < cap)
-        snprintf(buf + used, cap - used, " (experts %.0f%%)", 100 * s->expert_s / total);
 }

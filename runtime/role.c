@@ -140,21 +140,17 @@ static bool wanted_and_missing(void *ctx, int layer, int expert)
     return m->want(m->ctx, layer, expert) && !m->held->layers[layer].experts[expert].gate.w;
 }
 
-mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n)
+mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n)
 {
     *n = 0;
-    missing_filter mf = {&r->model.weights, want, ctx};
-    mr_model add;
-    double t0 = mr_now();
-    MR_TRY(mr_model_load_routed(r->opts.model_dir, wanted_and_missing, &mf, &add));
     mr_status st = MR_OK;
     mr_weights *w = &r->model.weights;
     bool backend = r->backend_experts.backend != NULL;
     for (int l = 0; l < w->n_layers && st == MR_OK; l++) {
-        if (!w->layers[l].is_moe) continue;
+        if (!w->layers[l].is_moe || !add->weights.layers[l].experts) continue;
         for (int e = 0; e < w->n_experts && st == MR_OK; e++) {
-            mr_mlp *src = &add.weights.layers[l].experts[e];
-            if (!src->gate.w) continue;
+            mr_mlp *src = &add->weights.layers[l].experts[e];
+            if (!src->gate.w || w->layers[l].experts[e].gate.w) continue; /* none, or held */
             if (backend) {
                 st = mr_mlp_to_backend(r->kernels, src, &r->backend_experts.layers[l].experts[e]);
                 if (st != MR_OK) break;
@@ -166,7 +162,18 @@ mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int 
             (*n)++;
         }
     }
-    mr_model_free(&add);
+    mr_model_free(add);
+    return st;
+}
+
+mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n)
+{
+    *n = 0;
+    missing_filter mf = {&r->model.weights, want, ctx};
+    mr_model add;
+    double t0 = mr_now();
+    MR_TRY(mr_model_load_routed(r->opts.model_dir, wanted_and_missing, &mf, &add));
+    mr_status st = mr_role_adopt_experts(r, &add, n);
     if (st == MR_OK)
         MR_INFO("loaded %d experts in %.2f s for a new placement", *n, mr_now() - t0);
     return st;

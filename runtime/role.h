@@ -67,6 +67,10 @@ mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter
  * returned in *n. Experts held before and after are never touched, so the
  * rank serves both placements in between. */
 mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n);
+/* The second half of _add_experts for a load done elsewhere (e.g. in a
+ * background thread): move every expert `add` holds that this rank does not
+ * into r (copied to the backend), then free `add` (always). */
+mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n);
 void mr_role_drop_experts(mr_role *r, mr_expert_filter keep, void *ctx, int *n);
 
 /* A Placement frame's table as an mr_placement, checked against the model

@@ -49,7 +49,8 @@ const char *mr_role_opts_usage(void)
            "  --rebalance-period S     re-place hot experts every S s while serving (0 = off)\n"
            "  --redundant-experts N    extra replicas per MoE layer (default: one per expert rank)\n"
            "  --rebalance-min-gain X   re-place when max/mean rank load drops by X (default 0.05)\n"
-           "  --load-report-period S   expert ranks report per-expert load every S s (default 1)\n";
+           "  --load-report-period S   expert ranks report per-expert load every S s (default 1)\n"
+           "  --test-load-delay-ms N   test hook: expert ranks' background expert loads wait N ms\n";
 }
 
 mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
@@ -86,6 +87,8 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             MR_TRY(mr_parse_int(f, v, 1, 1 << 20, &o->max_batch_tokens));
         else if (!strcmp(f, "--max-running")) MR_TRY(mr_parse_int(f, v, 1, 1 << 16, &o->max_running));
         else if (!strcmp(f, "--inject-garbage")) MR_TRY(mr_parse_int(f, v, 0, 1000, &o->inject_garbage));
+        else if (!strcmp(f, "--test-load-delay-ms"))
+            MR_TRY(mr_parse_int(f, v, 0, 600000, &o->test_load_delay_ms));
         else if (!strcmp(f, "--redundant-experts"))
             MR_TRY(mr_parse_int(f, v, 0, 4096, &o->redundant_experts));
         else if (!strcmp(f, "--max-wait-ms") || !strcmp(f, "--heartbeat-period") ||

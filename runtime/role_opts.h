@@ -35,6 +35,7 @@ typedef struct mr_role_opts {
     int redundant_experts;        /* extra replicas per MoE layer (-1: one per expert rank) */
     double rebalance_min_gain;    /* re-place only when predicted imbalance drops this much */
     double load_report_period_s;  /* expert ranks: LoadReport period */
+    int test_load_delay_ms;       /* test hook: expert ranks' background expert loads sleep first */
 } mr_role_opts;
 
 void mr_role_opts_defaults(mr_role_opts *o);

@@ -66,7 +66,7 @@ def hottest_placement(summary, expert_ranks, n_layers_first_moe):
     return {"layers": layers}
 
 
-def check_rebalance(summary):
+def check_rebalance(summary, load_delay_ms=0):
     """Live re-placement ran and paid off: >= 1 epoch completed, and the
     expert ranks' measured imbalance (max/mean rank load) in the windows after
     the first epoch is clearly below the first window's (the initial round
@@ -83,6 +83,12 @@ def check_rebalance(summary):
     if done < 1 or len(windows) < 3:
         print(f"FAIL: expected >= 1 completed epoch and >= 3 windows")
         return 1
+    if load_delay_ms:
+        took = [e["done_s"] - e["start_s"] for e in rb.get("epochs", []) if e["done_s"] >= 0]
+        if not took or min(took) < load_delay_ms / 1e3:
+            print(f"FAIL: epochs took {took} s, less than the {load_delay_ms} ms load delay: "
+                  f"the background load path was not used")
+            return 1
     after = sum(windows[1:]) / len(windows[1:])
     if not after < windows[0] - 0.1:
         print(f"FAIL: mean imbalance after re-placement {after:.3f} is not below the first "
@@ -115,6 +121,10 @@ def main():
                     help="live re-placement period; > 0 also checks that the expert ranks' "
                          "measured imbalance drops after the first epoch")
     ap.add_argument("--arrival-gap-ms", type=int, default=0)
+    ap.add_argument("--load-delay-ms", type=int, default=0,
+                    help="expert ranks' background expert loads wait this long (test hook); "
+                         "epochs must then take at least this long and every request still "
+                         "completes (ranks keep serving while loading)")
     ap.add_argument("--no-logits", action="store_true",
                     help="no --logits-dir: decode ranks then take the greedy path (argmax on "
                          "their backend); only tokens are compared")
@@ -163,6 +173,8 @@ def main():
         if args.rebalance_period > 0:
             common += ["--rebalance-period", str(args.rebalance_period),
                        "--load-report-period", str(args.rebalance_period / 4)]
+        if args.load_delay_ms:
+            common += ["--test-load-delay-ms", str(args.load_delay_ms)]
         if args.placement == "hot2":
             warm = os.path.join(work, "warm-summary.json")
             r = run([launcher] + common + ["--out", os.path.join(work, "warm.jsonl"),
@@ -227,7 +239,7 @@ def main():
                 print(f"FAIL {q['id']}: max |dlogit| {diff:.3g} > {TOL}")
                 failures += 1
         if args.rebalance_period > 0:
-            failures += check_rebalance(json.load(open(sum_path)))
+            failures += check_rebalance(json.load(open(sum_path)), args.load_delay_ms)
         print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''} on {args.backend}: "
               f"{len(reqs)} requests, "
               f"{failures} failures, worst max|dlogit| {worst:.3g}")

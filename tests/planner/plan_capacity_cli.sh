@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # plan_capacity_cli.sh MOERUN SHARED — `moerun plan capacity` end to end on a
 # real config and trace (DeepSeek-V3 on H800, the Azure conversation trace):
-# exit 0 with the table, the answer and the reference figures; --json
+# exit 0 with the table, the answer, the reference figures and the decode
+# layout comparison (EP on decode vs disaggregated); --json
 # written; bad flags exit 2 and a malformed trace exits 1, each with a
 # message naming the problem; `moerun plan --help` lists both plans.
 # Exits 77 (meson SKIP) when SHARED (../shared) is missing.
@@ -28,11 +29,15 @@ if [ $rc -ne 0 ]; then fail "plan capacity: exit $rc"
 else
   for pattern in '^## prefill' '^## decode' '<- answer' '^prefill: [0-9]+ nodes' \
                  '^decode: +[0-9]+ nodes' '^total: +[0-9]+ nodes' \
-                 'reference: DeepSeek published +- +73\.7k' '^## assumptions'; do
+                 'reference: DeepSeek published +- +73\.7k' '^## assumptions' \
+                 '^## decode layout: EP on decode' '^  EP on decode +2 +- +2 ' \
+                 '^  disaggregated +[0-9]+ +[0-9]+ +[0-9]+ ' \
+                 '^decode layout: (EP on decode|disaggregated) \([0-9]+ nodes vs ([0-9]+|none)\)$'; do
     grep -Eq -- "$pattern" <<<"$out" && ok "output has /$pattern/" || fail "output lacks /$pattern/"
   done
 fi
-if grep -q '"total_nodes"' "$work/plan.json" 2>/dev/null && grep -q '"rows"' "$work/plan.json"; then
+if grep -q '"total_nodes"' "$work/plan.json" 2>/dev/null && grep -q '"rows"' "$work/plan.json" &&
+   grep -q '"decode_layouts"' "$work/plan.json" && grep -q '"winner"' "$work/plan.json"; then
   ok "--json wrote the plan"
 else
   fail "--json: $work/plan.json missing or incomplete"

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "planner/capacity.h"
+#include "planner/capacity_report.h"
 #include "planner/trace.h"
 
 static const char *shared_dir = "../shared";
@@ -352,6 +353,228 @@ static void test_decode_is_overloaded_when_the_kv_limit_cannot_deliver_the_rate(
     assert_true(row.utilization > 1.0);
 }
 
+/* ---- decode layouts: EP on decode vs attention-FFN disaggregation ---------- */
+
+static void test_disaggregated_network_bytes_per_token_per_moe_layer_equal_hand_computed(
+    void **state)
+{
+    (void)state;
+    mr_config c = tiny_config();
+    mr_cap_model m = model_on(&c, "h800");
+    /* K = 2 copies of D = 4 values: bf16 out (2 B) + bf16 back (2 B) */
+    assert_near(mr_cap_afd_net_bytes_per_token(&m), 2 * 4 * (2 + 2), 1e-12);
+    m.dep.weight_bytes = 1; /* fp8 dispatch: 1 B out + 2 B back */
+    assert_near(mr_cap_afd_net_bytes_per_token(&m), 2 * 4 * (1 + 2), 1e-12);
+
+    /* 8 attention GPUs with 10 tokens each, 16 expert GPUs */
+    m.dep.weight_bytes = 2;
+    mr_cap_batch b = {.phase = MR_CAP_DECODE, .tokens = 10, .attn_pairs = 50, .kv_rows = 50};
+    mr_cap_work attn, experts;
+    mr_cap_afd_layer_work(&m, 8, 16, true, &b, &attn, &experts);
+    assert_near(attn.net_bytes, 10 * 2 * 4 * 4, 1e-12); /* every copy crosses the network */
+    assert_near(attn.nvlink_bytes, 0, 1e-12);           /* no NVLink shortcut */
+    /* an expert GPU: 80 tokens * K 2 / 16 GPUs = 10 rows of 4 * (2 + 2) bytes */
+    assert_near(experts.net_bytes, 10 * 4 * 4, 1e-12);
+    assert_near(experts.gemm_flops, 2 * 10 * 24, 1e-12);
+    /* ceil(4 / 16) = 1 expert held, touched with probability 1 - (1/2)^80 */
+    assert_near(experts.hbm_bytes, (1 - pow(0.5, 80)) * 24 * 2, 1e-12);
+    /* the attention GPU: attention 74 + router 4x4 bf16 + shared 24, KV 50 rows,
+     * no routed experts */
+    assert_near(attn.hbm_bytes, 2 * 74 + 50 * 3 * 2 + 32 + 2 * 24, 1e-12);
+    assert_near(attn.gemm_flops, 2 * 10 * (74 + 24), 1e-12);
+    assert_near(attn.bf16_flops, 2 * 50 * (4 * 2 + 2 * 1) + 2 * 10 * 16, 1e-12);
+    mr_cap_afd_layer_work(&m, 8, 16, false, &b, &attn, &experts); /* dense: attention GPU only */
+    assert_near(attn.net_bytes + experts.net_bytes + experts.hbm_bytes, 0, 1e-12);
+
+    /* the two tiers hold the EP GPU's weights between them */
+    assert_near(mr_cap_afd_attn_weight_bytes(&m), 340 + (148 + 32 + 48) + 160, 1e-12);
+    assert_near(mr_cap_afd_expert_weight_bytes(&m, 2), 2 * 48, 1e-12);
+    assert_near(mr_cap_afd_attn_weight_bytes(&m) + mr_cap_afd_expert_weight_bytes(&m, 2),
+                mr_cap_weight_bytes_per_gpu(&m, 2), 1e-12);
+}
+
+static void test_disaggregated_moe_layer_is_attention_plus_experts_unless_network_is_longer(
+    void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    mr_cap_model m = model_on(&c, "h800");
+    for (int slow = 0; slow < 2; slow++) {
+        if (slow) m.hw.net_bytes_per_s = 1e9;
+        mr_cap_batch b = {.phase = MR_CAP_DECODE, .tokens = 32, .attn_pairs = 32 * 2000.0,
+                          .kv_rows = 32 * 2000.0, .logits_rows = 32};
+        mr_cap_work attn, experts, head;
+        mr_cap_terms ta, te;
+        mr_cap_afd_layer_work(&m, 16, 32, false, &b, &attn, &experts);
+        const double dense = mr_cap_work_s(&m, &attn);
+        mr_cap_afd_layer_work(&m, 16, 32, true, &b, &attn, &experts);
+        mr_cap_work_terms(&m, &attn, &ta);
+        mr_cap_work_terms(&m, &experts, &te);
+        const double compute = fmax(ta.hbm_s, ta.math_s) + fmax(te.hbm_s, te.math_s);
+        const double net = fmax(ta.net_s, te.net_s);
+        assert_true(slow ? net > compute : net < compute); /* both cases are exercised */
+        mr_cap_head_work(&m, &b, &head);
+        mr_cap_split split;
+        const double step = mr_cap_afd_step_s(&m, 16, 32, 32, 2000, &split);
+        assert_near(step, 3 * dense + 58 * fmax(compute, net) + mr_cap_work_s(&m, &head), 1e-12);
+        /* the split accounts for the whole step */
+        assert_near(split.hbm_s + split.math_s + split.nvlink_s + split.net_s, step, 1e-12);
+        assert_true(slow ? split.expert_s == 0 && split.net_s > 0.5 * step
+                         : split.net_s == 0 && split.expert_s > 0);
+    }
+}
+
+/* EP on decode's answer as the plan's search finds it: the fewest nodes that meet. */
+static int ep_answer(const mr_cap_model *m, const mr_cap_trace_stats *t, double tpot_ms)
+{
+    for (int nodes = 1; nodes <= m->dep.max_nodes; nodes++) {
+        mr_cap_decode_row row;
+        assert_int_equal(mr_cap_decode_evaluate(m, t, nodes, tpot_ms, &row), MR_OK);
+        if (row.meets) return nodes;
+    }
+    return 0;
+}
+
+static void test_slow_network_makes_ep_on_decode_win(void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    /* H200: one node (EP8) holds V3, so EP on decode needs NVLink only, while
+     * the disaggregated layout sends every token's K copies over the network */
+    mr_cap_model m = model_on(&c, "h200");
+    m.dep.max_nodes = 64;
+    const char *slow = "{\"net_gb_s\": 0.1}";
+    assert_int_equal(mr_cap_hw_apply_json(slow, strlen(slow), "gpu.json", &m.hw), MR_OK);
+    mr_cap_trace_stats t = {.output_tok_s = 2000, .decode_context = 2000};
+    const int ep = ep_answer(&m, &t, 50);
+    assert_int_equal(ep, 1);
+    mr_cap_layouts l;
+    assert_int_equal(mr_cap_layouts_compare(&m, &t, 50, ep, &l), MR_OK);
+    assert_int_equal(l.winner, MR_CAP_LAYOUT_EP);
+    assert_true(l.ep.meets && l.ep.nodes == 1);
+    assert_true(l.afd.nodes == 0 || mr_cap_layout_total_nodes(&l.afd) > 1);
+    /* and the same slow network makes a one-attention-node AFD miss on its own */
+    mr_cap_layout_row row;
+    assert_int_equal(mr_cap_afd_evaluate(&m, &t, 1, l.afd_min_expert_nodes, 50, &row), MR_OK);
+    assert_false(row.meets);
+}
+
+static void test_tiny_hbm_and_abundant_network_make_disaggregation_need_fewer_nodes(void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    /* 30 GB HBM (27 GB usable): every EP GPU repeats the ~19 GB of non-expert
+     * weights beside its experts, so EP needs 3 experts per GPU or fewer: 11
+     * nodes before it can hold one sequence. The disaggregated layout keeps
+     * the non-expert weights on the attention GPUs only: 4 expert nodes hold
+     * the experts (8 per GPU), and one attention node has ~8 GB of KV. With a
+     * 10 TB/s network the extra all-to-all costs nothing. */
+    mr_cap_model m = model_on(&c, "h800");
+    m.dep.max_nodes = 256;
+    const char *j = "{\"hbm_gb\": 30, \"net_gb_s\": 10000}";
+    assert_int_equal(mr_cap_hw_apply_json(j, strlen(j), "gpu.json", &m.hw), MR_OK);
+    mr_cap_trace_stats t = {.output_tok_s = 2000, .decode_context = 1000};
+    const int ep = ep_answer(&m, &t, 100);
+    assert_true(ep >= 11);
+    mr_cap_layouts l;
+    assert_int_equal(mr_cap_layouts_compare(&m, &t, 100, ep, &l), MR_OK);
+    assert_int_equal(l.afd_min_expert_nodes, 4);
+    assert_true(l.ep.meets && l.afd.meets);
+    assert_int_equal(l.ep.binds, MR_CAP_BIND_WEIGHTS);
+    assert_true(mr_cap_layout_total_nodes(&l.afd) <= 5);
+    assert_true(mr_cap_layout_total_nodes(&l.afd) < mr_cap_layout_total_nodes(&l.ep));
+    assert_int_equal(l.winner, MR_CAP_LAYOUT_AFD);
+    char note[160];
+    mr_cap_layout_note(&l.ep, note, sizeof note);
+    assert_non_null(strstr(note, "weights; step"));
+}
+
+static void test_disaggregated_search_finds_the_fewest_total_nodes(void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    mr_cap_model m = model_on(&c, "h800");
+    m.dep.max_nodes = 128;
+    mr_cap_trace_stats t = {.output_tok_s = 300e3, .decode_context = 3000};
+    mr_cap_layouts l;
+    assert_int_equal(mr_cap_layouts_compare(&m, &t, 50, 0, &l), MR_OK);
+    const int total = mr_cap_layout_total_nodes(&l.afd);
+    assert_true(total > 0 && l.afd.meets && l.afd.tpot_ms <= 50);
+    assert_int_equal(l.winner, MR_CAP_LAYOUT_AFD); /* no EP answer was given */
+    /* brute force: no pair with fewer nodes in total meets the target */
+    for (int e = l.afd_min_expert_nodes; e < total; e++)
+        for (int a = 1; a + e < total; a++) {
+            mr_cap_layout_row row;
+            assert_int_equal(mr_cap_afd_evaluate(&m, &t, a, e, 50, &row), MR_OK);
+            if (row.meets) fail_msg("%d attention + %d expert nodes meet, the search said %d", a,
+                                    e, total);
+        }
+    /* and fewer expert nodes than the fewest that hold the experts never fit */
+    mr_cap_layout_row row;
+    assert_int_equal(mr_cap_afd_evaluate(&m, &t, 64, l.afd_min_expert_nodes - 1, 1e9, &row),
+                     MR_OK);
+    assert_true(row.overloaded && row.batch_limit == 0);
+}
+
+static void test_a_tie_in_total_nodes_goes_to_ep_on_decode(void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    /* H20 (96 GB): one node holds the experts alone, two hold EP */
+    mr_cap_model m = model_on(&c, "h20");
+    mr_cap_trace_stats t = {.output_tok_s = 2000, .decode_context = 2000};
+    mr_cap_layouts l;
+    const int ep = ep_answer(&m, &t, 50);
+    assert_int_equal(mr_cap_layouts_compare(&m, &t, 50, ep, &l), MR_OK);
+    assert_int_equal(l.afd_min_expert_nodes, 1);
+    assert_true(l.ep.meets && l.afd.meets);
+    assert_int_equal(mr_cap_layout_total_nodes(&l.ep), 2);
+    assert_int_equal(mr_cap_layout_total_nodes(&l.afd), 2);
+    assert_int_equal(l.winner, MR_CAP_LAYOUT_EP);
+}
+
+static void test_comparison_never_reports_a_layout_that_misses_tpot_as_the_winner(void **state)
+{
+    (void)state;
+    mr_config c = v3_config();
+    const char *gpus[] = {"h800", "h20", "h200"};
+    const double tpots[] = {1, 15, 30, 50, 100};
+    const double rates[] = {2e3, 50e3, 300e3};
+    int seen[3] = {0};
+    for (int g = 0; g < 3; g++) {
+        mr_cap_model m = model_on(&c, gpus[g]);
+        m.dep.max_nodes = 96;
+        for (int i = 0; i < 5; i++)
+            for (int k = 0; k < 3; k++) {
+                mr_cap_trace_stats t = {.output_tok_s = rates[k], .decode_context = 2000};
+                mr_cap_layouts l;
+                const int ep = ep_answer(&m, &t, tpots[i]);
+                assert_int_equal(mr_cap_layouts_compare(&m, &t, tpots[i], ep, &l), MR_OK);
+                seen[l.winner]++;
+                const mr_cap_layout_row *win = l.winner == MR_CAP_LAYOUT_EP ? &l.ep : &l.afd;
+                const mr_cap_layout_row *other = l.winner == MR_CAP_LAYOUT_EP ? &l.afd : &l.ep;
+                if (l.winner == MR_CAP_LAYOUT_NONE) {
+                    assert_false(l.ep.meets || l.afd.meets);
+                    continue;
+                }
+                assert_true(win->nodes > 0 && win->meets && !win->overloaded);
+                assert_true(win->tpot_ms <= tpots[i]);
+                if (other->nodes && other->meets)
+                    assert_true(mr_cap_layout_total_nodes(win) <=
+                                mr_cap_layout_total_nodes(other));
+            }
+    }
+    assert_true(seen[MR_CAP_LAYOUT_NONE] > 0 && seen[MR_CAP_LAYOUT_EP] > 0); /* 1 ms: none */
+
+    /* an EP node count that misses is re-evaluated, never trusted */
+    mr_cap_model m = model_on(&c, "h800");
+    mr_cap_trace_stats t = {.output_tok_s = 300e3, .decode_context = 2000};
+    mr_cap_layouts l;
+    assert_int_equal(mr_cap_layouts_compare(&m, &t, 50, 2, &l), MR_OK);
+    assert_true(l.ep.nodes == 2 && !l.ep.meets);
+    assert_int_not_equal(l.winner, MR_CAP_LAYOUT_EP);
+}
+
 /* ---- traces --------------------------------------------------------------- */
 
 static char *write_temp(const char *text)
@@ -544,6 +767,15 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_more_load_never_needs_fewer_nodes),
         cmocka_unit_test(test_tighter_tpot_never_needs_fewer_decode_nodes),
         cmocka_unit_test(test_decode_is_overloaded_when_the_kv_limit_cannot_deliver_the_rate),
+        cmocka_unit_test(
+            test_disaggregated_network_bytes_per_token_per_moe_layer_equal_hand_computed),
+        cmocka_unit_test(
+            test_disaggregated_moe_layer_is_attention_plus_experts_unless_network_is_longer),
+        cmocka_unit_test(test_slow_network_makes_ep_on_decode_win),
+        cmocka_unit_test(test_tiny_hbm_and_abundant_network_make_disaggregation_need_fewer_nodes),
+        cmocka_unit_test(test_disaggregated_search_finds_the_fewest_total_nodes),
+        cmocka_unit_test(test_a_tie_in_total_nodes_goes_to_ep_on_decode),
+        cmocka_unit_test(test_comparison_never_reports_a_layout_that_misses_tpot_as_the_winner),
         cmocka_unit_test(test_azure_csv_arrivals_are_seconds_from_the_first_row),
         cmocka_unit_test(test_mooncake_jsonl_timestamps_are_milliseconds),
         cmocka_unit_test(test_out_of_order_rows_are_sorted_stably),
