@@ -3,7 +3,8 @@
  * (real shapes from config.json) on a GPU profile (spec-sheet numbers).
  *
  * Pure logic, no I/O: the trace and JSON readers are planner/trace.h and
- * hw_profiles.c; printing is cli/cmd_plan.c. The caller owns every buffer;
+ * hw_profiles.c; printing is cli/cmd_plan_capacity.c and, for the decode
+ * layout section, capacity_report.h. The caller owns every buffer;
  * the simulation allocates its own scratch and frees it before returning.
  * Thread-compatible (no globals).
  *

@@ -47,14 +47,17 @@ void mr_cap_layout_note(const mr_cap_layout_row *r, char *buf, size_t cap)
         snprintf(buf + used, cap - used, " (experts %.0f%%)", 100 * s->expert_s / total);
 }
 
-/* One table row: the layout's nodes, batch, TPOT, per-node rate and note. */
-static void print_row(FILE *out, const mr_cap_layout_row *w, double tpot_target_ms)
+/* One table row: the layout's nodes, batch, TPOT, per-node rate and note;
+ * `never_fits`: a row without nodes says why. */
+static void print_row(FILE *out, const mr_cap_layout_row *w, double tpot_target_ms,
+                      bool never_fits)
 {
     char note[160], expert[16];
     if (!w->nodes) {
-        fprintf(out, "  %-14s %11s %7s %6s %10s %9s %15s  none up to the search limit meets TPOT "
-                "p90 <= %g ms\n", mr_cap_layout_name(w->layout), "-", "-", "-", "-", "-", "-",
-                tpot_target_ms);
+        fprintf(out, "  %-14s %11s %7s %6s %10s %9s %15s  ", mr_cap_layout_name(w->layout), "-",
+                "-", "-", "-", "-", "-");
+        if (never_fits) fprintf(out, "the weights and one sequence never fit\n");
+        else fprintf(out, "none up to the search limit meets TPOT p90 <= %g ms\n", tpot_target_ms);
         return;
     }
     mr_cap_layout_note(w, note, sizeof note);
@@ -88,8 +91,9 @@ void mr_cap_print_layouts(FILE *out, const mr_cap_model *m, const mr_cap_plan *p
             "binds: what stops one (attention) node fewer; step: where the step's time goes\n");
     fprintf(out, "# %-14s %11s %7s %6s %10s %9s %15s  %s\n", "layout", "attn/decode", "expert",
             "total", "batch/GPU", "TPOT(ms)", "out-tok/s/node", "binds");
-    print_row(out, &l->ep, p->tpot_p90_ms);
-    print_row(out, &l->afd, p->tpot_p90_ms);
+    print_row(out, &l->ep, p->tpot_p90_ms, false);
+    print_row(out, &l->afd, p->tpot_p90_ms,
+              !l->afd_min_expert_nodes || l->afd_attn_batch_limit < 1);
     const mr_cap_layout_row *win = l->winner == MR_CAP_LAYOUT_AFD ? &l->afd : &l->ep;
     const mr_cap_layout_row *other = l->winner == MR_CAP_LAYOUT_AFD ? &l->ep : &l->afd;
     if (l->winner == MR_CAP_LAYOUT_NONE)
