@@ -7,29 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-double mr_percentile(const double *values, int n, double p)
-{
-    if (n <= 0) return 0.0;
-    double *v = malloc(sizeof(double) * (size_t)n);
-    if (!v) return NAN;
-    memcpy(v, values, sizeof(double) * (size_t)n);
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    if (p < 0) p = 0;
-    if (p > 100) p = 100;
-    double pos = p / 100.0 * (n - 1);
-    int lo = (int)floor(pos);
-    int hi = lo + 1 < n ? lo + 1 : lo;
-    double result = v[lo] + (v[hi] - v[lo]) * (pos - lo);
-    free(v);
-    return result;
-}
-
 /* ------------------------------------------------------------------ rank reports */
 
 mr_status mr_run_report_init(mr_run_report *rep, int n_ranks)

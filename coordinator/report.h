@@ -36,12 +36,11 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/stats.h"
 #include "common/status.h"
 #include "expert_load.h"
 #include "tracker.h"
 
-/* p in [0, 100] of values (n may be 0 → 0). Sorts a copy; values untouched. */
-double mr_percentile(const double *values, int n, double p);
 
 /* What one rank reported at shutdown (RankStats), or that it did not. */
 typedef struct mr_rank_report {
