@@ -129,6 +129,13 @@ typedef struct mr_kernels {
     void (*rope)(float *x, int n_vecs, int stride, int rope_dim, const float *cos,
                  const float *sin);
 
+    /* rope for a batch of tokens in one call: token t's n_vecs vectors start
+     * at x + t*token_stride (vector i at + i*vec_stride) and use row t of
+     * cos(n_tokens, rope_dim/2) and sin(n_tokens, rope_dim/2). Equal to one
+     * rope call per token (cpu does exactly that); one launch on cuda. */
+    void (*rope_tokens)(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
+                        int rope_dim, const float *cos, const float *sin);
+
     /* In place over each of n_rows rows of n floats: softmax (max-subtracted). */
     void (*softmax)(float *x, int n_rows, int n);
 

@@ -308,15 +308,12 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
     }
     k->matmul(xn, lw->kv_a.w, kv, T, lat, D, false);
 
-    /* RoPE on q_pe (every head) and k_pe (shared), at each token's position */
+    /* RoPE on q_pe (every head) and k_pe (shared), at each token's position:
+     * one call per tensor for the whole batch */
     const float *cos_all = e->rope_cs.p;
     const float *sin_all = cos_all + (size_t)T * (R / 2);
-    for (int t = 0; t < T; t++) {
-        const float *cos_t = cos_all + (size_t)t * (R / 2);
-        const float *sin_t = sin_all + (size_t)t * (R / 2);
-        k->rope(q + (size_t)t * H * dqk + nope, H, dqk, R, cos_t, sin_t);
-        k->rope(kv + (size_t)t * lat + C, 1, lat, R, cos_t, sin_t);
-    }
+    k->rope_tokens(q + nope, T, H * dqk, H, dqk, R, cos_all, sin_all);
+    k->rope_tokens(kv + C, T, lat, 1, lat, R, cos_all, sin_all);
     k->rmsnorm(kv, lw->kv_a_norm, kv, T, C, lat, c->rms_norm_eps);
     /* this batch's latent rows into the paged pool */
     k->scatter_rows(kv, T, lat, e->dev_idx + e->off_kvrow, layer * e->kv_block_tokens,

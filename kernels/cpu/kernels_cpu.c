@@ -37,6 +37,15 @@ static void cpu_rope(float *x, int n_vecs, int stride, int rope_dim, const float
     }
 }
 
+static void cpu_rope_tokens(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
+                            int rope_dim, const float *cos_t, const float *sin_t)
+{
+    const int half = rope_dim / 2;
+    for (int t = 0; t < n_tokens; t++)
+        cpu_rope(x + (size_t)t * token_stride, n_vecs, vec_stride, rope_dim,
+                 cos_t + (size_t)t * half, sin_t + (size_t)t * half);
+}
+
 static void cpu_softmax(float *x, int n_rows, int n)
 {
     for (int r = 0; r < n_rows; r++) {
@@ -315,6 +324,7 @@ static const mr_kernels cpu_kernels = {
     .matmul = mr_cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
+    .rope_tokens = cpu_rope_tokens,
     .softmax = cpu_softmax,
     .swiglu = mr_cpu_swiglu,
     .moe_gate = cpu_moe_gate,

@@ -184,6 +184,7 @@ void table_fill(mr_kernels *t)
     t->matmul = cu_op_matmul;
     t->rmsnorm = cu_op_rmsnorm;
     t->rope = cu_op_rope;
+    t->rope_tokens = cu_op_rope_tokens;
     t->softmax = cu_op_softmax;
     t->swiglu = cu_op_swiglu;
     t->moe_gate = cu_op_moe_gate;

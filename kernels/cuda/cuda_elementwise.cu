@@ -84,6 +84,50 @@ void cu_op_rope(float *x, int n_vecs, int stride, int rope_dim, const float *cos
     cu_record(rope_impl(x, n_vecs, stride, rope_dim, cos_t, sin_t));
 }
 
+/* One launch for every (token, vector, pair) of a batch; same arithmetic as
+ * rope_kernel. */
+__global__ void rope_tokens_kernel(float *x, int n_tokens, int token_stride, int n_vecs,
+                                   int vec_stride, int half, const float *cos_t,
+                                   const float *sin_t)
+{
+    const size_t per_token = (size_t)n_vecs * (size_t)half;
+    const size_t total = (size_t)n_tokens * per_token;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = idx / per_token, rest = idx % per_token;
+        const size_t v = rest / (size_t)half;
+        const int j = (int)(rest % (size_t)half);
+        float *p = x + t * (size_t)token_stride + v * (size_t)vec_stride;
+        const float re = p[2 * j], im = p[2 * j + 1];
+        const float c = cos_t[t * (size_t)half + (size_t)j], s = sin_t[t * (size_t)half + (size_t)j];
+        p[2 * j] = __fsub_rn(__fmul_rn(re, c), __fmul_rn(im, s));
+        p[2 * j + 1] = __fadd_rn(__fmul_rn(re, s), __fmul_rn(im, c));
+    }
+}
+
+static mr_status rope_tokens_impl(float *x, int n_tokens, int token_stride, int n_vecs,
+                                  int vec_stride, int rope_dim, const float *cos_t,
+                                  const float *sin_t)
+{
+    const int half = rope_dim / 2;
+    if (n_tokens <= 0 || n_vecs <= 0 || half <= 0) return MR_OK;
+    if (vec_stride < 2 * half)
+        return mr_fail(MR_EINVAL, "cuda rope_tokens: vector stride %d < rope_dim %d", vec_stride,
+                       rope_dim);
+    const size_t total = (size_t)n_tokens * (size_t)n_vecs * (size_t)half;
+    rope_tokens_kernel<<<cu_grid_1d(total, ELEM_THREADS), ELEM_THREADS, 0, cu_stream()>>>(
+        x, n_tokens, token_stride, n_vecs, vec_stride, half, cos_t, sin_t);
+    CU_LAUNCH_TRY();
+    return MR_OK;
+}
+
+void cu_op_rope_tokens(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
+                       int rope_dim, const float *cos_t, const float *sin_t)
+{
+    cu_record(rope_tokens_impl(x, n_tokens, token_stride, n_vecs, vec_stride, rope_dim, cos_t,
+                               sin_t));
+}
+
 /* ---- softmax ------------------------------------------------------------------------ */
 
 __global__ void masked_softmax_kernel(float *x, int n, const int32_t *ctx_len, int q_div,

@@ -133,6 +133,8 @@ void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, in
                    int stride, float eps);
 void cu_op_rope(float *x, int n_vecs, int stride, int rope_dim, const float *cos_t,
                 const float *sin_t);
+void cu_op_rope_tokens(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
+                       int rope_dim, const float *cos_t, const float *sin_t);
 void cu_op_softmax(float *x, int n_rows, int n);
 void cu_op_swiglu(const float *gate, const float *up, float *out, size_t n);
 void cu_op_moe_gate(const float *logits, const float *bias, int n_tokens,

@@ -213,6 +213,19 @@ static void ds_rope(float *x, int n_vecs, int stride, int rope_dim, const float 
     mr_kernels_cpu()->rope(x, n_vecs, stride, rope_dim, cos_t, sin_t);
 }
 
+static void ds_rope_tokens(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
+                           int rope_dim, const float *cos_t, const float *sin_t)
+{
+    if (n_tokens <= 0 || n_vecs <= 0) return;
+    need_dev("rope_tokens", "x", x,
+             F((size_t)(n_tokens - 1) * token_stride + (size_t)(n_vecs - 1) * vec_stride +
+               (size_t)rope_dim));
+    need_dev("rope_tokens", "cos", cos_t, F((size_t)n_tokens * (rope_dim / 2)));
+    need_dev("rope_tokens", "sin", sin_t, F((size_t)n_tokens * (rope_dim / 2)));
+    mr_kernels_cpu()->rope_tokens(x, n_tokens, token_stride, n_vecs, vec_stride, rope_dim, cos_t,
+                                  sin_t);
+}
+
 static void ds_softmax(float *x, int n_rows, int n)
 {
     need_dev("softmax", "x", x, F((size_t)n_rows * n));
@@ -369,6 +382,7 @@ static const mr_kernels devsim_kernels = {
     .matmul = ds_matmul,
     .rmsnorm = ds_rmsnorm,
     .rope = ds_rope,
+    .rope_tokens = ds_rope_tokens,
     .softmax = ds_softmax,
     .swiglu = ds_swiglu,
     .moe_gate = ds_moe_gate,

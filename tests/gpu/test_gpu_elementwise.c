@@ -73,8 +73,39 @@ static void check_rope(gt_ctx *t, int n_vecs, int stride, int rope_dim, int offs
     gt_case_end(t);
 }
 
+/* rope_tokens: a batch of tokens, each with its own cos/sin row. */
+static void check_rope_tokens(gt_ctx *t, int n_tokens, int token_stride, int n_vecs,
+                              int vec_stride, int rope_dim, int offset)
+{
+    const size_t n = (size_t)n_tokens * token_stride, half = (size_t)rope_dim / 2;
+    float *buf_cpu = gt_host(t, n), *buf_gpu = gt_host(t, n);
+    float *cos_t = gt_host(t, (size_t)n_tokens * half), *sin_t = gt_host(t, (size_t)n_tokens * half);
+    gt_fill(t, buf_cpu, n, -3.0f, 3.0f);
+    for (size_t j = 0; j < (size_t)n_tokens * half; j++) {
+        const float angle = gt_uniform(t, -10.0f, 10.0f);
+        cos_t[j] = 1.2f * cosf(angle);
+        sin_t[j] = 1.2f * sinf(angle);
+    }
+    float *dbuf = gt_upload(t, buf_cpu, n * sizeof(float));
+    float *dcos = gt_upload(t, cos_t, (size_t)n_tokens * half * sizeof(float));
+    float *dsin = gt_upload(t, sin_t, (size_t)n_tokens * half * sizeof(float));
+    t->cpu->rope_tokens(buf_cpu + offset, n_tokens, token_stride, n_vecs, vec_stride, rope_dim,
+                        cos_t, sin_t);
+    t->gpu->rope_tokens(dbuf + offset, n_tokens, token_stride, n_vecs, vec_stride, rope_dim, dcos,
+                        dsin);
+    gt_download(t, buf_gpu, dbuf, n * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "rope_tokens tokens=%d vecs=%d stride %d/%d rope_dim=%d at +%d",
+             n_tokens, n_vecs, token_stride, vec_stride, rope_dim, offset);
+    gt_check_close(t, what, buf_gpu, buf_cpu, n, GT_TOL_ELEMENTWISE);
+    gt_case_end(t);
+}
+
 void gt_test_rope(gt_ctx *t)
 {
+    check_rope_tokens(t, 1, 2, 1, 2, 2, 0);
+    check_rope_tokens(t, 37, 128 * 192, 128, 192, 64, 128); /* V3 q_pe of a batch */
+    check_rope_tokens(t, 19, 576, 1, 576, 64, 512);         /* V3 k_pe in latent rows */
     check_rope(t, 1, 2, 2, 0);
     check_rope(t, 7, 64, 64, 0);
     check_rope(t, 3 * 128, 192, 64, 128); /* q_pe inside (tokens·H, 192) q rows */
