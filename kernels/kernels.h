@@ -118,6 +118,17 @@ typedef struct mr_kernels {
     void (*matmul)(const float *x, const float *w, float *y, int m, int n, int k,
                    bool accumulate);
 
+    /* A batch of linear layers on strided views: for b < batch,
+     *   y_b(m, n) = x_b(m, k) · w_b(n, k)ᵀ
+     * with x_b = x + b*x_bstride (rows ldx floats apart), w_b = w + b*w_bstride
+     * (dense, rows k apart), y_b = y + b*y_bstride (rows ldy apart); y_b is
+     * overwritten. The per-head MLA absorptions (q_nope·W_uk, out_lat·W_uvᵀ)
+     * over all heads in one call. Equal to a dense copy of x_b, matmul, and a
+     * copy out per b (cpu does exactly that); one strided-batched GEMM on cuda. */
+    void (*matmul_strided)(const float *x, int ldx, size_t x_bstride, const float *w,
+                           size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
+                           int m, int n, int k);
+
     /* y(r,:) = x(r,:) / sqrt(mean(x(r,:)²) + eps) * weight(:). x == y allowed.
      * Rows are `stride` floats apart in both x and y (stride >= dim). */
     void (*rmsnorm)(const float *x, const float *weight, float *y, int n_rows, int dim,

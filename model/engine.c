@@ -22,7 +22,7 @@ struct mr_engine {
     float **w_uk_t;           /* per layer, backend: (H, C, nope) kv_b key rows transposed */
 
     /* backend scratch (contents not kept across growth, see kbuf.h) */
-    mr_kbuf x, xn, qa, q, kv, q_lat, head_in, head_out, out_lat, attn_out, ctx, q_pe, kvb;
+    mr_kbuf x, xn, qa, q, kv, q_lat, head_in, out_lat, attn_out, ctx, q_pe, kvb;
     mr_kbuf k_full, v_full, scores, rope_cs, gate_logits, gate_w, gate_scratch, gate_ids;
     mr_kbuf expert_out, mlp_scratch, routed, idx, logits, greedy_ids;
     mr_expert_ws experts;     /* local routed experts */
@@ -206,7 +206,7 @@ void mr_engine_destroy(mr_engine *e)
     free(e->w_uk_t);
     free(e->inv_freq);
     mr_kbuf *bufs[] = {&e->x, &e->xn, &e->qa, &e->q, &e->kv, &e->q_lat, &e->head_in,
-                       &e->head_out, &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
+                       &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
                        &e->k_full, &e->v_full, &e->scores, &e->rope_cs, &e->gate_logits,
                        &e->gate_w, &e->gate_scratch, &e->gate_ids, &e->expert_out,
                        &e->mlp_scratch, &e->routed, &e->idx, &e->logits, &e->greedy_ids};
@@ -322,28 +322,16 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
     if (e->attn == MR_ATTN_ABSORB) {
         float *q_lat = fbuf(e, &e->q_lat, (size_t)T * H * C, &st);
         fbuf(e, &e->out_lat, (size_t)T * H * C, &st);
-        float *head_out = fbuf(e, &e->head_out, (size_t)T * (C > vd ? C : vd), &st);
-        float *head_in = fbuf(e, &e->head_in, (size_t)T * (C > nope ? C : nope), &st);
         if (st != MR_OK) return st;
-        /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C) */
-        for (int h = 0; h < H; h++) {
-            copy_rows(k, head_in, nope, q + (size_t)h * dqk, H * dqk, nope, T);
-            k->matmul(head_in, e->w_uk_t[layer] + (size_t)h * C * nope, head_out, T, C, nope,
-                      false);
-            copy_rows(k, q_lat + (size_t)h * C, H * C, head_out, C, C, T);
-        }
+        /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C), every head at once */
+        k->matmul_strided(q, H * dqk, (size_t)dqk, e->w_uk_t[layer], (size_t)C * nope, q_lat,
+                          H * C, (size_t)C, H, T, C, nope);
     }
     for (int r = 0; r < e->n_runs; r++) MR_TRY(attend_run(e, layer, &e->runs[r]));
     if (e->attn == MR_ATTN_ABSORB) {
         /* attn_out[:, h] = out_lat[:, h] · W_uvᵀ  with W_uv = kv_b value rows (v, C) */
-        float *lat_in = fbuf(e, &e->head_in, (size_t)T * C, &st);
-        if (st != MR_OK) return st;
-        for (int h = 0; h < H; h++) {
-            copy_rows(k, lat_in, C, (const float *)e->out_lat.p + (size_t)h * C, H * C, C, T);
-            k->matmul(lat_in, lw->kv_b.w + ((size_t)h * (nope + vd) + nope) * C, e->head_out.p, T,
-                      vd, C, false);
-            copy_rows(k, attn_out + (size_t)h * vd, H * vd, e->head_out.p, vd, vd, T);
-        }
+        k->matmul_strided(e->out_lat.p, H * C, (size_t)C, lw->kv_b.w + (size_t)nope * C,
+                          (size_t)(nope + vd) * C, attn_out, H * vd, (size_t)vd, H, T, vd, C);
     }
     /* x += o_proj(attn_out) */
     k->matmul(attn_out, lw->o.w, x, T, D, H * vd, true);

@@ -37,6 +37,25 @@ static void cpu_rope(float *x, int n_vecs, int stride, int rope_dim, const float
     }
 }
 
+static void cpu_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+                               size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
+                               int m, int n, int k)
+{
+    if (m <= 0 || n <= 0 || batch <= 0) return;
+    float *xd = malloc(sizeof(float) * (size_t)m * (size_t)(k > 0 ? k : 1));
+    float *yd = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    if (!xd || !yd) abort(); /* the table's ops cannot fail; a few hundred KB */
+    for (int b = 0; b < batch; b++) {
+        for (int r = 0; r < m; r++)
+            memcpy(xd + (size_t)r * k, x + b * x_bstride + (size_t)r * ldx, sizeof(float) * (size_t)k);
+        mr_cpu_matmul(xd, w + b * w_bstride, yd, m, n, k, false);
+        for (int r = 0; r < m; r++)
+            memcpy(y + b * y_bstride + (size_t)r * ldy, yd + (size_t)r * n, sizeof(float) * (size_t)n);
+    }
+    free(xd);
+    free(yd);
+}
+
 static void cpu_rope_tokens(float *x, int n_tokens, int token_stride, int n_vecs, int vec_stride,
                             int rope_dim, const float *cos_t, const float *sin_t)
 {
@@ -322,6 +341,7 @@ static const mr_kernels cpu_kernels = {
     .add = cpu_add,
     .argmax_rows = cpu_argmax_rows,
     .matmul = mr_cpu_matmul,
+    .matmul_strided = cpu_matmul_strided,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .rope_tokens = cpu_rope_tokens,

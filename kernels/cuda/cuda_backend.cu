@@ -182,6 +182,7 @@ void table_fill(mr_kernels *t)
     t->add = cu_op_add;
     t->argmax_rows = cu_op_argmax_rows;
     t->matmul = cu_op_matmul;
+    t->matmul_strided = cu_op_matmul_strided;
     t->rmsnorm = cu_op_rmsnorm;
     t->rope = cu_op_rope;
     t->rope_tokens = cu_op_rope_tokens;

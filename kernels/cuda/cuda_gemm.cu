@@ -74,6 +74,26 @@ void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
     cu_record(matmul_impl(x, w, y, m, n, k, accumulate));
 }
 
+static mr_status matmul_strided_impl(const float *x, int ldx, size_t x_bstride, const float *w,
+                                     size_t w_bstride, float *y, int ldy, size_t y_bstride,
+                                     int batch, int m, int n, int k)
+{
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || ldx < k || ldy < n)
+        return mr_fail(MR_EINVAL, "cuda matmul_strided: bad shape batch=%d m=%d n=%d k=%d "
+                       "ldx=%d ldy=%d", batch, m, n, k, ldx, ldy);
+    /* y_b(m,n) = x_b(m,k) · w_b(n,k)ᵀ: one strided-batched GEMM */
+    return cu_gemm_rm(false, true, m, n, k, 1.0f, x, ldx, (long long)x_bstride, w, k,
+                      (long long)w_bstride, 0.0f, y, ldy, (long long)y_bstride, batch);
+}
+
+void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+                          size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch, int m,
+                          int n, int k)
+{
+    cu_record(matmul_strided_impl(x, ldx, x_bstride, w, w_bstride, y, ldy, y_bstride, batch, m,
+                                  n, k));
+}
+
 /* ---- expert / MLP forward -------------------------------------------------------- */
 
 static mr_status expert_ffn_impl(const mr_expert_w *e, const float *x, int n_tokens, float *out,

@@ -129,6 +129,9 @@ void cu_op_add(float *y, const float *x, size_t n);
 void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out);
 void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
                   bool accumulate);
+void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+                          size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch, int m,
+                          int n, int k);
 void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
                    int stride, float eps);
 void cu_op_rope(float *x, int n_vecs, int stride, int rope_dim, const float *cos_t,

@@ -193,6 +193,19 @@ static void ds_matmul(const float *x, const float *w, float *y, int m, int n, in
     mr_kernels_cpu()->matmul(x, w, y, m, n, k, acc);
 }
 
+static void ds_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+                              size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
+                              int m, int n, int k)
+{
+    if (m <= 0 || n <= 0 || batch <= 0) return;
+    size_t last = (size_t)(batch - 1);
+    need_dev("matmul_strided", "x", x, F(last * x_bstride + (size_t)(m - 1) * ldx + (size_t)k));
+    need_dev("matmul_strided", "w", w, F(last * w_bstride + (size_t)n * k));
+    need_dev("matmul_strided", "y", y, F(last * y_bstride + (size_t)(m - 1) * ldy + (size_t)n));
+    mr_kernels_cpu()->matmul_strided(x, ldx, x_bstride, w, w_bstride, y, ldy, y_bstride, batch, m,
+                                     n, k);
+}
+
 static void ds_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
                        int stride, float eps)
 {
@@ -380,6 +393,7 @@ static const mr_kernels devsim_kernels = {
     .add = ds_add,
     .argmax_rows = ds_argmax_rows,
     .matmul = ds_matmul,
+    .matmul_strided = ds_matmul_strided,
     .rmsnorm = ds_rmsnorm,
     .rope = ds_rope,
     .rope_tokens = ds_rope_tokens,

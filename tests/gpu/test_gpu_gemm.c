@@ -189,3 +189,36 @@ void gt_test_experts_grouped(gt_ctx *t)
     check_experts_grouped(t, 1024, 512, 8, even);    /* small preset, 64 rows each */
     check_experts_grouped(t, 7168, 2048, 4, v3_decode); /* DeepSeek-V3 experts, decode */
 }
+
+/* ---- matmul_strided (the MLA absorptions over all heads) -------------------------------- */
+
+static void check_matmul_strided(gt_ctx *t, int heads, int m, int n, int k, int ldx, int ldy,
+                                 int x_head, int y_head, int w_head)
+{
+    const size_t nx = (size_t)m * ldx, ny = (size_t)m * ldy;
+    const size_t nw = (size_t)(heads - 1) * w_head + (size_t)n * k;
+    float *x = gt_host(t, nx), *w = gt_host(t, nw), *y_cpu = gt_host(t, ny), *y_gpu = gt_host(t, ny);
+    gt_fill(t, x, nx, -1.0f, 1.0f);
+    gt_fill(t, w, nw, -0.2f, 0.2f);
+    gt_fill(t, y_cpu, ny, 7.0f, 8.0f); /* gaps between the heads' columns stay untouched */
+    float *dx = gt_upload(t, x, nx * sizeof(float)), *dw = gt_upload(t, w, nw * sizeof(float));
+    float *dy = gt_upload(t, y_cpu, ny * sizeof(float));
+    t->cpu->matmul_strided(x, ldx, (size_t)x_head, w, (size_t)w_head, y_cpu, ldy, (size_t)y_head,
+                           heads, m, n, k);
+    t->gpu->matmul_strided(dx, ldx, (size_t)x_head, dw, (size_t)w_head, dy, ldy, (size_t)y_head,
+                           heads, m, n, k);
+    gt_download(t, y_gpu, dy, ny * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "matmul_strided heads=%d m=%d n=%d k=%d", heads, m, n, k);
+    gt_check_close(t, what, y_gpu, y_cpu, ny, t->bf16 ? GT_TOL_MATMUL_BF16 : GT_TOL_GEMM_FP32);
+    gt_case_end(t);
+}
+
+void gt_test_matmul_strided(gt_ctx *t)
+{
+    check_matmul_strided(t, 1, 3, 5, 7, 7, 5, 0, 0, 0);
+    /* V3 q absorption: q rows (T, 128·192), nope at head·192; W_uk (C, nope) per head */
+    check_matmul_strided(t, 128, 5, 512, 128, 128 * 192, 128 * 512, 192, 512, 512 * 128);
+    /* V3 value absorption: out_lat (T, 128·512); W_uv rows inside kv_b (head stride 256·512) */
+    check_matmul_strided(t, 128, 9, 128, 512, 128 * 512, 128 * 128, 512, 128, 256 * 512);
+}
