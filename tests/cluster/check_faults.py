@@ -86,6 +86,18 @@ def check_bad_input(args, work):
     return failures
 
 
+def kill_one(exe, work):
+    """SIGKILL one process named exe of this run (its command line names this
+    run's work dir); its pid, or None when there is none."""
+    pids = [p for p in subprocess.run(["pgrep", "-x", exe], capture_output=True,
+                                      text=True).stdout.split()
+            if work in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
+    if not pids:
+        return None
+    os.kill(int(pids[0]), signal.SIGKILL)
+    return int(pids[0])
+
+
 def check_kill(args, work, role):
     synth(args.build, os.path.join(work, "model"))
     req = os.path.join(work, "req.jsonl")
@@ -107,14 +119,8 @@ def check_kill(args, work, role):
         text = log.read()
         if text.count("ready:") >= 3:  # prefill + both decode ranks are serving
             time.sleep(0.7)
-            # only this run's ranks: their command line names this run's model dir
-            pids = [p for p in subprocess.run(["pgrep", "-x", exe], capture_output=True,
-                                              text=True).stdout.split()
-                    if work in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
-            if pids:
-                victim = int(pids[0])
-                os.kill(victim, signal.SIGKILL)
-                t_kill = time.time()
+            victim = kill_one(exe, work)
+            t_kill = time.time()
             break
         time.sleep(0.05)
     failures = []
@@ -180,13 +186,8 @@ def check_kill_recover(args, work):
         if "ranks ready" in log.read():  # the coordinator's clock starts now
             t_ready = time.time()
             time.sleep(0.8)
-            pids = [p for p in subprocess.run(["pgrep", "-x", "moerun-expert"], capture_output=True,
-                                              text=True).stdout.split()
-                    if work in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
-            if pids:
-                victim = int(pids[0])
-                os.kill(victim, signal.SIGKILL)
-                t_kill = time.time()
+            victim = kill_one("moerun-expert", work)
+            t_kill = time.time()
             break
         time.sleep(0.02)
     if victim is None:
