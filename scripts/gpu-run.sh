@@ -39,7 +39,8 @@
 #                  2P1D2E, all ranks sharing the GPU, vs generate on cpu
 #      transport   moerun bench transport --staged cuda (GPU->host->UCX->GPU)
 #      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
-#      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE)
+#      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE), fp32
+#      bench-layer-bf16  the same with --precision bf16
 #    Writes env.txt and one log per stage to $OUT (default ./gpu-run-out)
 #    and prints a summary. Exit 0 only when every step passed.
 set -euo pipefail
@@ -106,7 +107,7 @@ pack() {
 gpu_ops=(memory movement matmul matmul_strided rmsnorm rope softmax swiglu moe_gate expert_ffn
   experts_grouped mla_absorbed mla_naive)
 bf16_ops=(matmul matmul_strided expert_ffn experts_grouped mla_absorbed mla_naive)
-all_stages=tests,engine,cluster,transport,bench-gpu,bench-layer
+all_stages=tests,engine,cluster,transport,bench-gpu,bench-layer,bench-layer-bf16
 
 run() {
   local archive=.gpu-pack.tar.xz quick=() stages=$all_stages
@@ -202,6 +203,12 @@ run() {
     step "bench layer fp32" "$out/bench-layer.txt" 540 "$bin/moerun" bench layer \
       --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
       --batches 1,8,32,64,128,256 --context 1024 --steps 5 --json "$out/bench-layer.json"
+  fi
+  if has bench-layer-bf16; then # the same with BF16 GEMM inputs (tensor cores)
+    step "bench layer bf16" "$out/bench-layer-bf16.txt" 540 "$bin/moerun" bench layer \
+      --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
+      --precision bf16 --batches 1,8,32,64,128,256 --context 1024 --steps 5 \
+      --json "$out/bench-layer-bf16.json"
   fi
 
   echo "--- summary ($stages)"
