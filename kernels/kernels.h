@@ -194,6 +194,23 @@ typedef struct mr_kernels {
                          const int32_t *ctx_len, float scale, float *out_lat,
                          float *scratch);
 
+    /* Absorbed MLA decode straight from the paged latent pool, for n_tok
+     * tokens that are each the only query of their sequence. seq(n_tok, 3)
+     * int32 in backend memory: {token, row_off, n_ctx}: the token's q_lat row
+     * is q_lat + token*H*C (heads C apart), its q_pe for head h is at
+     * q_pe + token*q_pe_ld + h*q_pe_hstride (R floats; the rows of q, no
+     * copy), and it attends the n_ctx pool rows kv + (rows[row_off + t] +
+     * row_base)*(C+R), t < n_ctx; writes out_lat + token*H*C. Per token the
+     * result is mla_absorbed over the gathered rows (cpu does exactly that:
+     * scratch max_ctx*(C+R) + H*max_ctx + H*R floats, max_ctx = the largest
+     * n_ctx); cuda reads the pool in one pass per head group with an online
+     * softmax, no gather and one launch (scratch unused there). */
+    void (*mla_decode_paged)(const float *q_lat, const float *q_pe, int q_pe_ld,
+                             int q_pe_hstride, int n_tok, const int32_t *seq, int n_heads,
+                             int kv_lora, int rope_dim, const float *kv, const int32_t *rows,
+                             int row_base, float scale, float *out_lat, float *scratch,
+                             int max_ctx);
+
     /* Naive MLA attention of n_q queries of one sequence: q(n_q, H, Dqk),
      * k(n_ctx, H, Dqk), v(n_ctx, H, Dv); query i sees rows t < ctx_len[i].
      * out(n_q, H, Dv). scratch: n_q * H * n_ctx floats. */

@@ -24,7 +24,7 @@ struct mr_engine {
     /* backend scratch (contents not kept across growth, see kbuf.h) */
     mr_kbuf x, xn, qa, q, kv, q_lat, head_in, out_lat, attn_out, ctx, q_pe, kvb;
     mr_kbuf k_full, v_full, scores, rope_cs, gate_logits, gate_w, gate_scratch, gate_ids;
-    mr_kbuf expert_out, mlp_scratch, routed, idx, logits, greedy_ids;
+    mr_kbuf expert_out, mlp_scratch, routed, idx, logits, greedy_ids, dec_scratch;
     mr_expert_ws experts;     /* local routed experts */
 
     /* host side of one forward (staging memory, pinned on cuda): indices and
@@ -34,6 +34,7 @@ struct mr_engine {
     struct seq_run { int first, n, n_ctx, ctx_off; } *runs;
     int n_runs, runs_cap;
     int off_kvrow, off_ctx_len, off_want, n_want;
+    int off_decode, n_decode, max_decode_ctx; /* one-token runs: {token, row_off, n_ctx} */
     const int32_t *dev_idx;   /* idx in k's memory (== idx_host on cpu) */
     float *kv_storage;        /* the batch's KV pool storage (k's memory) */
     int kv_block_tokens;
@@ -209,7 +210,8 @@ void mr_engine_destroy(mr_engine *e)
                        &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
                        &e->k_full, &e->v_full, &e->scores, &e->rope_cs, &e->gate_logits,
                        &e->gate_w, &e->gate_scratch, &e->gate_ids, &e->expert_out,
-                       &e->mlp_scratch, &e->routed, &e->idx, &e->logits, &e->greedy_ids};
+                       &e->mlp_scratch, &e->routed, &e->idx, &e->logits, &e->greedy_ids,
+                       &e->dec_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mr_kbuf_free(k, bufs[i]);
     mr_kbuf *host_bufs[] = {&e->idx_host, &e->cs_host, &e->gw_host, &e->h_host, &e->eo_host,
                             &e->ids_host};
@@ -327,7 +329,20 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
         k->matmul_strided(q, H * dqk, (size_t)dqk, e->w_uk_t[layer], (size_t)C * nope, q_lat,
                           H * C, (size_t)C, H, T, C, nope);
     }
-    for (int r = 0; r < e->n_runs; r++) MR_TRY(attend_run(e, layer, &e->runs[r]));
+    if (e->attn == MR_ATTN_ABSORB && e->n_decode > 0) {
+        /* every one-token run (decode) in one call, straight from the pool */
+        const size_t scratch_n = (size_t)e->max_decode_ctx * lat + (size_t)H * R +
+                                 (size_t)H * e->max_decode_ctx;
+        float *scratch = fbuf(e, &e->dec_scratch, scratch_n, &st);
+        if (st != MR_OK) return st;
+        k->mla_decode_paged(e->q_lat.p, q + nope, H * dqk, dqk, e->n_decode,
+                            e->dev_idx + e->off_decode, H, C, R, e->kv_storage, e->dev_idx,
+                            layer * e->kv_block_tokens, e->softmax_scale, e->out_lat.p, scratch,
+                            e->max_decode_ctx);
+    }
+    for (int r = 0; r < e->n_runs; r++)
+        if (e->attn != MR_ATTN_ABSORB || e->runs[r].n != 1)
+            MR_TRY(attend_run(e, layer, &e->runs[r]));
     if (e->attn == MR_ATTN_ABSORB) {
         /* attn_out[:, h] = out_lat[:, h] · W_uvᵀ  with W_uv = kv_b value rows (v, C) */
         k->matmul_strided(e->out_lat.p, H * C, (size_t)C, lw->kv_b.w + (size_t)nope * C,
@@ -456,14 +471,15 @@ static mr_status validate_batch(const mr_engine *e, const mr_batch *b)
 }
 
 /* Host side of a forward: the sequence runs, and one int32 upload holding
- *   [token ids (T) | KV row of each token (T) | ctx_len (T) | wanted rows |
- *    context rows of each run (Σ n_ctx)]
- * plus the RoPE tables cos(T, R/2) | sin(T, R/2). */
+ *   [token ids (T) | KV row of each token (T) | ctx_len (T) | wanted rows (T) |
+ *    decode runs {token, row_off, n_ctx} (3T) | context rows of each run (Σ n_ctx)]
+ * plus the RoPE tables cos(T, R/2) | sin(T, R/2). A decode run is a run of
+ * one token (the absorbed path attends those in one mla_decode_paged call). */
 static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
 {
     const int T = b->n_tokens, R = e->cfg->qk_rope_head_dim;
     e->n_runs = 0;
-    size_t n_idx = 4 * (size_t)T;
+    size_t n_idx = 7 * (size_t)T;
     for (int first = 0; first < T;) {
         int n = 1;
         while (first + n < T && b->seqs[first + n] == b->seqs[first]) n++;
@@ -487,7 +503,10 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
     e->off_kvrow = T;
     e->off_ctx_len = 2 * T;
     e->off_want = 3 * T;
+    e->off_decode = 4 * T;
     e->n_want = 0;
+    e->n_decode = 0;
+    e->max_decode_ctx = 0;
     for (int t = 0; t < T; t++) {
         idx[t] = b->token_ids[t];
         idx[e->off_kvrow + t] = mr_kv_seq_row_index(b->seqs[t], b->positions[t]);
@@ -497,9 +516,16 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
                           cs_host + (size_t)T * (R / 2) + (size_t)t * (R / 2));
     }
     for (int r = 0; r < e->n_runs; r++) {
-        const mr_kv_seq *seq = b->seqs[e->runs[r].first];
-        for (int pos = 0; pos < e->runs[r].n_ctx; pos++)
-            idx[e->runs[r].ctx_off + pos] = mr_kv_seq_row_index(seq, pos);
+        const struct seq_run *run = &e->runs[r];
+        const mr_kv_seq *seq = b->seqs[run->first];
+        for (int pos = 0; pos < run->n_ctx; pos++)
+            idx[run->ctx_off + pos] = mr_kv_seq_row_index(seq, pos);
+        if (run->n != 1) continue;
+        int32_t *d = idx + e->off_decode + 3 * e->n_decode++;
+        d[0] = run->first;
+        d[1] = run->ctx_off;
+        d[2] = run->n_ctx;
+        if (run->n_ctx > e->max_decode_ctx) e->max_decode_ctx = run->n_ctx;
     }
     mr_kv_pool *pool = b->seqs[0]->pool;
     e->kv_storage = mr_kv_pool_storage(pool);

@@ -196,6 +196,31 @@ static void cpu_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int
                 n_ctx, ctx, ld_ctx, 0.0f, out_lat, kv_lora);
 }
 
+static void cpu_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld,
+                                 int q_pe_hstride, int n_tok, const int32_t *seq, int n_heads,
+                                 int kv_lora, int rope_dim, const float *kv, const int32_t *rows,
+                                 int row_base, float scale, float *out_lat, float *scratch,
+                                 int max_ctx)
+{
+    const int lat = kv_lora + rope_dim;
+    float *ctx = scratch;                                    /* (max_ctx, lat) */
+    float *pe = ctx + (size_t)max_ctx * lat;                 /* (H, R) dense q_pe */
+    float *scores = pe + (size_t)n_heads * rope_dim;         /* (H, max_ctx) */
+    for (int i = 0; i < n_tok; i++) {
+        const int token = seq[3 * i], off = seq[3 * i + 1], n_ctx = seq[3 * i + 2];
+        for (int t = 0; t < n_ctx; t++)
+            memcpy(ctx + (size_t)t * lat, kv + ((size_t)rows[off + t] + row_base) * lat,
+                   sizeof(float) * lat);
+        for (int h = 0; h < n_heads; h++)
+            memcpy(pe + (size_t)h * rope_dim, q_pe + (size_t)token * q_pe_ld + (size_t)h * q_pe_hstride,
+                   sizeof(float) * rope_dim);
+        const int32_t len = n_ctx;
+        cpu_mla_absorbed(q_lat + (size_t)token * n_heads * kv_lora, pe, 1, n_heads, kv_lora,
+                         rope_dim, ctx, n_ctx, &len, scale,
+                         out_lat + (size_t)token * n_heads * kv_lora, scores);
+    }
+}
+
 static void cpu_mla_naive(const float *q, const float *k, const float *v, int n_q, int n_heads,
                           int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
                           float *out, float *scratch)
@@ -351,6 +376,7 @@ static const mr_kernels cpu_kernels = {
     .expert_ffn = mr_cpu_expert_ffn,
     .experts_grouped = cpu_experts_grouped,
     .mla_absorbed = cpu_mla_absorbed,
+    .mla_decode_paged = cpu_mla_decode_paged,
     .mla_naive = cpu_mla_naive,
 };
 

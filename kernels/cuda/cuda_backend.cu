@@ -192,6 +192,7 @@ void table_fill(mr_kernels *t)
     t->expert_ffn = cu_op_expert_ffn;
     t->experts_grouped = cu_op_experts_grouped;
     t->mla_absorbed = cu_op_mla_absorbed;
+    t->mla_decode_paged = cu_op_mla_decode_paged;
     t->mla_naive = cu_op_mla_naive;
 }
 

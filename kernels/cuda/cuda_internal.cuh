@@ -150,6 +150,10 @@ void cu_op_experts_grouped(const mr_expert_w *experts, int n_groups, const int32
 void cu_op_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int n_heads,
                         int kv_lora, int rope_dim, const float *ctx, int n_ctx,
                         const int32_t *ctx_len, float scale, float *out_lat, float *scratch);
+void cu_op_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld, int q_pe_hstride,
+                            int n_tok, const int32_t *seq, int n_heads, int kv_lora, int rope_dim,
+                            const float *kv, const int32_t *rows, int row_base, float scale,
+                            float *out_lat, float *scratch, int max_ctx);
 void cu_op_mla_naive(const float *q, const float *k, const float *v, int n_q, int n_heads,
                      int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
                      float *out, float *scratch);

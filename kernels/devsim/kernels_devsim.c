@@ -315,6 +315,31 @@ static void ds_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int 
                                    out_lat, scratch);
 }
 
+static void ds_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld,
+                                int q_pe_hstride, int n_tok, const int32_t *seq, int H, int C,
+                                int R, const float *kv, const int32_t *rows, int row_base,
+                                float scale, float *out_lat, float *scratch, int max_ctx)
+{
+    if (n_tok <= 0) return;
+    need_dev("mla_decode_paged", "seq", seq, I(3 * (size_t)n_tok));
+    need_dev("mla_decode_paged", "scratch", scratch,
+             F((size_t)max_ctx * (C + R) + (size_t)H * R + (size_t)H * max_ctx));
+    for (int i = 0; i < n_tok; i++) {
+        const int token = seq[3 * i], off = seq[3 * i + 1], n_ctx = seq[3 * i + 2];
+        if (n_ctx > max_ctx) violation("mla_decode_paged", "seq", seq, 0, "n_ctx > max_ctx");
+        need_dev("mla_decode_paged", "q_lat", q_lat + (size_t)token * H * C, F((size_t)H * C));
+        need_dev("mla_decode_paged", "out_lat", out_lat + (size_t)token * H * C, F((size_t)H * C));
+        need_dev("mla_decode_paged", "q_pe", q_pe + (size_t)token * q_pe_ld,
+                 F((size_t)(H - 1) * q_pe_hstride + (size_t)R));
+        need_dev("mla_decode_paged", "rows", rows + off, I(n_ctx));
+        for (int t = 0; t < n_ctx; t++)
+            need_dev("mla_decode_paged", "kv row", kv + ((size_t)rows[off + t] + row_base) * (C + R),
+                     F(C + R));
+    }
+    mr_kernels_cpu()->mla_decode_paged(q_lat, q_pe, q_pe_ld, q_pe_hstride, n_tok, seq, H, C, R, kv,
+                                       rows, row_base, scale, out_lat, scratch, max_ctx);
+}
+
 static void ds_mla_naive(const float *q, const float *k, const float *v, int n_q, int H,
                          int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
                          float *out, float *scratch)
@@ -403,6 +428,7 @@ static const mr_kernels devsim_kernels = {
     .expert_ffn = ds_expert_ffn,
     .experts_grouped = ds_experts_grouped,
     .mla_absorbed = ds_mla_absorbed,
+    .mla_decode_paged = ds_mla_decode_paged,
     .mla_naive = ds_mla_naive,
 };
 

@@ -7,7 +7,7 @@
  *
  * against a tolerance stated per op (GT_TOL_* below). Integer outputs (expert
  * ids) must be identical. One binary, one op per run:
- *   test_gpu_ops OP [--bf16]     OP: memory movement matmul matmul_strided experts_grouped rmsnorm rope softmax swiglu
+ *   test_gpu_ops OP [--bf16]     OP: memory movement matmul matmul_strided experts_grouped mla_decode_paged rmsnorm rope softmax swiglu
  *                                    moe_gate expert_ffn mla_absorbed mla_naive all
  * Exit: 0 pass, 1 fail, 77 skip (no usable GPU: cudaGetDeviceCount fails or
  * finds 0 devices) — except with MOERUN_REQUIRE_GPU=1, where no GPU is a FAIL,
@@ -75,6 +75,7 @@ void gt_test_matmul(gt_ctx *t);
 void gt_test_expert_ffn(gt_ctx *t);
 void gt_test_experts_grouped(gt_ctx *t);
 void gt_test_matmul_strided(gt_ctx *t);
+void gt_test_mla_decode_paged(gt_ctx *t);
 void gt_test_rmsnorm(gt_ctx *t);
 void gt_test_rope(gt_ctx *t);
 void gt_test_softmax(gt_ctx *t);

@@ -135,6 +135,7 @@ static const gt_op ops[] = {
     { "moe_gate", gt_test_moe_gate },     { "expert_ffn", gt_test_expert_ffn },
     { "experts_grouped", gt_test_experts_grouped },
     { "matmul_strided", gt_test_matmul_strided },
+    { "mla_decode_paged", gt_test_mla_decode_paged },
     { "mla_absorbed", gt_test_mla_absorbed }, { "mla_naive", gt_test_mla_naive },
     { "movement", gt_test_movement },
 };

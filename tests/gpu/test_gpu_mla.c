@@ -68,6 +68,66 @@ void gt_test_mla_absorbed(gt_ctx *t)
     check_absorbed(t, 4, 128, 512, 64, 129, NULL); /* DeepSeek-V3 prefill chunk */
 }
 
+/* mla_decode_paged: tokens 0, 2, 4, ... of a batch (odd ones are not decode
+ * tokens and must stay untouched), each over its own scattered pool rows,
+ * q_pe read in place from q-like rows (head stride dqk). */
+static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, const int *n_ctx)
+{
+    const int lat = C + R, dqk = 128 + R, T = 2 * n_tok;
+    int total = 0, max_ctx = 0;
+    for (int i = 0; i < n_tok; i++) {
+        total += n_ctx[i];
+        max_ctx = n_ctx[i] > max_ctx ? n_ctx[i] : max_ctx;
+    }
+    const int pool_rows = 2 * total + 8, row_base = 3;
+    float *pool = gt_host(t, (size_t)(pool_rows + row_base) * lat);
+    float *q_lat = gt_host(t, (size_t)T * n_heads * C);
+    float *q = gt_host(t, (size_t)T * n_heads * dqk);
+    float *out_cpu = gt_host(t, (size_t)T * n_heads * C), *out_gpu = gt_host(t, (size_t)T * n_heads * C);
+    gt_fill(t, pool, (size_t)(pool_rows + row_base) * lat, -1.0f, 1.0f);
+    gt_fill(t, q_lat, (size_t)T * n_heads * C, -1.0f, 1.0f);
+    gt_fill(t, q, (size_t)T * n_heads * dqk, -1.0f, 1.0f);
+    gt_fill(t, out_cpu, (size_t)T * n_heads * C, 5.0f, 6.0f);
+    int32_t *rows = (int32_t *)gt_host(t, (size_t)total + 1);
+    int32_t *seq = (int32_t *)gt_host(t, 3 * (size_t)n_tok);
+    for (int i = 0, off = 0; i < n_tok; i++) {
+        seq[3 * i] = 2 * i;
+        seq[3 * i + 1] = off;
+        seq[3 * i + 2] = n_ctx[i];
+        for (int r = 0; r < n_ctx[i]; r++) /* scattered, like paged blocks */
+            rows[off + r] = (int32_t)(((size_t)(off + r) * 7919u) % (size_t)pool_rows);
+        off += n_ctx[i];
+    }
+    const float scale = 0.1f;
+    float *d_pool = gt_upload(t, pool, (size_t)(pool_rows + row_base) * lat * sizeof(float));
+    float *d_qlat = gt_upload(t, q_lat, (size_t)T * n_heads * C * sizeof(float));
+    float *d_q = gt_upload(t, q, (size_t)T * n_heads * dqk * sizeof(float));
+    float *d_out = gt_upload(t, out_cpu, (size_t)T * n_heads * C * sizeof(float));
+    int32_t *d_rows = gt_upload(t, rows, ((size_t)total + 1) * sizeof(int32_t));
+    int32_t *d_seq = gt_upload(t, seq, 3 * (size_t)n_tok * sizeof(int32_t));
+    const size_t n_scratch = (size_t)max_ctx * lat + (size_t)n_heads * R + (size_t)n_heads * max_ctx;
+    float *scratch = gt_host(t, n_scratch);
+    /* pool rows are row indices relative to pool + row_base rows */
+    t->cpu->mla_decode_paged(q_lat, q + 128, n_heads * dqk, dqk, n_tok, seq, n_heads, C, R, pool,
+                             rows, row_base, scale, out_cpu, scratch, max_ctx);
+    t->gpu->mla_decode_paged(d_qlat, d_q + 128, n_heads * dqk, dqk, n_tok, d_seq, n_heads, C, R,
+                             d_pool, d_rows, row_base, scale, d_out, NULL, max_ctx);
+    gt_download(t, out_gpu, d_out, (size_t)T * n_heads * C * sizeof(float));
+    char what[128];
+    snprintf(what, sizeof what, "mla_decode_paged tokens=%d heads=%d C=%d R=%d max_ctx=%d", n_tok,
+             n_heads, C, R, max_ctx);
+    gt_check_close(t, what, out_gpu, out_cpu, (size_t)T * n_heads * C, GT_TOL_GEMM_FP32);
+    gt_case_end(t);
+}
+
+void gt_test_mla_decode_paged(gt_ctx *t)
+{
+    static const int one[1] = {1}, mixed[4] = {3, 17, 1, 40}, v3[3] = {300, 1025, 64};
+    check_decode_paged(t, 1, 1, 32, 8, one);
+    check_decode_paged(t, 4, 33, 64, 16, mixed);   /* heads not a multiple of 32 */
+    check_decode_paged(t, 3, 128, 512, 64, v3);    /* DeepSeek-V3 decode */
+}
+
 static void check_naive(gt_ctx *t, int n_q, int n_heads, int qk_dim, int v_dim, int n_ctx,
                         const int32_t *lens)
 {
