@@ -15,5 +15,6 @@ int mr_cmd_plan(int argc, char **argv);
 /* `moerun plan capacity` (argv[0] = "plan", argv[1] = "capacity"). */
 int mr_cmd_plan_capacity(int argc, char **argv);
 int mr_cmd_report(int argc, char **argv);
+int mr_cmd_trace(int argc, char **argv);
 
 #endif

@@ -22,6 +22,7 @@ static void usage(FILE *out)
             "  plan       placement: expert replicas from measured load; capacity: nodes for a\n"
             "             request trace at TTFT/TPOT targets (roofline model + simulation)\n"
             "  report     latency percentiles and SVG plots (CDFs, re-placement) of a cluster run\n"
+            "  trace      a real request trace (Azure CSV, Mooncake jsonl) as cluster requests\n"
             "\n"
             "The cluster is started with launch/moerun-cluster.\n"
             "Run 'moerun <command> --help' for the options of a command.\n",
@@ -43,6 +44,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "bench")) return mr_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "plan")) return mr_cmd_plan(argc - 1, argv + 1);
     if (!strcmp(cmd, "report")) return mr_cmd_report(argc - 1, argv + 1);
+    if (!strcmp(cmd, "trace")) return mr_cmd_trace(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;
