@@ -234,18 +234,54 @@ def check_kill_recover(args, work):
     return failures
 
 
+def check_no_gpu(args, work):
+    """--backend cuda on a machine without a usable GPU: every compute rank
+    fails at start-up naming the reason, every request ends, and the launcher
+    exits 1 within seconds (no hang). Skips (77) where a GPU works."""
+    probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
+                            "--max-new-tokens", "1", "--backend", "cuda"],
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        return None  # a GPU is here: nothing to test
+    out = os.path.join(work, "out.jsonl")
+    t0 = time.time()
+    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "1",
+                        "--decode", "1", "--expert", "1", "--backend", "cuda", "--out", out],
+                       capture_output=True, text=True, timeout=120, env=launcher_env(args.build))
+    took = time.time() - t0
+    print(r.stderr[-2000:])
+    failures = []
+    if r.returncode != 1:
+        failures.append(f"launcher exit {r.returncode}, expected 1")
+    for role in ("prefill", "decode", "expert"):
+        if not any(role in line and "no usable GPU" in line for line in r.stderr.splitlines()):
+            failures.append(f"no '{role} ... no usable GPU' line")
+    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
+    if not results or any(x["finish_reason"] != "error" for x in results):
+        failures.append(f"requests did not all end with an error: {results[:2]}")
+    if took > 60:
+        failures.append(f"took {took:.0f} s")
+    print(f"--backend cuda without a GPU: exit {r.returncode} after {took:.1f} s")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True)
     ap.add_argument("--source", required=True)
     ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
-                                     "kill-expert-recover"])
+                                     "kill-expert-recover", "no-gpu"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
         if args.mode == "bad-input":
             failures = check_bad_input(args, work)
         elif args.mode == "kill-expert-recover":
             failures = check_kill_recover(args, work)
+        elif args.mode == "no-gpu":
+            failures = check_no_gpu(args, work)
+            if failures is None:
+                print("SKIP: a usable GPU is present")
+                return 77
         else:
             failures = check_kill(args, work, args.mode.split("-")[1])
     for f in failures:
