@@ -16,6 +16,7 @@
 #include "../planner/capacity_report.h"
 #include "../planner/trace.h"
 #include "commands.h"
+#include "plan_capacity_svg.h"
 #include "mr_build_config.h"
 
 /* ---- moerun plan capacity --------------------------------------------------- */
@@ -51,6 +52,7 @@ static int cap_usage(FILE *out, int code)
             "  --decode-ep-nodes N      nodes per decode EP group (default: all decode nodes)\n"
             "  --max-nodes N            search limit per role (4096)\n"
             "  --json FILE              write the plan as JSON as well\n"
+            "  --svg FILE               plot TTFT vs prefill nodes and TPOT vs decode batch\n"
             "Exit status: 0 plan printed (also when no node count meets a target: it says\n"
             "so); 1 unreadable or malformed input file, or weights that never fit; 2 usage\n"
             "error.\n",
@@ -59,7 +61,7 @@ static int cap_usage(FILE *out, int code)
 }
 
 typedef struct cap_opts {
-    const char *config, *gpu, *gpu_json, *trace, *calibrate, *json;
+    const char *config, *gpu, *gpu_json, *trace, *calibrate, *json, *svg;
     float rate_scale, ttft, tpot, efficiency, link_eff, mem_util; /* < 0: default */
     int weight_bytes, kv_bytes;                                   /* 0: default */
     int chunk, max_batch, prefill_ep, decode_ep, max_nodes;       /* 0: default */
@@ -81,6 +83,7 @@ static mr_status cap_flag(cap_opts *o, const char *f, const char *v)
     else if (!strcmp(f, "--trace")) o->trace = v;
     else if (!strcmp(f, "--calibrate")) o->calibrate = v;
     else if (!strcmp(f, "--json")) o->json = v;
+    else if (!strcmp(f, "--svg")) o->svg = v;
     else if (!strcmp(f, "--rate-scale")) return mr_parse_float(f, v, 1e-6, 1e6, &o->rate_scale);
     else if (!strcmp(f, "--ttft-p90-ms")) return mr_parse_float(f, v, 1e-3, 1e9, &o->ttft);
     else if (!strcmp(f, "--tpot-p90-ms")) return mr_parse_float(f, v, 1e-3, 1e9, &o->tpot);
@@ -522,6 +525,14 @@ int mr_cmd_plan_capacity(int argc, char **argv)
     mr_cap_print_layouts(stdout, &m, &plan);
     cap_print_assumptions(&r);
     int rc = o.json ? cap_write_json(&r) : 0;
+    if (rc == 0 && o.svg) {
+        if (mr_cap_write_svg(&m, &plan, o.svg) == MR_OK) {
+            printf("# plots: %s\n", o.svg);
+        } else {
+            fprintf(stderr, "moerun plan capacity: %s\n", mr_last_error());
+            rc = 1;
+        }
+    }
     mr_trace_free(&trace);
     return rc;
 }

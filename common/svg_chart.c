@@ -109,7 +109,7 @@ static double nice_step(double span, int want)
 static void fmt_tick(double v, char *buf, size_t cap)
 {
     double a = fabs(v);
-    if (a >= 1e4 || (a > 0 && a < 1e-2)) snprintf(buf, cap, "%.1e", v);
+    if (a >= 1e6 || (a > 0 && a < 1e-2)) snprintf(buf, cap, "%.1e", v);
     else snprintf(buf, cap, "%g", v);
 }
 
@@ -138,7 +138,9 @@ static void write_panel(FILE *fp, const mr_svg_panel *p, double ox, double oy)
     if (y0 > 0 && y0 < 0.5 * y1) y0 = 0; /* start at 0 unless it hides the detail */
     if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
     if (y1 - y0 < 1e-12) y0 -= 0.5, y1 += 0.5;
-    const double xs = nice_step(x1 - x0, 6), ys = nice_step(y1 - y0, 5);
+    /* log axes tick at whole decades */
+    const double xs = p->log_x ? fmax(1.0, round(nice_step(x1 - x0, 6))) : nice_step(x1 - x0, 6);
+    const double ys = nice_step(y1 - y0, 5);
     x0 = floor(x0 / xs) * xs, x1 = ceil(x1 / xs) * xs;
     y0 = floor(y0 / ys) * ys, y1 = ceil(y1 / ys) * ys;
 #define PX(x) (left + ((x) - x0) / (x1 - x0) * pw)

@@ -68,6 +68,17 @@ expect missing_trace 1 "$work/none.csv: cannot open" \
   plan capacity --config "$config" --gpu h800 --trace "$work/none.csv" --ttft-p90-ms 2000 --tpot-p90-ms 50
 expect placement_still_there 2 'required' plan placement
 
+# --svg: a well-formed SVG with the prefill TTFT curves and the decode step-time curve
+rc=0; "$moerun" "${args[@]}" --svg "$work/plan.svg" >/dev/null 2>&1 || rc=$?
+if [ $rc -eq 0 ] && /usr/bin/python3 -c "
+import sys, xml.dom.minidom as m
+d = m.parse(sys.argv[1]); n = len(d.getElementsByTagName('polyline'))
+sys.exit(0 if n >= 5 else 1)" "$work/plan.svg"; then
+  ok "--svg writes TTFT and TPOT plots"
+else
+  fail "--svg: exit $rc or not a well-formed SVG with >= 5 curves"
+fi
+
 help=$("$moerun" plan --help); rc=$?
 if [ $rc -eq 0 ] && grep -q 'plan placement' <<<"$help" && grep -q 'plan capacity' <<<"$help"; then
   ok "plan --help lists placement and capacity"
