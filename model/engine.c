@@ -1,7 +1,6 @@
 /* model/engine.c — forward pass; see engine.h for the contract. */
 #include "engine.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../common/aligned.h"
@@ -16,9 +15,7 @@ struct mr_engine {
     void (*between_layers)(void *ctx);
     void *between_layers_ctx;
 
-    float softmax_scale;
-    float rope_mscale;        /* multiplies cos/sin (YaRN mscale ratio) */
-    double *inv_freq;         /* (rope/2) */
+    mr_rope rope;             /* RoPE tables and the softmax scale (YaRN) */
     float **w_uk_t;           /* per layer, backend: (H, C, nope) kv_b key rows transposed */
 
     /* backend scratch (contents not kept across growth, see kbuf.h) */
@@ -58,44 +55,9 @@ static mr_status host_grow(void **p, size_t *cap, size_t n, size_t elem)
     return MR_OK;
 }
 
-/* ---- RoPE / YaRN, exactly as the official precompute_freqs_cis ---------- */
-
-static double yarn_get_mscale(double scale, double mscale)
-{
-    return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
-}
-
-static double yarn_correction_dim(double n_rot, int dim, double base, int max_pos)
-{
-    return dim * log(max_pos / (n_rot * 2.0 * M_PI)) / (2.0 * log(base));
-}
-
-static void compute_inv_freq(const mr_config *c, double *inv_freq)
-{
-    const int dim = c->qk_rope_head_dim;
-    for (int j = 0; j < dim / 2; j++) inv_freq[j] = 1.0 / pow(c->rope_theta, (2.0 * j) / dim);
-    if (!c->yarn_enabled) return;
-    const int orig = c->yarn_original_max_position_embeddings;
-    double low = floor(yarn_correction_dim(c->yarn_beta_fast, dim, c->rope_theta, orig));
-    double high = ceil(yarn_correction_dim(c->yarn_beta_slow, dim, c->rope_theta, orig));
-    if (low < 0) low = 0;
-    if (high > dim - 1) high = dim - 1;
-    if (low == high) high += 0.001;
-    for (int j = 0; j < dim / 2; j++) {
-        double ramp = (j - low) / (high - low);
-        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
-        double smooth = 1.0 - ramp;
-        inv_freq[j] = inv_freq[j] / c->yarn_factor * (1.0 - smooth) + inv_freq[j] * smooth;
-    }
-}
-
 void mr_engine_rope_at(const mr_engine *e, int pos, float *cos_out, float *sin_out)
 {
-    for (int j = 0; j < e->cfg->qk_rope_head_dim / 2; j++) {
-        double angle = (double)pos * e->inv_freq[j];
-        cos_out[j] = (float)(cos(angle) * e->rope_mscale);
-        sin_out[j] = (float)(sin(angle) * e->rope_mscale);
-    }
+    mr_rope_at(&e->rope, pos, cos_out, sin_out);
 }
 
 const mr_weights *mr_engine_weights(const mr_engine *e)
@@ -105,7 +67,7 @@ const mr_weights *mr_engine_weights(const mr_engine *e)
 
 float mr_engine_softmax_scale(const mr_engine *e)
 {
-    return e->softmax_scale;
+    return e->rope.softmax_scale;
 }
 
 /* ---- local routed experts ------------------------------------------------ */
@@ -150,19 +112,8 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
         e->w = &e->dev_w;
     }
 
-    double scale = 1.0 / sqrt((double)mr_config_qk_head_dim(cfg));
-    e->rope_mscale = 1.0f;
-    if (cfg->yarn_enabled) {
-        double m_all = yarn_get_mscale(cfg->yarn_factor, cfg->yarn_mscale_all_dim);
-        scale *= m_all * m_all;
-        e->rope_mscale = (float)(yarn_get_mscale(cfg->yarn_factor, cfg->yarn_mscale) / m_all);
-    }
-    e->softmax_scale = (float)scale;
-
-    e->inv_freq = calloc((size_t)cfg->qk_rope_head_dim / 2 + 1, sizeof(double));
     e->w_uk_t = calloc((size_t)cfg->num_hidden_layers, sizeof(float *));
-    if (!e->inv_freq || !e->w_uk_t) goto nomem;
-    compute_inv_freq(cfg, e->inv_freq);
+    if (!e->w_uk_t || mr_rope_init(cfg, &e->rope) != MR_OK) goto nomem;
 
     /* Absorbed attention folds kv_b's key rows into q: q_lat = q_nope · W_uk
      * with W_uk (nope, C) per head; store W_ukᵀ (C, nope) so it is a plain
@@ -205,7 +156,7 @@ void mr_engine_destroy(mr_engine *e)
             k->free(e->w_uk_t[l]);
     }
     free(e->w_uk_t);
-    free(e->inv_freq);
+    mr_rope_free(&e->rope);
     mr_kbuf *bufs[] = {&e->x, &e->xn, &e->qa, &e->q, &e->kv, &e->q_lat, &e->head_in,
                        &e->out_lat, &e->attn_out, &e->ctx, &e->q_pe, &e->kvb,
                        &e->k_full, &e->v_full, &e->scores, &e->rope_cs, &e->gate_logits,
@@ -260,7 +211,7 @@ static mr_status attend_run(mr_engine *e, int layer, const struct seq_run *run)
         if (st != MR_OK) return st;
         copy_rows(k, q_pe, R, q + (size_t)first * H * dqk + nope, dqk, R, n_q * H);
         k->mla_absorbed((const float *)e->q_lat.p + (size_t)first * H * C, q_pe, n_q, H, C, R,
-                        ctx, n_ctx, ctx_len, e->softmax_scale,
+                        ctx, n_ctx, ctx_len, e->rope.softmax_scale,
                         (float *)e->out_lat.p + (size_t)first * H * C, scores);
         return MR_OK;
     }
@@ -277,7 +228,7 @@ static mr_status attend_run(mr_engine *e, int layer, const struct seq_run *run)
     for (int h = 0; h < H; h++) copy_rows(k, kf + (size_t)h * dqk + nope, H * dqk, ctx + C, lat, R, n_ctx);
     copy_rows(k, vf, vd, kvb + nope, nope + vd, vd, n_ctx * H);
     k->mla_naive(q + (size_t)first * H * dqk, kf, vf, n_q, H, dqk, vd, n_ctx, ctx_len,
-                 e->softmax_scale, (float *)e->attn_out.p + (size_t)first * H * vd, scores);
+                 e->rope.softmax_scale, (float *)e->attn_out.p + (size_t)first * H * vd, scores);
     return MR_OK;
 }
 
@@ -337,7 +288,7 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
         if (st != MR_OK) return st;
         k->mla_decode_paged(e->q_lat.p, q + nope, H * dqk, dqk, e->n_decode,
                             e->dev_idx + e->off_decode, H, C, R, e->kv_storage, e->dev_idx,
-                            layer * e->kv_block_tokens, e->softmax_scale, e->out_lat.p, scratch,
+                            layer * e->kv_block_tokens, e->rope.softmax_scale, e->out_lat.p, scratch,
                             e->max_decode_ctx);
     }
     for (int r = 0; r < e->n_runs; r++)

@@ -43,6 +43,7 @@
 #include "experts.h"
 #include "config.h"
 #include "kvcache.h"
+#include "rope.h"
 #include "weights.h"
 
 typedef enum { MR_ATTN_ABSORB, MR_ATTN_NAIVE } mr_attn_mode;
