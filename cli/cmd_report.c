@@ -93,12 +93,6 @@ static void print_row(const char *name, const double *v, int n)
            mr_percentile(v, n, 90), mr_percentile(v, n, 99));
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* The empirical CDF of v as a curve (x sorted, y = rank / n). */
 static mr_status add_cdf(mr_svg_panel *p, const char *name, const double *v, int n)
 {
@@ -109,7 +103,7 @@ static mr_status add_cdf(mr_svg_panel *p, const char *name, const double *v, int
         return mr_fail(MR_ENOMEM, "report: out of memory");
     }
     memcpy(x, v, sizeof(double) * (size_t)n);
-    qsort(x, (size_t)n, sizeof(double), cmp_double);
+    mr_sort_doubles(x, (size_t)n);
     for (int i = 0; i < n; i++) y[i] = (double)(i + 1) / n;
     mr_status st = mr_svg_add_series(p, name, x, y, (size_t)n);
     free(x);

@@ -11,13 +11,18 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+void mr_sort_doubles(double *v, size_t n)
+{
+    qsort(v, n, sizeof(double), cmp_double);
+}
+
 double mr_percentile(const double *values, int n, double p)
 {
     if (n <= 0) return 0.0;
     double *v = malloc(sizeof(double) * (size_t)n);
     if (!v) return NAN;
     memcpy(v, values, sizeof(double) * (size_t)n);
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    mr_sort_doubles(v, (size_t)n);
     if (p < 0) p = 0;
     if (p > 100) p = 100;
     double pos = p / 100.0 * (n - 1);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "capacity.h"
+#include "../common/stats.h"
 
 void mr_cap_trace_stats_compute(const mr_cap_request *r, int n, double rate_scale,
                                 mr_cap_trace_stats *o)
@@ -163,12 +164,6 @@ static void prefill_events(prefill_sim *s, int n)
     }
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Nearest-rank percentile of sorted v[0..n). */
 static double percentile(const double *v, int n, double p)
 {
@@ -209,7 +204,7 @@ mr_status mr_cap_prefill_simulate(const mr_cap_model *m, int ep_nodes, const mr_
         s.idle[s.n_idle++] = gpus - 1 - g; /* GPU 0 on top */
     }
     prefill_events(&s, n);
-    qsort(s.ttft_ms, (size_t)n, sizeof(double), cmp_double);
+    mr_sort_doubles(s.ttft_ms, (size_t)n);
     const double span = fmax(s.end_s - reqs[0].arrival_s / rate_scale, 1e-9);
     double in = 0;
     for (int i = 0; i < n; i++) in += reqs[i].input_tokens;
@@ -416,7 +411,7 @@ mr_status mr_cap_plan_run(const mr_cap_model *m, const mr_cap_request *reqs, int
     double *alone = malloc(sizeof(double) * (size_t)n);
     if (!alone) return mr_fail(MR_ENOMEM, "out of memory (%d requests)", n);
     for (int i = 0; i < n; i++) alone[i] = 1e3 * request_alone_s(m, ep_gpus, reqs[i].input_tokens);
-    qsort(alone, (size_t)n, sizeof(double), cmp_double);
+    mr_sort_doubles(alone, (size_t)n);
     p->prefill_idle_p90_ms = percentile(alone, n, 0.90);
     free(alone);
 

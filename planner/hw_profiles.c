@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "capacity.h"
+#include "../common/stats.h"
 
 /* Public spec-sheet figures per GPU (SXM parts, HGX 8-GPU baseboards).
  *   hbm_gb      HBM capacity, GB (1e9 bytes) as the data sheet states it
@@ -117,12 +118,6 @@ mr_status mr_cap_hw_apply_json(const char *text, size_t len, const char *origin,
     return st;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 mr_status mr_cap_calibration_parse(const char *text, size_t len, const char *origin,
                                    double *efficiency, int *n_rows, char *device,
                                    size_t device_cap)
@@ -157,7 +152,7 @@ mr_status mr_cap_calibration_parse(const char *text, size_t len, const char *ori
         return mr_fail(MR_EINVAL, "%s: no row has positive moe_layer_ms and moe_roofline_ms",
                        origin);
     }
-    qsort(ratio, (size_t)n, sizeof *ratio, cmp_double);
+    mr_sort_doubles(ratio, (size_t)n);
     double median = n % 2 ? ratio[n / 2] : 0.5 * (ratio[n / 2 - 1] + ratio[n / 2]);
     free(ratio);
     *efficiency = median < 1.0 ? median : 1.0;
