@@ -10,42 +10,27 @@ void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws)
     mr_kbuf_free(k, &ws->out);
     mr_kbuf_free(k, &ws->scratch);
     mr_kbuf_free(k, &ws->idx);
-    free(ws->order);
-    free(ws->start);
-    free(ws->host_idx);
-    free(ws->views);
-    free(ws->row_start);
+    mr_kbuf_free(k, &ws->host);
     mr_kbuf_free(k, &ws->host_in);
     mr_kbuf_free(k, &ws->host_out);
     memset(ws, 0, sizeof *ws);
 }
 
-static mr_status grow_host(void **p, size_t *cap, size_t need, size_t elem)
+/* The host arrays of one call, carved from one staging buffer (refilled by
+ * every call, so its contents need not survive growth). */
+static mr_status ws_reserve_slots(const mr_kernels *k, mr_expert_ws *ws, int n_slots,
+                                  int n_experts)
 {
-    if (*cap >= need) return MR_OK;
-    void *q = realloc(*p, (need ? need : 1) * elem);
-    if (!q) return mr_fail(MR_ENOMEM, "experts: out of memory for %zu entries", need);
-    *p = q;
-    *cap = need;
-    return MR_OK;
-}
-
-static mr_status ws_reserve_slots(mr_expert_ws *ws, int n_slots, int n_experts)
-{
-    size_t cap = ws->cap_slots;
-    if (cap < (size_t)n_slots) {
-        size_t c1 = cap, c2 = cap;
-        MR_TRY(grow_host((void **)&ws->order, &c1, (size_t)n_slots, sizeof(int32_t)));
-        MR_TRY(grow_host((void **)&ws->host_idx, &c2, 2 * (size_t)n_slots, sizeof(int32_t)));
-        ws->cap_slots = (size_t)n_slots;
-    }
-    if (ws->cap_experts < (size_t)n_experts + 1) {
-        size_t c1 = ws->cap_experts, c2 = ws->cap_experts, c3 = ws->cap_experts;
-        MR_TRY(grow_host((void **)&ws->start, &c1, (size_t)n_experts + 1, sizeof(int32_t)));
-        MR_TRY(grow_host((void **)&ws->row_start, &c2, (size_t)n_experts + 1, sizeof(int32_t)));
-        MR_TRY(grow_host((void **)&ws->views, &c3, (size_t)n_experts + 1, sizeof(mr_expert_w)));
-        ws->cap_experts = (size_t)n_experts + 1;
-    }
+    const size_t n = (size_t)n_slots, e = (size_t)n_experts + 1;
+    mr_status st = MR_OK;
+    char *p = mr_kbuf_reserve_host(k, &ws->host, sizeof(mr_expert_w) * e +
+                                   sizeof(int32_t) * (3 * n + 2 * e), &st);
+    if (st != MR_OK) return st;
+    ws->views = (mr_expert_w *)p; /* first: keeps its pointer alignment */
+    ws->order = (int32_t *)(p + sizeof(mr_expert_w) * e);
+    ws->host_idx = ws->order + n;
+    ws->start = ws->host_idx + 2 * n;
+    ws->row_start = ws->start + e;
     return MR_OK;
 }
 
@@ -57,14 +42,15 @@ static mr_expert_w expert_view(const mr_mlp *m)
 
 /* Checks every slot's expert and sorts slots by expert (stable) into
  * ws->order; group e is order[start[e] .. start[e+1]). */
-static mr_status group_slots(const mr_config *cfg, const mr_weights *weights, mr_expert_ws *ws,
+static mr_status group_slots(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
+                             mr_expert_ws *ws,
                              int layer, int n_slots, const int32_t *experts)
 {
     const int E = cfg->n_routed_experts;
     if (layer < 0 || layer >= cfg->num_hidden_layers || !weights->layers[layer].is_moe)
         return mr_fail(MR_EINVAL, "layer %d is not an MoE layer", layer);
     const mr_layer_weights *lw = &weights->layers[layer];
-    MR_TRY(ws_reserve_slots(ws, n_slots, E));
+    MR_TRY(ws_reserve_slots(k, ws, n_slots, E));
     memset(ws->start, 0, sizeof(int32_t) * ((size_t)E + 1));
     for (int i = 0; i < n_slots; i++) {
         int ex = experts[i];
@@ -111,7 +97,7 @@ mr_status mr_experts_run(const mr_config *cfg, const mr_weights *weights, const 
 {
     if (n_slots <= 0) return MR_OK;
     const int D = cfg->hidden_size;
-    MR_TRY(group_slots(cfg, weights, ws, layer, n_slots, experts));
+    MR_TRY(group_slots(cfg, weights, k, ws, layer, n_slots, experts));
     int32_t *perm_in = ws->host_idx, *perm_out = ws->host_idx + n_slots;
     for (int j = 0; j < n_slots; j++) {
         perm_in[j] = in_row[ws->order[j]];
@@ -142,7 +128,7 @@ mr_status mr_experts_forward(const mr_config *cfg, const mr_weights *weights,
 {
     if (n_rows <= 0) return MR_OK;
     const int D = cfg->hidden_size;
-    MR_TRY(group_slots(cfg, weights, ws, layer, n_rows, experts));
+    MR_TRY(group_slots(cfg, weights, k, ws, layer, n_rows, experts));
     mr_status st = MR_OK;
     size_t rows_bytes = sizeof(float) * (size_t)n_rows * D;
     float *in = mr_kbuf_reserve(k, &ws->in, rows_bytes, &st);

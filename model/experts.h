@@ -30,11 +30,11 @@
 
 typedef struct mr_expert_ws {
     mr_kbuf in, out, scratch, idx;      /* backend memory */
+    mr_kbuf host;                       /* staging memory holding the five arrays below */
+    mr_expert_w *views;                 /* host: the non-empty groups' experts (E + 1) */
     int32_t *order, *start, *host_idx;  /* host: sorted slots, group starts (E+1), 2n rows */
-    mr_expert_w *views;                 /* host: the non-empty groups' experts (E) */
-    int32_t *row_start;                 /* host: their row ranges (E+1) */
+    int32_t *row_start;                 /* host: the groups' row ranges (E+1) */
     mr_kbuf host_in, host_out;          /* staging memory (non-host backends) */
-    size_t cap_slots, cap_experts;
 } mr_expert_ws;
 
 void mr_expert_ws_free(const mr_kernels *k, mr_expert_ws *ws);
