@@ -47,19 +47,26 @@ mr_status status_of_cublas(cublasStatus_t err)
 
 /* ---- memory ------------------------------------------------------------------ */
 
-mr_status alloc_impl(size_t bytes, void **out)
+/* Device memory, or page-locked host memory when `pinned`. */
+mr_status alloc_impl(size_t bytes, bool pinned, void **out)
 {
     *out = NULL;
-    CUDA_TRY(cudaMalloc(out, bytes > 0 ? bytes : 1));
+    if (pinned) CUDA_TRY(cudaMallocHost(out, bytes > 0 ? bytes : 1));
+    else CUDA_TRY(cudaMalloc(out, bytes > 0 ? bytes : 1));
     return MR_OK;
+}
+
+void *alloc_recorded(size_t bytes, bool pinned)
+{
+    void *p = NULL;
+    mr_status st = alloc_impl(bytes, pinned, &p);
+    cu_record(st);
+    return st == MR_OK ? p : NULL;
 }
 
 void *cu_alloc(size_t bytes)
 {
-    void *p = NULL;
-    mr_status st = alloc_impl(bytes, &p);
-    cu_record(st);
-    return st == MR_OK ? p : NULL;
+    return alloc_recorded(bytes, false);
 }
 
 mr_status free_impl(void *p)
@@ -78,13 +85,8 @@ void cu_free(void *p)
 
 mr_status copy_impl(void *dst, const void *src, size_t bytes, int direction)
 {
-    cudaMemcpyKind kind;
-    switch (direction) {
-    case MR_COPY_H2D: kind = cudaMemcpyHostToDevice; break;
-    case MR_COPY_D2H: kind = cudaMemcpyDeviceToHost; break;
-    case MR_COPY_D2D: kind = cudaMemcpyDeviceToDevice; break;
-    default: return mr_fail(MR_EINVAL, "cuda copy: direction %d is not an mr_copy_dir", direction);
-    }
+    cudaMemcpyKind kind = cudaMemcpyDefault;
+    MR_TRY(cu_copy_kind("copy", direction, &kind));
     if (bytes == 0) return MR_OK;
     CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, state.stream));
     CUDA_TRY(cudaStreamSynchronize(state.stream));
@@ -96,19 +98,9 @@ void cu_copy(void *dst, const void *src, size_t bytes, int direction)
     cu_record(copy_impl(dst, src, bytes, direction));
 }
 
-mr_status host_alloc_impl(size_t bytes, void **out)
-{
-    *out = NULL;
-    CUDA_TRY(cudaMallocHost(out, bytes > 0 ? bytes : 1));
-    return MR_OK;
-}
-
 void *cu_host_alloc(size_t bytes)
 {
-    void *p = NULL;
-    mr_status st = host_alloc_impl(bytes, &p);
-    cu_record(st);
-    return st == MR_OK ? p : NULL;
+    return alloc_recorded(bytes, true);
 }
 
 mr_status host_free_impl(void *p)

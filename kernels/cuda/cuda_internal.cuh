@@ -47,6 +47,18 @@ mr_status cu_fail_cublas(cublasStatus_t err, const char *call, const char *file,
  * is recorded yet (with the calling thread's mr_last_error() message). */
 void cu_record(mr_status status);
 
+/* The cudaMemcpyKind of an mr_copy_dir; another value → MR_EINVAL naming op. */
+static inline mr_status cu_copy_kind(const char *op, int direction, cudaMemcpyKind *kind)
+{
+    switch (direction) {
+    case MR_COPY_H2D: *kind = cudaMemcpyHostToDevice; return MR_OK;
+    case MR_COPY_D2H: *kind = cudaMemcpyDeviceToHost; return MR_OK;
+    case MR_COPY_D2D: *kind = cudaMemcpyDeviceToDevice; return MR_OK;
+    default:
+        return mr_fail(MR_EINVAL, "cuda %s: direction %d is not an mr_copy_dir", op, direction);
+    }
+}
+
 /* ---- backend state (valid once mr_kernels_cuda() succeeded) --------------- */
 
 cudaStream_t cu_stream(void);

@@ -17,14 +17,8 @@
 static mr_status copy_2d_impl(void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
                               size_t width, size_t rows, int direction)
 {
-    cudaMemcpyKind kind;
-    switch (direction) {
-    case MR_COPY_H2D: kind = cudaMemcpyHostToDevice; break;
-    case MR_COPY_D2H: kind = cudaMemcpyDeviceToHost; break;
-    case MR_COPY_D2D: kind = cudaMemcpyDeviceToDevice; break;
-    default:
-        return mr_fail(MR_EINVAL, "cuda copy_2d: direction %d is not an mr_copy_dir", direction);
-    }
+    cudaMemcpyKind kind = cudaMemcpyDefault;
+    MR_TRY(cu_copy_kind("copy_2d", direction, &kind));
     if (width == 0 || rows == 0) return MR_OK;
     if (dst_pitch < width || src_pitch < width)
         return mr_fail(MR_EINVAL, "cuda copy_2d: pitch (%zu, %zu) < width %zu", dst_pitch,
