@@ -167,16 +167,6 @@ float *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos)
     return mr_kv_pool_block(seq->pool, block) + offset;
 }
 
-void mr_kv_seq_gather(const mr_kv_seq *seq, int layer, int n_ctx, float *dst)
-{
-    const mr_kv_pool *pool = seq->pool;
-    for (int pos = 0; pos < n_ctx; pos += pool->block_tokens) {
-        int n = n_ctx - pos < pool->block_tokens ? n_ctx - pos : pool->block_tokens;
-        memcpy(dst + (size_t)pos * pool->latent_dim, mr_kv_seq_row(seq, layer, pos),
-               sizeof(float) * (size_t)n * pool->latent_dim);
-    }
-}
-
 float *mr_kv_pool_storage(mr_kv_pool *pool)
 {
     return pool->data;

@@ -59,9 +59,9 @@ mr_status mr_kv_pool_alloc(mr_kv_pool *pool, int n, int32_t *out_blocks);
 mr_status mr_kv_pool_release(mr_kv_pool *pool, int n, const int32_t *blocks);
 
 /* The pool's storage: (total_blocks * n_layers * block_tokens, latent_dim)
- * floats. The pool itself only touches it in mr_kv_seq_row / _gather, so
+ * floats. The pool itself only touches it in mr_kv_seq_row, so
  * storage created with _create_in may be a backend's device memory as long
- * as those two are not used (the engine addresses rows by index instead). */
+ * as mr_kv_seq_row is not used on it (the engine addresses rows by index). */
 float *mr_kv_pool_storage(mr_kv_pool *pool);
 
 /* Sequence block tables. */
@@ -75,7 +75,5 @@ float *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos);
 /* Row index of (layer 0, pos) in the storage viewed as rows of latent_dim
  * floats; (layer, pos) is that + layer * block_tokens. pos must be covered. */
 int32_t mr_kv_seq_row_index(const mr_kv_seq *seq, int pos);
-/* Copy rows [0, n_ctx) of `layer` into dst (n_ctx, latent_dim). */
-void mr_kv_seq_gather(const mr_kv_seq *seq, int layer, int n_ctx, float *dst);
 
 #endif

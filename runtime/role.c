@@ -128,18 +128,6 @@ mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter
     return load_model(r, filter, filter_ctx, true);
 }
 
-typedef struct missing_filter {
-    const mr_weights *held;
-    mr_expert_filter want;
-    void *ctx;
-} missing_filter;
-
-static bool wanted_and_missing(void *ctx, int layer, int expert)
-{
-    const missing_filter *m = ctx;
-    return m->want(m->ctx, layer, expert) && !m->held->layers[layer].experts[expert].gate.w;
-}
-
 mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n)
 {
     *n = 0;
@@ -163,19 +151,6 @@ mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n)
         }
     }
     mr_model_free(add);
-    return st;
-}
-
-mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n)
-{
-    *n = 0;
-    missing_filter mf = {&r->model.weights, want, ctx};
-    mr_model add;
-    double t0 = mr_now();
-    MR_TRY(mr_model_load_routed(r->opts.model_dir, wanted_and_missing, &mf, &add));
-    mr_status st = mr_role_adopt_experts(r, &add, n);
-    if (st == MR_OK)
-        MR_INFO("loaded %d experts in %.2f s for a new placement", *n, mr_now() - t0);
     return st;
 }
 

@@ -61,15 +61,12 @@ mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_c
  * and on a non-host backend the experts are copied there (backend_experts). */
 mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx);
 /* Expert ranks whose set of experts changes while serving (re-placement):
- * _add_experts loads, from the model directory again, every routed expert
- * `want` accepts that is not loaded yet (and copies it to the backend);
+ * _adopt_experts moves every routed expert `add` holds that this rank does
+ * not (loaded elsewhere, e.g. by expert_node/prepare.c's background thread)
+ * into r, copying it to the backend, then frees `add` (always);
  * _drop_experts frees every loaded expert `keep` rejects. Counts are
  * returned in *n. Experts held before and after are never touched, so the
  * rank serves both placements in between. */
-mr_status mr_role_add_experts(mr_role *r, mr_expert_filter want, void *ctx, int *n);
-/* The second half of _add_experts for a load done elsewhere (e.g. in a
- * background thread): move every expert `add` holds that this rank does not
- * into r (copied to the backend), then free `add` (always). */
 mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n);
 void mr_role_drop_experts(mr_role *r, mr_expert_filter keep, void *ctx, int *n);
 
