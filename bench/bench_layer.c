@@ -10,7 +10,8 @@
  * The model is the config's layer shapes (hidden, MLA heads and ranks,
  * experts, vocab) with only N dense + M MoE layers (default 1 + 1 when the
  * config has dense layers), random weights built in memory (no checkpoint:
- * one DeepSeek-V3 MoE layer is 45 GB of fp32). Each batch size B decodes one
+ * one DeepSeek-V3 MoE layer is 45 GB of fp32; --precision bf16 stores the
+ * matrices on the backend as bf16, 22 GB, and counts 2 bytes per weight). Each batch size B decodes one
  * token for B sequences whose KV already holds `context` positions (the
  * latent rows are zero: attention reads and computes the same either way),
  * greedy routing from random router weights. A sync after every layer
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #include "../common/args.h"
+#include "../common/bf16.h"
 #include "../common/log.h"
 #include "../common/timer.h"
 #include "../kernels/backend.h"
@@ -185,24 +187,33 @@ static double copy_bandwidth(const mr_kernels *k, size_t bytes)
     return 2.0 * (double)bytes / best;
 }
 
-static double matmul_peak(const mr_kernels *k, int n)
+/* n³ GEMM through the table with a weight of type wt (bf16: what the
+ * engine's bf16 GEMMs run, x rounded included). */
+static double matmul_peak(const mr_kernels *k, int n, mr_wtype wt)
 {
-    size_t bytes = sizeof(float) * (size_t)n * n;
-    float *x = k->alloc(bytes), *w = k->alloc(bytes), *y = k->alloc(bytes);
+    const size_t nn = (size_t)n * n, bytes = sizeof(float) * nn;
+    float *x = k->alloc(bytes), *y = k->alloc(bytes);
+    void *w = k->alloc(nn * mr_wtype_size(wt));
     if (!x || !w || !y) return 0;
-    float *h = calloc((size_t)n * n, sizeof(float));
-    for (size_t i = 0; h && i < (size_t)n * n; i++) h[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
-    if (h) {
+    float *h = calloc(nn, sizeof(float));
+    uint16_t *h16 = calloc(nn, sizeof(uint16_t));
+    for (size_t i = 0; h && h16 && i < nn; i++) {
+        h[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
+        h16[i] = mr_bf16_round(h[i]);
+    }
+    if (h && h16) {
         k->copy(x, h, bytes, MR_COPY_H2D);
-        k->copy(w, h, bytes, MR_COPY_H2D);
+        k->copy(w, wt == MR_WT_BF16 ? (void *)h16 : (void *)h, nn * mr_wtype_size(wt),
+                MR_COPY_H2D);
     }
     free(h);
-    k->matmul(x, w, y, n, n, n, false);
+    free(h16);
+    k->matmul(x, w, wt, y, n, n, n, false);
     k->sync();
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
         double t0 = mr_now();
-        k->matmul(x, w, y, n, n, n, false);
+        k->matmul(x, w, wt, y, n, n, n, false);
         k->sync();
         double dt = mr_now() - t0;
         if (dt < best) best = dt;
@@ -233,7 +244,8 @@ static double attn_flops(const mr_config *c, double B, double ctx)
     return B * H * (2 * ctx * (C + R) + 2 * ctx * C + 2 * nope * C + 2 * C * vd);
 }
 
-static void layer_model(const mr_config *c, bool moe, int B, int ctx, bl_row *r)
+/* wbytes: bytes per weight (4 fp32, 2 bf16); KV rows are fp32 */
+static void layer_model(const mr_config *c, bool moe, int B, int ctx, double wbytes, bl_row *r)
 {
     const double D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     const double expert = 3.0 * D * c->moe_intermediate_size;
@@ -242,11 +254,11 @@ static void layer_model(const mr_config *c, bool moe, int B, int ctx, bl_row *r)
     if (moe) {
         r->experts_touched = E * (1.0 - pow(1.0 - K / E, B));
         double shared = c->n_shared_experts * expert, gate = E * D;
-        r->moe_bytes = 4.0 * (attn + gate + shared + r->experts_touched * expert) + kv;
+        r->moe_bytes = wbytes * (attn + gate + shared + r->experts_touched * expert) + kv;
         r->moe_flops = 2.0 * B * (attn + gate + shared + K * expert) + attn_flops(c, B, ctx + 1.0);
     } else {
         double dense = 3.0 * D * c->intermediate_size;
-        r->dense_bytes = 4.0 * (attn + dense) + kv;
+        r->dense_bytes = wbytes * (attn + dense) + kv;
         r->dense_flops = 2.0 * B * (attn + dense) + attn_flops(c, B, ctx + 1.0);
     }
 }
@@ -324,7 +336,7 @@ static void print_table(const bl_opts *o, const mr_config *cfg, const char *sour
     printf("# moerun bench layer — %s, %s\n", source, date);
     printf("# backend %s%s on %s; %d dense + %d MoE layers (hidden %d, %d heads, %d experts "
            "top-%d, inter %d/%d), context %d, %d steps per batch\n",
-           o->backend, o->bf16 ? " (bf16 GEMMs)" : "", device,
+           o->backend, o->bf16 ? " (bf16 weights)" : "", device,
            cfg->first_k_dense_replace, cfg->num_hidden_layers - cfg->first_k_dense_replace,
            cfg->hidden_size, cfg->num_attention_heads, cfg->n_routed_experts,
            cfg->num_experts_per_tok, cfg->intermediate_size, cfg->moe_intermediate_size,
@@ -417,7 +429,8 @@ int mr_bench_layer(int argc, char **argv)
 
     const bool gpu = !strcmp(k->name, "cuda");
     double bw = gpu ? copy_bandwidth(k, (size_t)256 << 20) : host_read_bandwidth();
-    double peak = matmul_peak(k, 2048);
+    const mr_wtype wt = o.bf16 ? MR_WT_BF16 : MR_WT_F32;
+    double peak = matmul_peak(k, 2048, wt);
     MR_INFO("ceilings: copy %.1f GB/s, matmul %.1f GFLOP/s; building random weights", bw / 1e9,
             peak / 1e9);
     mr_weights host;
@@ -434,11 +447,12 @@ int mr_bench_layer(int argc, char **argv)
     if (st == MR_OK) {
         MR_INFO("%.1f GB of random fp32 weights in %.1f s; to the %s backend", host.n_bytes / 1e9,
                 mr_now() - t0, k->name);
-        mr_engine_opts eo = {.kernels = k, .attn = MR_ATTN_ABSORB, .between_layers = bl_tick,
-                             .between_layers_ctx = &clock};
+        mr_engine_opts eo = {.kernels = k, .weight_type = wt, .attn = MR_ATTN_ABSORB,
+                             .between_layers = bl_tick, .between_layers_ctx = &clock};
         st = mr_engine_create(&cfg, &host, &eo, &engine);
     }
-    if (st == MR_OK && !k->host_memory) mr_weights_free(&host); /* the engine holds its copy */
+    if (st == MR_OK && (!k->host_memory || wt != MR_WT_F32))
+        mr_weights_free(&host); /* the engine holds its copy */
     int blocks = max_b * ((o.context + 1 + BL_BLOCK_TOKENS - 1) / BL_BLOCK_TOKENS);
     if (st == MR_OK)
         st = mr_kv_store_create(k, cfg.num_hidden_layers, mr_config_latent_dim(&cfg),
@@ -446,8 +460,8 @@ int mr_bench_layer(int argc, char **argv)
     int n = 0;
     for (int i = 0; i < o.n_batches && st == MR_OK; i++, n++) {
         st = run_batch(&cfg, k, engine, &kv, &clock, &o, o.batches[i], &rows[i]);
-        layer_model(&cfg, true, o.batches[i], o.context, &rows[i]);
-        layer_model(&cfg, false, o.batches[i], o.context, &rows[i]);
+        layer_model(&cfg, true, o.batches[i], o.context, (double)mr_wtype_size(wt), &rows[i]);
+        layer_model(&cfg, false, o.batches[i], o.context, (double)mr_wtype_size(wt), &rows[i]);
         rows[i].moe_roof_ms = 1e3 * fmax(rows[i].moe_bytes / bw, rows[i].moe_flops / peak);
         rows[i].dense_roof_ms = 1e3 * fmax(rows[i].dense_bytes / bw, rows[i].dense_flops / peak);
         if (st == MR_OK)

@@ -48,7 +48,9 @@ static void usage(FILE *out)
             "                       [--backend cpu|cuda|devsim] [--precision fp32|bf16]\n"
             "\n"
             "--backend cuda runs on GPU (local rank mod GPU count); --precision fp32 gives the\n"
-            "CPU's tokens, bf16 rounds GEMM inputs to bfloat16 (fp32 accumulate). devsim runs\n"
+            "CPU's tokens; bf16 stores weight matrices as bfloat16 (half the memory) and\n"
+            "rounds their GEMM inputs to bfloat16, fp32 accumulate (on cpu and devsim an exact\n"
+            "emulation of the GPU's BF16 GEMMs). devsim runs\n"
             "the CPU kernels under GPU memory rules (tests the GPU data paths without a GPU).\n"
             "Without --model the built-in tiny synthetic model is used.\n"
             "Prints the generated token ids, comma-separated, on the last line of stdout.\n");
@@ -163,8 +165,13 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     const int S = a->n_prompt, N = a->max_new_tokens, V = cfg->vocab_size;
     const int block_tokens = 16;
     int n_blocks = (S + N + block_tokens - 1) / block_tokens;
-    mr_engine_opts opts = {.kernels = k, .attn = a->attn};
+    mr_engine_opts opts = {.kernels = k, .weight_type = a->bf16 ? MR_WT_BF16 : MR_WT_F32,
+                           .attn = a->attn};
     if ((st = mr_engine_create(cfg, &model.weights, &opts, &engine)) != MR_OK) goto done;
+    if (opts.weight_type != MR_WT_F32 || !k->host_memory)
+        MR_INFO("weights on the %s backend: %s matrices, %.1f MB", k->name,
+                mr_wtype_name(opts.weight_type),
+                (double)mr_engine_weights(engine)->n_bytes / 1e6);
     if ((st = mr_kv_store_create(k, cfg->num_hidden_layers, mr_config_latent_dim(cfg), block_tokens,
                                  n_blocks, NULL, &kv)) != MR_OK)
         goto done;

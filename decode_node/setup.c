@@ -101,7 +101,8 @@ mr_status dec_setup(decode_state *d)
     d->pool = d->kv.pool;
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
-    mr_engine_opts eo = {.kernels = r->kernels, .attn = r->opts.attn, .moe = &d->moe,
+    mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
+                         .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
     MR_TRY(announce_pool(d));

@@ -4,8 +4,11 @@
  * computes with: the CPU reference, or the CUDA backend on this rank's GPU
  * (device = local rank mod the node's GPU count, the local rank taken from
  * the launcher's environment: OMPI_COMM_WORLD_LOCAL_RANK, else
- * MPI_LOCALRANKID, else SLURM_LOCALID, else 0). With cuda, `bf16` selects
- * BF16 GEMM inputs (fp32 accumulate); fp32 is the CPU's arithmetic.
+ * MPI_LOCALRANKID, else SLURM_LOCALID, else 0). `bf16` (--precision bf16)
+ * goes with weights stored as bf16 (MR_WT_BF16, chosen by the caller when it
+ * copies weights to the backend); with cuda it also rounds the inputs of the
+ * activation-by-activation GEMMs (MLA scores) to bf16. On cpu/devsim bf16
+ * weights are emulated exactly (kernels.h, mr_wtype) and the rest stays fp32.
  * A rank with no usable GPU gets an error naming why ("--backend cuda: no
  * usable GPU: ..."), never a silent fallback to the CPU. A third name,
  * "devsim", is the CPU kernels under device-memory rules

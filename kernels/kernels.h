@@ -27,13 +27,31 @@
 
 #include "../model/config.h"
 
+/* Element type of a weight matrix in backend memory. Activations, norms,
+ * biases and the KV cache are always fp32. A GEMM with a BF16 weight takes
+ * its activation input rounded to bfloat16 (nearest even), as tensor cores
+ * do, and multiplies and accumulates in fp32: the CPU backend emulates
+ * exactly that (so it is the reference for the GPU's BF16 GEMMs), cuda runs
+ * it as a BF16 x BF16 -> FP32 cuBLAS GEMM. */
+typedef enum mr_wtype { MR_WT_F32 = 0, MR_WT_BF16 = 1 } mr_wtype;
+
+static inline size_t mr_wtype_size(mr_wtype t) { return t == MR_WT_BF16 ? 2 : 4; }
+static inline const char *mr_wtype_name(mr_wtype t) { return t == MR_WT_BF16 ? "bf16" : "fp32"; }
+
+/* `w` advanced by `elems` elements of type t (a row or head offset). */
+static inline const void *mr_wtype_at(const void *w, mr_wtype t, size_t elems)
+{
+    return (const char *)w + elems * mr_wtype_size(t);
+}
+
 /* Routed-expert weights as the kernels see them (same layout as mr_mlp). */
 typedef struct mr_expert_w {
-    const float *gate;   /* (inter, D) */
-    const float *up;     /* (inter, D) */
-    const float *down;   /* (D, inter) */
+    const void *gate;    /* (inter, D) of `type` */
+    const void *up;      /* (inter, D) */
+    const void *down;    /* (D, inter) */
     int dim;             /* D */
     int inter;           /* inner size */
+    mr_wtype type;       /* all three matrices */
 } mr_expert_w;
 
 typedef struct mr_gate_params {
@@ -114,20 +132,22 @@ typedef struct mr_kernels {
     /* y(i) += x(i) for i < n (residual add). */
     void (*add)(float *y, const float *x, size_t n);
 
-    /* y(m,n) = x(m,k) · w(n,k)ᵀ, or y += ... when accumulate. */
-    void (*matmul)(const float *x, const float *w, float *y, int m, int n, int k,
+    /* y(m,n) = x(m,k) · w(n,k)ᵀ, or y += ... when accumulate; w of type wt
+     * (BF16: x rounded to bf16 first, see mr_wtype). */
+    void (*matmul)(const float *x, const void *w, mr_wtype wt, float *y, int m, int n, int k,
                    bool accumulate);
 
     /* A batch of linear layers on strided views: for b < batch,
      *   y_b(m, n) = x_b(m, k) · w_b(n, k)ᵀ
      * with x_b = x + b*x_bstride (rows ldx floats apart), w_b = w + b*w_bstride
-     * (dense, rows k apart), y_b = y + b*y_bstride (rows ldy apart); y_b is
+     * elements of type wt (dense, rows k apart), y_b = y + b*y_bstride (rows
+     * ldy apart); y_b is
      * overwritten. The per-head MLA absorptions (q_nope·W_uk, out_lat·W_uvᵀ)
      * over all heads in one call. Equal to a dense copy of x_b, matmul, and a
      * copy out per b (cpu does exactly that); one strided-batched GEMM on cuda. */
-    void (*matmul_strided)(const float *x, int ldx, size_t x_bstride, const float *w,
-                           size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
-                           int m, int n, int k);
+    void (*matmul_strided)(const float *x, int ldx, size_t x_bstride, const void *w,
+                           mr_wtype wt, size_t w_bstride, float *y, int ldy, size_t y_bstride,
+                           int batch, int m, int n, int k);
 
     /* y(r,:) = x(r,:) / sqrt(mean(x(r,:)²) + eps) * weight(:). x == y allowed.
      * Rows are `stride` floats apart in both x and y (stride >= dim). */

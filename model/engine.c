@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/aligned.h"
+#include "../common/bf16.h"
 
 struct mr_engine {
     const mr_config *cfg;
@@ -16,7 +17,8 @@ struct mr_engine {
     void *between_layers_ctx;
 
     mr_rope rope;             /* RoPE tables and the softmax scale (YaRN) */
-    float **w_uk_t;           /* per layer, backend: (H, C, nope) kv_b key rows transposed */
+    void **w_uk_t;            /* per layer, backend: (H, C, nope) kv_b key rows transposed */
+    mr_wtype wtype;           /* how the backend copy stores matrices (w_uk_t too) */
 
     /* backend scratch (contents not kept across growth, see kbuf.h) */
     mr_kbuf x, xn, qa, q, kv, q_lat, head_in, out_lat, attn_out, ctx, q_pe, kvb;
@@ -103,8 +105,9 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
         e->moe.ctx = e;
         e->moe.backend_io = true;
     }
-    if (!e->k->host_memory) {
-        mr_status st = mr_weights_to_backend(cfg, e->k, weights, &e->dev_w);
+    e->wtype = opts ? opts->weight_type : MR_WT_F32;
+    if (!e->k->host_memory || e->wtype != MR_WT_F32) {
+        mr_status st = mr_weights_to_backend(cfg, e->k, e->wtype, weights, &e->dev_w);
         if (st != MR_OK) {
             mr_engine_destroy(e);
             return mr_fail_prefix(st, "engine: weights to the %s backend: ", e->k->name);
@@ -112,7 +115,7 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
         e->w = &e->dev_w;
     }
 
-    e->w_uk_t = calloc((size_t)cfg->num_hidden_layers, sizeof(float *));
+    e->w_uk_t = calloc((size_t)cfg->num_hidden_layers, sizeof(void *));
     if (!e->w_uk_t || mr_rope_init(cfg, &e->rope) != MR_OK) goto nomem;
 
     /* Absorbed attention folds kv_b's key rows into q: q_lat = q_nope · W_uk
@@ -121,20 +124,32 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     const int H = cfg->num_attention_heads, nope = cfg->qk_nope_head_dim;
     const int C = cfg->kv_lora_rank, vd = cfg->v_head_dim;
     for (int l = 0; l < cfg->num_hidden_layers && e->attn == MR_ATTN_ABSORB; l++) {
-        const float *kv_b = weights->layers[l].kv_b.w;
-        size_t bytes = sizeof(float) * (size_t)H * C * nope;
-        float *t = mr_aligned_alloc(bytes);
+        const float *kv_b = weights->layers[l].kv_b.w; /* the host fp32 weights */
+        const size_t n = (size_t)H * C * nope;
+        float *t = mr_aligned_alloc(sizeof(float) * n);
         if (!t) goto nomem;
         for (int h = 0; h < H; h++)
             for (int d = 0; d < nope; d++)
                 for (int c = 0; c < C; c++)
                     t[((size_t)h * C + c) * nope + d] = kv_b[((size_t)h * (nope + vd) + d) * C + c];
-        if (e->k->host_memory) {
+        if (e->k->host_memory && e->wtype == MR_WT_F32) {
             e->w_uk_t[l] = t;
             continue;
         }
+        /* stored like kv_b itself (rounding commutes with the transpose) */
+        const size_t bytes = n * mr_wtype_size(e->wtype);
+        uint16_t *b16 = NULL;
+        if (e->wtype == MR_WT_BF16) {
+            b16 = malloc(bytes);
+            if (!b16) {
+                free(t);
+                goto nomem;
+            }
+            for (size_t i = 0; i < n; i++) b16[i] = mr_bf16_round(t[i]);
+        }
         e->w_uk_t[l] = e->k->alloc(bytes);
-        if (e->w_uk_t[l]) e->k->copy(e->w_uk_t[l], t, bytes, MR_COPY_H2D);
+        if (e->w_uk_t[l]) e->k->copy(e->w_uk_t[l], b16 ? (void *)b16 : (void *)t, bytes, MR_COPY_H2D);
+        free(b16);
         free(t);
         if (!e->w_uk_t[l]) goto nomem;
     }
@@ -150,7 +165,7 @@ void mr_engine_destroy(mr_engine *e)
     if (!e) return;
     const mr_kernels *k = e->k;
     for (int l = 0; e->w_uk_t && l < e->cfg->num_hidden_layers; l++) {
-        if (k->host_memory)
+        if (k->host_memory && e->wtype == MR_WT_F32)
             free(e->w_uk_t[l]);
         else
             k->free(e->w_uk_t[l]);
@@ -222,7 +237,8 @@ static mr_status attend_run(mr_engine *e, int layer, const struct seq_run *run)
     float *cn = fbuf(e, &e->head_in, (size_t)n_ctx * C, &st);
     if (st != MR_OK) return st;
     copy_rows(k, cn, C, ctx, lat, C, n_ctx);
-    k->matmul(cn, e->w->layers[layer].kv_b.w, kvb, n_ctx, H * (nope + vd), C, false);
+    const mr_mat *kv_b = &e->w->layers[layer].kv_b;
+    k->matmul(cn, kv_b->w, kv_b->type, kvb, n_ctx, H * (nope + vd), C, false);
     /* k(t, h) = [k_nope(t, h) | k_pe(t)], v(t, h) */
     copy_rows(k, kf, dqk, kvb, nope + vd, nope, n_ctx * H);
     for (int h = 0; h < H; h++) copy_rows(k, kf + (size_t)h * dqk + nope, H * dqk, ctx + C, lat, R, n_ctx);
@@ -253,13 +269,13 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
     if (c->q_lora_rank > 0) {
         float *qa = fbuf(e, &e->qa, (size_t)T * c->q_lora_rank, &st);
         if (st != MR_OK) return st;
-        k->matmul(xn, lw->q_a.w, qa, T, c->q_lora_rank, D, false);
+        k->matmul(xn, lw->q_a.w, lw->q_a.type, qa, T, c->q_lora_rank, D, false);
         k->rmsnorm(qa, lw->q_a_norm, qa, T, c->q_lora_rank, c->q_lora_rank, c->rms_norm_eps);
-        k->matmul(qa, lw->q_b.w, q, T, H * dqk, c->q_lora_rank, false);
+        k->matmul(qa, lw->q_b.w, lw->q_b.type, q, T, H * dqk, c->q_lora_rank, false);
     } else {
-        k->matmul(xn, lw->q.w, q, T, H * dqk, D, false);
+        k->matmul(xn, lw->q.w, lw->q.type, q, T, H * dqk, D, false);
     }
-    k->matmul(xn, lw->kv_a.w, kv, T, lat, D, false);
+    k->matmul(xn, lw->kv_a.w, lw->kv_a.type, kv, T, lat, D, false);
 
     /* RoPE on q_pe (every head) and k_pe (shared), at each token's position:
      * one call per tensor for the whole batch */
@@ -277,8 +293,8 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
         fbuf(e, &e->out_lat, (size_t)T * H * C, &st);
         if (st != MR_OK) return st;
         /* q_lat[:, h] = q_nope[:, h] · W_uk[h]   (n, nope) → (n, C), every head at once */
-        k->matmul_strided(q, H * dqk, (size_t)dqk, e->w_uk_t[layer], (size_t)C * nope, q_lat,
-                          H * C, (size_t)C, H, T, C, nope);
+        k->matmul_strided(q, H * dqk, (size_t)dqk, e->w_uk_t[layer], e->wtype, (size_t)C * nope,
+                          q_lat, H * C, (size_t)C, H, T, C, nope);
     }
     if (e->attn == MR_ATTN_ABSORB && e->n_decode > 0) {
         /* every one-token run (decode) in one call, straight from the pool */
@@ -296,11 +312,12 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
             MR_TRY(attend_run(e, layer, &e->runs[r]));
     if (e->attn == MR_ATTN_ABSORB) {
         /* attn_out[:, h] = out_lat[:, h] · W_uvᵀ  with W_uv = kv_b value rows (v, C) */
-        k->matmul_strided(e->out_lat.p, H * C, (size_t)C, lw->kv_b.w + (size_t)nope * C,
+        k->matmul_strided(e->out_lat.p, H * C, (size_t)C,
+                          mr_wtype_at(lw->kv_b.w, lw->kv_b.type, (size_t)nope * C), lw->kv_b.type,
                           (size_t)(nope + vd) * C, attn_out, H * vd, (size_t)vd, H, T, vd, C);
     }
     /* x += o_proj(attn_out) */
-    k->matmul(attn_out, lw->o.w, x, T, D, H * vd, true);
+    k->matmul(attn_out, lw->o.w, lw->o.type, x, T, D, H * vd, true);
     return MR_OK;
 }
 
@@ -354,8 +371,7 @@ static mr_status ffn_block(mr_engine *e, int layer, int T)
     if (!lw->is_moe) {
         float *s = fbuf(e, &e->mlp_scratch, 2 * (size_t)T * c->intermediate_size, &st);
         if (st != MR_OK) return st;
-        mr_expert_w dense = {lw->dense.gate.w, lw->dense.up.w, lw->dense.down.w,
-                             lw->dense.gate.cols, lw->dense.gate.rows};
+        mr_expert_w dense = mr_mlp_view(&lw->dense);
         k->expert_ffn(&dense, xn, T, x, true, s);
         return MR_OK;
     }
@@ -378,7 +394,7 @@ static mr_status ffn_block(mr_engine *e, int layer, int T)
         .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor,
         .v2_scaling = c->arch == MR_ARCH_DEEPSEEK_V2,
     };
-    k->matmul(xn, lw->gate.w, logits, T, E, D, false);
+    k->matmul(xn, lw->gate.w, lw->gate.type, logits, T, E, D, false);
     k->moe_gate(logits, lw->gate_bias, T, &gp, ids, gw, gs);
 
     st = run_routed(e, layer, T, xn, gw, eo);
@@ -388,8 +404,7 @@ static mr_status ffn_block(mr_engine *e, int layer, int T)
      * x += routed + shared(xn). */
     k->moe_combine(eo, gw, T, K, D, routed);
     if (c->n_shared_experts > 0) {
-        mr_expert_w shared = {lw->shared.gate.w, lw->shared.up.w, lw->shared.down.w,
-                              lw->shared.gate.cols, lw->shared.gate.rows};
+        mr_expert_w shared = mr_mlp_view(&lw->shared);
         k->expert_ffn(&shared, xn, T, routed, true, ms);
     }
     k->add(x, routed, (size_t)T * D);
@@ -528,7 +543,7 @@ static mr_status forward_logits(mr_engine *e, const mr_batch *b, float *host_out
     if (st != MR_OK) return st;
     k->gather_rows(x, D, e->dev_idx + e->off_want, 0, n_want, D, xn);
     k->rmsnorm(xn, e->w->final_norm, xn, n_want, D, D, c->rms_norm_eps);
-    k->matmul(xn, e->w->lm_head.w, out, n_want, c->vocab_size, D, false);
+    k->matmul(xn, e->w->lm_head.w, e->w->lm_head.type, out, n_want, c->vocab_size, D, false);
     *dev_logits = out;
     return MR_OK;
 }

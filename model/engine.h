@@ -19,9 +19,15 @@
  * outputs are summed in the router's order, then the shared experts' output
  * is added — so results never depend on where or in what order experts ran.
  *
+ * Precision: weight_type BF16 stores every matrix as bfloat16 (the
+ * embedding, norms and router bias stay fp32) and its GEMMs take their
+ * activations rounded to bf16 with fp32 products and sums (mr_wtype);
+ * everything else is fp32 as above.
+ *
  * Backends: every tensor of a forward lives in the kernels' memory (host
  * for cpu, the GPU for cuda): weights are copied there at create
- * (mr_weights_to_backend) unless the backend's memory is host memory, the KV
+ * (mr_weights_to_backend) unless the backend's memory is host memory and
+ * the weights stay fp32, the KV
  * pool's storage must be that memory too (mr_kv_pool_create_in over k->alloc;
  * the engine addresses KV rows by index, mr_kv_seq_row_index), and per
  * forward the engine uploads only token ids, row indices and RoPE tables and
@@ -64,6 +70,7 @@ typedef struct mr_moe_exec {
 
 typedef struct mr_engine_opts {
     const mr_kernels *kernels;   /* NULL = CPU */
+    mr_wtype weight_type;        /* matrices on the backend: fp32 (default) or bf16 */
     mr_attn_mode attn;
     const mr_moe_exec *moe;      /* NULL = local experts from the weights */
     /* Called after every layer (NULL = none): cluster roles keep their

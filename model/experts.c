@@ -34,12 +34,6 @@ static mr_status ws_reserve_slots(const mr_kernels *k, mr_expert_ws *ws, int n_s
     return MR_OK;
 }
 
-static mr_expert_w expert_view(const mr_mlp *m)
-{
-    mr_expert_w e = {m->gate.w, m->up.w, m->down.w, m->gate.cols, m->gate.rows};
-    return e;
-}
-
 /* Checks every slot's expert and sorts slots by expert (stable) into
  * ws->order; group e is order[start[e] .. start[e+1]). */
 static mr_status group_slots(const mr_config *cfg, const mr_weights *weights, const mr_kernels *k,
@@ -82,7 +76,7 @@ static mr_status run_groups(const mr_config *cfg, const mr_weights *weights, con
     int n_groups = 0;
     for (int e = 0; e < E; e++) {
         if (ws->start[e + 1] == ws->start[e]) continue;
-        ws->views[n_groups] = expert_view(&weights->layers[layer].experts[e]);
+        ws->views[n_groups] = mr_mlp_view(&weights->layers[layer].experts[e]);
         ws->row_start[n_groups++] = ws->start[e];
     }
     ws->row_start[n_groups] = ws->start[E];

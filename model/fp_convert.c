@@ -4,6 +4,8 @@
  */
 #include "safetensors.h"
 
+#include "../common/bf16.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -23,16 +25,12 @@ static float f32_from_bits(uint32_t bits)
 
 float mr_bf16_to_f32(uint16_t bits)
 {
-    return f32_from_bits((uint32_t)bits << 16);
+    return mr_bf16_widen(bits);
 }
 
 uint16_t mr_f32_to_bf16(float value)
 {
-    uint32_t bits = f32_bits(value);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u)             /* NaN: keep it quiet NaN */
-        return (uint16_t)((bits >> 16) | 0x0040u);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);               /* round to nearest even */
-    return (uint16_t)(bits >> 16);
+    return mr_bf16_round(value);
 }
 
 float mr_f16_to_f32(uint16_t bits)

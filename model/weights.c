@@ -23,7 +23,8 @@ typedef struct wt_spec {
     char name[WT_NAME_MAX];
     int ndim;                        /* 1 or 2 */
     int64_t shape[2];
-    float **dst;                     /* receives the fp32 buffer */
+    float **dst;                     /* receives the fp32 buffer (a vector) ... */
+    mr_mat *mat;                     /* ... or this matrix's w (then dst is NULL) */
     bool optional;                   /* absent is fine (dst stays NULL) */
     bool load;                       /* false: check only (filtered expert) */
     const mr_tensor_info *tensor;    /* resolved; NULL when optional and absent */
@@ -85,14 +86,25 @@ static wt_spec *plan_add(wt_plan *plan, float **dst, int ndim, int64_t rows, int
     return spec;
 }
 
+/* Hands a loaded fp32 buffer to the struct field the spec names. */
+static void spec_store(const wt_spec *spec, float *buf)
+{
+    if (spec->mat)
+        spec->mat->w = buf;
+    else
+        *spec->dst = buf;
+}
+
 static void plan_mat(wt_plan *plan, mr_mat *mat, int rows, int cols, bool load,
                      const char *prefix, const char *name)
 {
     mat->rows = rows;
     mat->cols = cols;
-    wt_spec *spec = plan_add(plan, &mat->w, 2, rows, cols, "%s%s.weight", prefix, name);
-    if (spec)
+    wt_spec *spec = plan_add(plan, NULL, 2, rows, cols, "%s%s.weight", prefix, name);
+    if (spec) {
+        spec->mat = mat;
         spec->load = load;
+    }
 }
 
 static void plan_vec(wt_plan *plan, float **dst, int len, const char *prefix, const char *name)
@@ -181,7 +193,8 @@ static mr_status plan_build(const mr_config *cfg, mr_expert_filter filter, void 
     plan_vec(plan, &w->final_norm, dim, "", "model.norm.weight");
     w->lm_head.rows = cfg->vocab_size;
     w->lm_head.cols = dim;
-    plan_add(plan, &w->lm_head.w, 2, cfg->vocab_size, dim, "lm_head.weight");
+    wt_spec *head = plan_add(plan, NULL, 2, cfg->vocab_size, dim, "lm_head.weight");
+    if (head) head->mat = &w->lm_head;
     return plan->status;
 }
 
@@ -322,7 +335,7 @@ static mr_status load_spec(const mr_config *cfg, const wt_spec *spec, uint64_t *
         free(buf);
         return status;
     }
-    *spec->dst = buf;
+    spec_store(spec, buf);
     *n_bytes += (uint64_t)n * sizeof *buf;
     return MR_OK;
 }
@@ -430,7 +443,7 @@ mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out
                 j += len;
             }
         }
-        *spec->dst = buf;
+        spec_store(spec, buf);
         w.n_bytes += (uint64_t)n * sizeof *buf;
     }
     free(block);

@@ -1,4 +1,5 @@
-/* model/weights.h — a model's weights in the engine's compute dtype (fp32).
+/* model/weights.h — a model's weights: loaded in fp32 on the host; on a
+ * backend, matrices in fp32 or bf16 (mr_weights_to_backend).
  *
  * mr_weights_load() walks the HF tensor names of the DeepSeek-V3 release
  * (model.embed_tokens.weight, model.layers.N.self_attn.q_a_proj.weight,
@@ -27,9 +28,10 @@
 #include "safetensors.h"
 
 typedef struct mr_mat {
-    float *w;     /* [rows, cols] row-major; NULL when not loaded */
-    int rows;     /* out features */
-    int cols;     /* in features */
+    void *w;        /* [rows, cols] row-major of `type`; NULL when not loaded */
+    int rows;       /* out features */
+    int cols;       /* in features */
+    mr_wtype type;  /* MR_WT_F32 as loaded; MR_WT_BF16 on a backend that stores bf16 */
 } mr_mat;
 
 typedef struct mr_mlp {
@@ -66,7 +68,7 @@ typedef struct mr_weights {
     mr_mat lm_head;        /* [vocab, D] */
     int n_layers;
     int n_experts;
-    uint64_t n_bytes;      /* fp32 bytes held */
+    uint64_t n_bytes;      /* bytes held (every array, in its stored type) */
     /* Whose memory the arrays are: NULL = host memory from malloc (the
      * loader); else the backend table that allocated them
      * (mr_weights_to_backend), which mr_weights_free gives them back to. */
@@ -85,11 +87,12 @@ mr_status mr_weights_load_routed(const mr_config *cfg, const mr_st_archive *arch
                                  mr_expert_filter filter, void *filter_ctx, mr_weights *out);
 void mr_weights_free(mr_weights *w); /* accepts NULL and zeroed structs */
 
-/* One expert's (or MLP's) three matrices: a backend copy of host arrays
- * (shapes kept; nothing left allocated on failure), and freeing them (k NULL:
- * host memory from the loader). Used when an expert rank's set of experts
- * changes while serving. */
-mr_status mr_mlp_to_backend(const mr_kernels *k, const mr_mlp *host, mr_mlp *dev);
+/* One expert's (or MLP's) three matrices: a backend copy of host fp32 arrays
+ * stored as `wtype` (shapes kept; nothing left allocated on failure), and
+ * freeing them (k NULL: host memory from the loader). Used when an expert
+ * rank's set of experts changes while serving. */
+mr_status mr_mlp_to_backend(const mr_kernels *k, mr_wtype wtype, const mr_mlp *host,
+                            mr_mlp *dev);
 void mr_mlp_free(const mr_kernels *k, mr_mlp *m);
 
 /* Random host weights for every tensor the config calls for (all experts),
@@ -98,13 +101,20 @@ void mr_mlp_free(const mr_kernels *k, mr_mlp *m);
  * tens of GB fast). For benchmarks at real shapes (moerun bench layer). */
 mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out);
 
-/* A copy of host weights in backend memory: every array `host` holds is
- * allocated with k->alloc and copied (arrays NULL in host stay NULL; shapes
- * are kept). For a host-memory backend (cpu) it still copies, so the two
- * structs never share buffers. `out` records k as its backend; free it with
- * mr_weights_free. On failure nothing is left allocated. */
-mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
+/* A copy of host (fp32) weights in backend memory: every array `host` holds
+ * is allocated with k->alloc and copied (arrays NULL in host stay NULL;
+ * shapes are kept). Matrices (every mr_mat) are stored as `wtype`: BF16
+ * rounds each value to nearest even (exact for a BF16 checkpoint; an FP8
+ * checkpoint, dequantized at load, is rounded once more). The embedding
+ * table, norms and the router bias stay fp32. For a host-memory backend
+ * (cpu) it still copies, so the two structs never share buffers. `out`
+ * records k as its backend; free it with mr_weights_free. On failure nothing
+ * is left allocated. */
+mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k, mr_wtype wtype,
                                 const mr_weights *host, mr_weights *out);
+
+/* The same expert/MLP as the kernels take it (pointers, shape, type). */
+mr_expert_w mr_mlp_view(const mr_mlp *m);
 
 /* A tensor of a layer >= n_layers (model.layers.N.*, N >= num_hidden_layers):
  * the multi-token-prediction layers the engine ignores. */

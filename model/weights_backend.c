@@ -10,13 +10,24 @@
 
 #include "weights.h"
 
-/* Called for each array slot with its length in floats (0 when cfg is NULL
- * and the length is not stored in the struct). */
-typedef void (*array_fn)(float **slot, size_t n_floats, void *ctx);
+#include "../common/bf16.h"
+
+/* Called for each array slot with its length in elements (0 when cfg is
+ * NULL and the length is not stored in the struct) and, for a matrix, its
+ * mr_mat (whose type says how the slot's elements are stored; NULL for the
+ * fp32 vectors and the embedding table). */
+typedef void (*array_fn)(void **slot, size_t n, mr_mat *mat, void *ctx);
 
 static void visit_mat(mr_mat *m, array_fn fn, void *ctx)
 {
-    fn(&m->w, (size_t)m->rows * (size_t)m->cols, ctx);
+    fn(&m->w, (size_t)m->rows * (size_t)m->cols, m, ctx);
+}
+
+static void visit_vec(float **slot, size_t n, array_fn fn, void *ctx)
+{
+    void *p = *slot;
+    fn(&p, n, NULL, ctx);
+    *slot = p;
 }
 
 static void visit_mlp(mr_mlp *m, array_fn fn, void *ctx)
@@ -29,34 +40,35 @@ static void visit_mlp(mr_mlp *m, array_fn fn, void *ctx)
 static void visit_arrays(const mr_config *cfg, mr_weights *w, array_fn fn, void *ctx)
 {
     const size_t dim = cfg ? (size_t)cfg->hidden_size : 0;
-    fn(&w->embed, cfg ? (size_t)cfg->vocab_size * dim : 0, ctx);
+    visit_vec(&w->embed, cfg ? (size_t)cfg->vocab_size * dim : 0, fn, ctx);
     for (int l = 0; w->layers && l < w->n_layers; l++) {
         mr_layer_weights *layer = &w->layers[l];
-        fn(&layer->attn_norm, dim, ctx);
-        fn(&layer->ffn_norm, dim, ctx);
+        visit_vec(&layer->attn_norm, dim, fn, ctx);
+        visit_vec(&layer->ffn_norm, dim, fn, ctx);
         visit_mat(&layer->q_a, fn, ctx);
-        fn(&layer->q_a_norm, cfg ? (size_t)cfg->q_lora_rank : 0, ctx);
+        visit_vec(&layer->q_a_norm, cfg ? (size_t)cfg->q_lora_rank : 0, fn, ctx);
         visit_mat(&layer->q_b, fn, ctx);
         visit_mat(&layer->q, fn, ctx);
         visit_mat(&layer->kv_a, fn, ctx);
-        fn(&layer->kv_a_norm, cfg ? (size_t)cfg->kv_lora_rank : 0, ctx);
+        visit_vec(&layer->kv_a_norm, cfg ? (size_t)cfg->kv_lora_rank : 0, fn, ctx);
         visit_mat(&layer->kv_b, fn, ctx);
         visit_mat(&layer->o, fn, ctx);
         visit_mlp(&layer->dense, fn, ctx);
         visit_mat(&layer->gate, fn, ctx);
-        fn(&layer->gate_bias, cfg ? (size_t)cfg->n_routed_experts : 0, ctx);
+        visit_vec(&layer->gate_bias, cfg ? (size_t)cfg->n_routed_experts : 0, fn, ctx);
         for (int e = 0; layer->experts && e < w->n_experts; e++)
             visit_mlp(&layer->experts[e], fn, ctx);
         visit_mlp(&layer->shared, fn, ctx);
     }
-    fn(&w->final_norm, dim, ctx);
+    visit_vec(&w->final_norm, dim, fn, ctx);
     visit_mat(&w->lm_head, fn, ctx);
 }
 
-static void free_array(float **slot, size_t n_floats, void *ctx)
+static void free_array(void **slot, size_t n, mr_mat *mat, void *ctx)
 {
     const mr_kernels *k = ctx;
-    (void)n_floats;
+    (void)n;
+    (void)mat;
     if (!*slot) return;
     if (k)
         k->free(*slot);
@@ -79,31 +91,59 @@ void mr_weights_free(mr_weights *w)
 
 typedef struct upload_ctx {
     const mr_kernels *k;
+    mr_wtype wtype;      /* how matrices are stored */
     mr_status status;
     uint64_t n_bytes;
+    uint16_t *staging;   /* host buffer for bf16 conversion (grown on demand) */
+    size_t staging_cap;  /* elements */
 } upload_ctx;
 
-/* The slot holds the HOST pointer (from the shallow copy); replace it by a
- * backend copy, or by NULL after a failure (so the free pass never frees a
- * host array through the backend). */
-static void upload_array(float **slot, size_t n_floats, void *ctx)
+/* host (n fp32) as bf16 in u->staging; false when out of memory */
+static bool stage_bf16(upload_ctx *u, const float *host, size_t n)
+{
+    if (n > u->staging_cap) {
+        uint16_t *p = realloc(u->staging, n * sizeof *p);
+        if (!p) return false;
+        u->staging = p;
+        u->staging_cap = n;
+    }
+    for (size_t i = 0; i < n; i++) u->staging[i] = mr_bf16_round(host[i]);
+    return true;
+}
+
+/* The slot holds the HOST fp32 pointer (from the shallow copy); replace it
+ * by a backend copy (a matrix in u->wtype), or by NULL after a failure (so
+ * the free pass never frees a host array through the backend). */
+static void upload_array(void **slot, size_t n, mr_mat *mat, void *ctx)
 {
     upload_ctx *u = ctx;
     const float *host = *slot;
     *slot = NULL;
     if (!host || u->status != MR_OK) return;
-    float *dev = u->k->alloc(n_floats * sizeof(float));
+    const mr_wtype type = mat ? u->wtype : MR_WT_F32;
+    const size_t bytes = n * mr_wtype_size(type);
+    const void *src = host;
+    if (type == MR_WT_BF16) {
+        if (!stage_bf16(u, host, n)) {
+            u->status = mr_fail(MR_ENOMEM, "weights: out of host memory converting %zu values "
+                                "to bf16", n);
+            return;
+        }
+        src = u->staging;
+    }
+    void *dev = u->k->alloc(bytes);
     if (!dev) {
         u->status = mr_fail(MR_ENOMEM, "%s backend: cannot allocate %zu bytes for weights",
-                            u->k->name, n_floats * sizeof(float));
+                            u->k->name, bytes);
         return;
     }
-    u->k->copy(dev, host, n_floats * sizeof(float), MR_COPY_H2D);
+    u->k->copy(dev, src, bytes, MR_COPY_H2D); /* returns when dev holds the data */
     *slot = dev;
-    u->n_bytes += n_floats * sizeof(float);
+    if (mat) mat->type = type;
+    u->n_bytes += bytes;
 }
 
-mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
+mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k, mr_wtype wtype,
                                 const mr_weights *host, mr_weights *out)
 {
     memset(out, 0, sizeof *out);
@@ -133,8 +173,9 @@ mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
         free(w.layers);
         return st;
     }
-    upload_ctx u = {.k = k, .status = MR_OK, .n_bytes = 0};
+    upload_ctx u = {.k = k, .wtype = wtype, .status = MR_OK};
     visit_arrays(cfg, &w, upload_array, &u);
+    free(u.staging);
     k->sync();
     if (u.status == MR_OK) u.status = k->check();
     w.n_bytes = u.n_bytes;
@@ -146,14 +187,22 @@ mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k,
     return MR_OK;
 }
 
-mr_status mr_mlp_to_backend(const mr_kernels *k, const mr_mlp *host, mr_mlp *dev)
+mr_status mr_mlp_to_backend(const mr_kernels *k, mr_wtype wtype, const mr_mlp *host,
+                            mr_mlp *dev)
 {
     *dev = *host;
-    upload_ctx u = {.k = k, .status = MR_OK, .n_bytes = 0};
+    upload_ctx u = {.k = k, .wtype = wtype, .status = MR_OK};
     visit_mlp(dev, upload_array, &u);
+    free(u.staging);
     if (u.status == MR_OK) u.status = k->check();
     if (u.status != MR_OK) mr_mlp_free(k, dev);
     return u.status;
+}
+
+mr_expert_w mr_mlp_view(const mr_mlp *m)
+{
+    return (mr_expert_w){.gate = m->gate.w, .up = m->up.w, .down = m->down.w,
+                         .dim = m->gate.cols, .inter = m->gate.rows, .type = m->gate.type};
 }
 
 void mr_mlp_free(const mr_kernels *k, mr_mlp *m)

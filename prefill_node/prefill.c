@@ -342,7 +342,8 @@ static mr_status setup(prefill_state *p)
     p->pool = p->kv.pool;
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;
-    mr_engine_opts eo = {.kernels = r->kernels, .attn = r->opts.attn, .moe = &p->moe,
+    mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
+                         .attn = r->opts.attn, .moe = &p->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &p->engine));
     MR_INFO("ready: %d prefill ranks (expert-parallel), budget %d tokens/iteration", p->n_prefill, B);

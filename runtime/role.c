@@ -102,12 +102,12 @@ static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ct
     MR_TRY(mr_backend_open(r->opts.backend, r->opts.bf16, &r->kernels));
     MR_TRY(routed_only ? mr_model_load_routed(r->opts.model_dir, filter, filter_ctx, &r->model)
                        : mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
-    if (routed_only && !r->kernels->host_memory)
-        MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, &r->model.weights,
-                                     &r->backend_experts));
-    MR_INFO("model %s loaded in %.2f s (%.1f MB of weights held, %s backend%s)", r->model.source,
-            mr_now() - t0, (double)r->model.weights.n_bytes / 1e6, r->kernels->name,
-            r->opts.bf16 ? ", bf16 GEMMs" : "");
+    if (routed_only && (!r->kernels->host_memory || mr_role_weight_type(r) != MR_WT_F32))
+        MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, mr_role_weight_type(r),
+                                     &r->model.weights, &r->backend_experts));
+    MR_INFO("model %s loaded in %.2f s (%.1f MB of fp32 weights held, %s backend, %s weights)",
+            r->model.source, mr_now() - t0, (double)r->model.weights.n_bytes / 1e6,
+            r->kernels->name, mr_wtype_name(mr_role_weight_type(r)));
     r->cpu_at_start = mr_cpu_seconds();
     return MR_OK;
 }
@@ -116,6 +116,11 @@ void mr_role_service(void *role)
 {
     mr_role *r = role;
     tp_service(r->tp);
+}
+
+mr_wtype mr_role_weight_type(const mr_role *r)
+{
+    return r->opts.bf16 ? MR_WT_BF16 : MR_WT_F32;
 }
 
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx)
@@ -140,7 +145,8 @@ mr_status mr_role_adopt_experts(mr_role *r, mr_model *add, int *n)
             mr_mlp *src = &add->weights.layers[l].experts[e];
             if (!src->gate.w || w->layers[l].experts[e].gate.w) continue; /* none, or held */
             if (backend) {
-                st = mr_mlp_to_backend(r->kernels, src, &r->backend_experts.layers[l].experts[e]);
+                st = mr_mlp_to_backend(r->kernels, mr_role_weight_type(r), src,
+                                       &r->backend_experts.layers[l].experts[e]);
                 if (st != MR_OK) break;
             }
             w->layers[l].experts[e] = *src; /* the host arrays move over */

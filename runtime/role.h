@@ -57,8 +57,11 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
  * usable GPU fails here with the reason), load the model (filter may skip
  * routed experts) and start CPU accounting. */
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+/* How this rank stores matrices on its backend (--precision: fp32 | bf16). */
+mr_wtype mr_role_weight_type(const mr_role *r);
 /* The same for a rank that only runs routed experts: nothing else is loaded,
- * and on a non-host backend the experts are copied there (backend_experts). */
+ * and on a non-host backend, or with bf16 weights, the experts are copied
+ * there in the rank's weight type (backend_experts). */
 mr_status mr_role_load_experts(mr_role *r, mr_expert_filter filter, void *filter_ctx);
 /* Expert ranks whose set of experts changes while serving (re-placement):
  * _adopt_experts moves every routed expert `add` holds that this rank does

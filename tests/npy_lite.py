@@ -52,6 +52,19 @@ def rows(a, n):
     return ((n, width), data[: n * width])
 
 
+def row_max_abs_diffs(a, b):
+    """max |a - b| of each row of two loaded 2-D arrays of the same shape."""
+    (sa, da), (sb, db) = a, b
+    if sa != sb:
+        raise ValueError(f"shapes differ: {sa} vs {sb}")
+    if _np is not None:
+        return [float(v) for v in _np.max(_np.abs(da - db), axis=1)]
+    width = sa[1]
+    return [max(abs(x - y) for x, y in zip(da[r * width:(r + 1) * width],
+                                            db[r * width:(r + 1) * width]))
+            for r in range(sa[0])]
+
+
 def max_abs(a):
     _, data = a
     if _np is not None:

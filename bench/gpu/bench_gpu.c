@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "common/args.h"
+#include "common/bf16.h"
 #include "common/timer.h"
 #include "kernels/cuda/kernels_cuda.h"
 
@@ -70,26 +71,39 @@ static const char *prec_name(mr_cuda_precision p)
 
 /* Device buffer of n floats filled with a small deterministic pattern
  * (uploaded once, then doubled by D2D copies). NULL on failure. */
-static float *dev_filled(const mr_kernels *k, size_t n)
+/* n elements of type t in backend memory, a fixed pattern in [-0.5, 0.5)
+ * (softmax and SwiGLU stay finite), filled by doubling D2D copies. */
+static void *dev_filled_typed(const mr_kernels *k, size_t n, mr_wtype t)
 {
-    float *d = k->alloc(n * sizeof(float));
+    const size_t esz = mr_wtype_size(t);
+    char *d = k->alloc(n * esz);
     if (d == NULL) return NULL;
     const size_t chunk = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
-    float *h = malloc(chunk * sizeof(float));
+    char *h = malloc(chunk * esz);
     if (h == NULL) {
         k->free(d);
         return NULL;
     }
-    for (size_t i = 0; i < chunk; i++) /* in [-0.5, 0.5): softmax and SwiGLU stay finite */
-        h[i] = (float)((int)((i * 2654435761u) >> 22 & 1023) - 512) / 1024.0f;
-    k->copy(d, h, chunk * sizeof(float), MR_COPY_H2D);
+    for (size_t i = 0; i < chunk; i++) {
+        const float v = (float)((int)((i * 2654435761u) >> 22 & 1023) - 512) / 1024.0f;
+        if (t == MR_WT_BF16)
+            ((uint16_t *)h)[i] = mr_bf16_round(v);
+        else
+            ((float *)h)[i] = v;
+    }
+    k->copy(d, h, chunk * esz, MR_COPY_H2D);
     free(h);
     for (size_t done = chunk; done < n;) {
         const size_t len = done < n - done ? done : n - done;
-        k->copy(d + done, d, len * sizeof(float), MR_COPY_D2D);
+        k->copy(d + done * esz, d, len * esz, MR_COPY_D2D);
         done += len;
     }
     return d;
+}
+
+static float *dev_filled(const mr_kernels *k, size_t n)
+{
+    return dev_filled_typed(k, n, MR_WT_F32);
 }
 
 /* A measured function: one call of the thing (sync excluded). */
@@ -280,7 +294,8 @@ done:
 typedef struct expert_arg {
     const mr_kernels *k;
     int experts, tokens;
-    const float *weights; /* experts × (gate | up | down) */
+    const void *weights;  /* experts × (gate | up | down), of type wt */
+    mr_wtype wt;
     const float *x;       /* (experts·tokens, D) */
     float *out, *scratch;
 } expert_arg;
@@ -290,8 +305,9 @@ static void experts_call(const void *arg)
     const expert_arg *a = arg;
     const size_t mat = (size_t)EXP_DIM * EXP_INTER;
     for (int e = 0; e < a->experts; e++) {
-        const float *w = a->weights + (size_t)e * 3 * mat;
-        const mr_expert_w ew = { w, w + mat, w + 2 * mat, EXP_DIM, EXP_INTER };
+        const void *w = mr_wtype_at(a->weights, a->wt, (size_t)e * 3 * mat);
+        const mr_expert_w ew = { w, mr_wtype_at(w, a->wt, mat), mr_wtype_at(w, a->wt, 2 * mat),
+                                 EXP_DIM, EXP_INTER, a->wt };
         const size_t rows = (size_t)e * a->tokens * EXP_DIM;
         a->k->expert_ffn(&ew, a->x + rows, a->tokens, a->out + rows, false, a->scratch);
     }
@@ -306,8 +322,9 @@ static void grouped_call(const void *arg)
     int32_t start[257];
     const int n = a->experts < 256 ? a->experts : 256;
     for (int e = 0; e < n; e++) {
-        const float *w = a->weights + (size_t)e * 3 * mat;
-        views[e] = (mr_expert_w){ w, w + mat, w + 2 * mat, EXP_DIM, EXP_INTER };
+        const void *w = mr_wtype_at(a->weights, a->wt, (size_t)e * 3 * mat);
+        views[e] = (mr_expert_w){ w, mr_wtype_at(w, a->wt, mat), mr_wtype_at(w, a->wt, 2 * mat),
+                                  EXP_DIM, EXP_INTER, a->wt };
         start[e] = e * a->tokens;
     }
     start[n] = n * a->tokens;
@@ -318,8 +335,8 @@ static void dense_call(const void *arg)
 {
     const expert_arg *a = arg;
     /* (experts·tokens, D) · (3·inter, D)ᵀ: the same 6·n·D·inter FLOPs */
-    a->k->matmul(a->x, a->weights, a->out, a->experts * a->tokens, 3 * EXP_INTER, EXP_DIM,
-                 false);
+    a->k->matmul(a->x, a->weights, a->wt, a->out, a->experts * a->tokens, 3 * EXP_INTER,
+                 EXP_DIM, false);
 }
 
 static int bench_experts(bench_gpu *b)
@@ -332,7 +349,9 @@ static int bench_experts(bench_gpu *b)
     const mr_kernels *k = b->k;
     const size_t mat = (size_t)EXP_DIM * EXP_INTER;
     const size_t max_rows = (size_t)experts * max_tok;
-    float *w = dev_filled(k, (size_t)experts * 3 * mat);
+    /* the weights as fp32 and as bf16: bf16 runs use BF16 weights, as served */
+    void *w = dev_filled_typed(k, (size_t)experts * 3 * mat, MR_WT_F32);
+    void *w16 = dev_filled_typed(k, (size_t)experts * 3 * mat, MR_WT_BF16);
     float *x = dev_filled(k, max_rows * EXP_DIM);
     /* out: (rows, D) for the experts, (rows, 3·inter) for the dense GEMM */
     const size_t out_cols = EXP_DIM > 3 * EXP_INTER ? EXP_DIM : 3 * EXP_INTER;
@@ -340,7 +359,7 @@ static int bench_experts(bench_gpu *b)
     float *scratch = k->alloc(2 * max_rows * EXP_INTER * sizeof(float)); /* grouped: all rows */
     cJSON *rows = b->json != NULL ? cJSON_AddArrayToObject(b->json, "experts") : NULL;
     int rc = 0;
-    if (!w || !x || !out || !scratch) {
+    if (!w || !w16 || !x || !out || !scratch) {
         fprintf(stderr, "moerun-bench-gpu: expert buffers: %s\n", mr_last_error());
         rc = 1;
         goto done;
@@ -358,7 +377,9 @@ static int bench_experts(bench_gpu *b)
             goto done;
         }
         for (int i = 0; i < n_tokens; i++) {
-            expert_arg a = { k, experts, tokens[i], w, x, out, scratch };
+            const bool bf16 = b->o->prec[p] == MR_CUDA_PRECISION_BF16;
+            expert_arg a = { k, experts, tokens[i], bf16 ? w16 : w, bf16 ? MR_WT_BF16 : MR_WT_F32,
+                             x, out, scratch };
             const double s_exp = measure(k, b->o, experts_call, &a);
             const double s_grp = measure(k, b->o, grouped_call, &a);
             const double s_dense = measure(k, b->o, dense_call, &a);
@@ -393,6 +414,7 @@ done:
     k->free(scratch);
     k->free(out);
     k->free(x);
+    k->free(w16);
     k->free(w);
     return rc;
 }
@@ -488,8 +510,9 @@ int main(int argc, char **argv)
         snprintf(cmd + used, sizeof cmd - used, "%s%s", i ? " " : "", argv[i]);
     }
     printf("# device: %s\n# command: %s\n", device, cmd);
-    printf("# GEMM precision: fp32 = COMPUTE_32F (no TF32), bf16 = COMPUTE_32F_FAST_16BF "
-           "(bf16 inputs, fp32 accumulate); arrays fp32\n");
+    printf("# GEMM precision: fp32 = COMPUTE_32F (no TF32); bf16 = BF16 weights and BF16 "
+           "activations, fp32 accumulate (experts, dense), COMPUTE_32F_FAST_16BF on fp32 arrays "
+           "(MLA)\n");
     if (o.json_path != NULL) {
         b.json = cJSON_CreateObject();
         cJSON_AddStringToObject(b.json, "device", device);

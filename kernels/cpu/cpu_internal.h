@@ -10,6 +10,11 @@
 void mr_cpu_matmul(const float *x, const float *w, float *y, int m, int n, int k,
                    bool accumulate);
 
+/* mr_kernels.matmul: the same over a weight of type wt (matmul_typed_cpu.c;
+ * BF16 rounds x to bfloat16 and widens w tile by tile). */
+void mr_cpu_matmul_typed(const float *x, const void *w, mr_wtype wt, float *y, int m, int n,
+                         int k, bool accumulate);
+
 /* Expert / MLP forward, see mr_kernels.expert_ffn. */
 void mr_cpu_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float *out,
                        bool accumulate, float *scratch);

@@ -37,9 +37,9 @@ static void cpu_rope(float *x, int n_vecs, int stride, int rope_dim, const float
     }
 }
 
-static void cpu_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
-                               size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
-                               int m, int n, int k)
+static void cpu_matmul_strided(const float *x, int ldx, size_t x_bstride, const void *w,
+                               mr_wtype wt, size_t w_bstride, float *y, int ldy,
+                               size_t y_bstride, int batch, int m, int n, int k)
 {
     if (m <= 0 || n <= 0 || batch <= 0) return;
     float *xd = malloc(sizeof(float) * (size_t)m * (size_t)(k > 0 ? k : 1));
@@ -48,7 +48,7 @@ static void cpu_matmul_strided(const float *x, int ldx, size_t x_bstride, const 
     for (int b = 0; b < batch; b++) {
         for (int r = 0; r < m; r++)
             memcpy(xd + (size_t)r * k, x + b * x_bstride + (size_t)r * ldx, sizeof(float) * (size_t)k);
-        mr_cpu_matmul(xd, w + b * w_bstride, yd, m, n, k, false);
+        mr_cpu_matmul_typed(xd, mr_wtype_at(w, wt, b * w_bstride), wt, yd, m, n, k, false);
         for (int r = 0; r < m; r++)
             memcpy(y + b * y_bstride + (size_t)r * ldy, yd + (size_t)r * n, sizeof(float) * (size_t)n);
     }
@@ -365,7 +365,7 @@ static const mr_kernels cpu_kernels = {
     .moe_combine = cpu_moe_combine,
     .add = cpu_add,
     .argmax_rows = cpu_argmax_rows,
-    .matmul = mr_cpu_matmul,
+    .matmul = mr_cpu_matmul_typed,
     .matmul_strided = cpu_matmul_strided,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

@@ -591,8 +591,8 @@ void mr_cpu_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float
     const size_t hidden = (size_t)n_tokens * (size_t)e->inter;
     float *g = scratch;          /* (n, inter), then h = silu(g) * u in place */
     float *u = scratch + hidden; /* (n, inter) */
-    mr_cpu_matmul(x, e->gate, g, n_tokens, e->inter, e->dim, false);
-    mr_cpu_matmul(x, e->up, u, n_tokens, e->inter, e->dim, false);
+    mr_cpu_matmul_typed(x, e->gate, e->type, g, n_tokens, e->inter, e->dim, false);
+    mr_cpu_matmul_typed(x, e->up, e->type, u, n_tokens, e->inter, e->dim, false);
     mr_cpu_swiglu(g, u, g, hidden);
-    mr_cpu_matmul(g, e->down, out, n_tokens, e->dim, e->inter, accumulate);
+    mr_cpu_matmul_typed(g, e->down, e->type, out, n_tokens, e->dim, e->inter, accumulate);
 }

@@ -10,6 +10,8 @@
  */
 #include "cuda_internal.cuh"
 
+#include <cuda_bf16.h>
+
 /* c(b, i, j) *= beta (or = 0 when beta is 0, so NaN garbage is cleared) */
 __global__ void scale_rows_kernel(float *c, int m, int n, int ldc, long long sc, int batch,
                                   float beta)
@@ -25,9 +27,10 @@ __global__ void scale_rows_kernel(float *c, int m, int n, int ldc, long long sc,
     }
 }
 
-mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                     const float *a, int lda, long long sa, const float *b, int ldb,
-                     long long sb, float beta, float *c, int ldc, long long sc, int batch)
+mr_status cu_gemm_rm_typed(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const void *a, int lda, long long sa, const void *b, int ldb,
+                           long long sb, cudaDataType ab_type, float beta, float *c, int ldc,
+                           long long sc, int batch)
 {
     if (m <= 0 || n <= 0 || batch <= 0) return MR_OK;
     if (k <= 0) {
@@ -40,58 +43,137 @@ mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alph
     }
     const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasComputeType_t compute = cu_precision() == MR_CUDA_PRECISION_BF16
-                                            ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                            : CUBLAS_COMPUTE_32F;
+    const cublasComputeType_t compute = cu_compute_type(ab_type);
     if (batch == 1) {
-        CUBLAS_TRY(cublasGemmEx(cu_blas(), op_b, op_a, n, m, k, &alpha, b, CUDA_R_32F, ldb, a,
-                                CUDA_R_32F, lda, &beta, c, CUDA_R_32F, ldc, compute,
+        CUBLAS_TRY(cublasGemmEx(cu_blas(), op_b, op_a, n, m, k, &alpha, b, ab_type, ldb, a,
+                                ab_type, lda, &beta, c, CUDA_R_32F, ldc, compute,
                                 CUBLAS_GEMM_DEFAULT));
     } else {
-        CUBLAS_TRY(cublasGemmStridedBatchedEx(cu_blas(), op_b, op_a, n, m, k, &alpha, b,
-                                              CUDA_R_32F, ldb, sb, a, CUDA_R_32F, lda, sa,
-                                              &beta, c, CUDA_R_32F, ldc, sc, batch, compute,
-                                              CUBLAS_GEMM_DEFAULT));
+        CUBLAS_TRY(cublasGemmStridedBatchedEx(cu_blas(), op_b, op_a, n, m, k, &alpha, b, ab_type,
+                                              ldb, sb, a, ab_type, lda, sa, &beta, c, CUDA_R_32F,
+                                              ldc, sc, batch, compute, CUBLAS_GEMM_DEFAULT));
     }
     return MR_OK;
 }
 
+mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                     const float *a, int lda, long long sa, const float *b, int ldb,
+                     long long sb, float beta, float *c, int ldc, long long sc, int batch)
+{
+    return cu_gemm_rm_typed(trans_a, trans_b, m, n, k, alpha, a, lda, sa, b, ldb, sb, CUDA_R_32F,
+                            beta, c, ldc, sc, batch);
+}
+
+/* ---- activations rounded to bf16 (the other GEMM input of a BF16 weight) ------ */
+
+/* Grow-only device buffers: only the backend's one host thread issues ops and
+ * the stream orders every use, so one buffer serves every call; growing waits
+ * for the stream before freeing the old one. */
+typedef struct growbuf {
+    void *p;
+    size_t cap;
+} growbuf;
+
+static mr_status growbuf_reserve(growbuf *b, size_t bytes)
+{
+    if (bytes <= b->cap) return MR_OK;
+    if (b->p) {
+        CUDA_TRY(cudaStreamSynchronize(cu_stream()));
+        CUDA_TRY(cudaFree(b->p));
+        b->p = NULL;
+        b->cap = 0;
+    }
+    CUDA_TRY(cudaMalloc(&b->p, bytes));
+    b->cap = bytes;
+    return MR_OK;
+}
+
+static growbuf act_bf16_buf;   /* activations as bf16 */
+static growbuf grouped_ptrs_buf; /* pointer arrays of the grouped GEMMs */
+
+__global__ void round_bf16_kernel(const float *x, __nv_bfloat16 *y, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+/* A buffer of `elems` bf16 values (valid until the next call). */
+static mr_status act_bf16(size_t elems, __nv_bfloat16 **out)
+{
+    MR_TRY(growbuf_reserve(&act_bf16_buf, (elems ? elems : 1) * sizeof(__nv_bfloat16)));
+    *out = (__nv_bfloat16 *)act_bf16_buf.p;
+    return MR_OK;
+}
+
+/* y(i) = x(i) rounded to nearest-even bf16, i < n */
+static mr_status round_bf16(const float *x, size_t n, __nv_bfloat16 *y)
+{
+    if (n == 0) return MR_OK;
+    round_bf16_kernel<<<cu_grid_1d(n, 256), 256, 0, cu_stream()>>>(x, y, n);
+    CU_LAUNCH_TRY();
+    return MR_OK;
+}
+
+static cudaDataType weight_cuda_type(mr_wtype t)
+{
+    return t == MR_WT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
 /* ---- matmul -------------------------------------------------------------------- */
 
-static mr_status matmul_impl(const float *x, const float *w, float *y, int m, int n, int k,
-                             bool accumulate)
+static mr_status matmul_impl(const float *x, const void *w, mr_wtype wt, float *y, int m, int n,
+                             int k, bool accumulate)
 {
     if (m < 0 || n < 0 || k < 0)
         return mr_fail(MR_EINVAL, "cuda matmul: negative shape m=%d n=%d k=%d", m, n, k);
+    const float beta = accumulate ? 1.0f : 0.0f;
     /* y(m,n) = x(m,k) · w(n,k)ᵀ */
-    return cu_gemm_rm(false, true, m, n, k, 1.0f, x, k, 0, w, k, 0, accumulate ? 1.0f : 0.0f,
-                      y, n, 0, 1);
+    if (wt != MR_WT_BF16 || m == 0 || n == 0 || k == 0)
+        return cu_gemm_rm_typed(false, true, m, n, k, 1.0f, x, k, 0, w, k, 0,
+                                weight_cuda_type(wt), beta, y, n, 0, 1);
+    __nv_bfloat16 *xb = NULL;
+    MR_TRY(act_bf16((size_t)m * (size_t)k, &xb));
+    MR_TRY(round_bf16(x, (size_t)m * (size_t)k, xb));
+    return cu_gemm_rm_typed(false, true, m, n, k, 1.0f, xb, k, 0, w, k, 0, CUDA_R_16BF, beta, y,
+                            n, 0, 1);
 }
 
-void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
+void cu_op_matmul(const float *x, const void *w, mr_wtype wt, float *y, int m, int n, int k,
                   bool accumulate)
 {
-    cu_record(matmul_impl(x, w, y, m, n, k, accumulate));
+    cu_record(matmul_impl(x, w, wt, y, m, n, k, accumulate));
 }
 
-static mr_status matmul_strided_impl(const float *x, int ldx, size_t x_bstride, const float *w,
-                                     size_t w_bstride, float *y, int ldy, size_t y_bstride,
-                                     int batch, int m, int n, int k)
+static mr_status matmul_strided_impl(const float *x, int ldx, size_t x_bstride, const void *w,
+                                     mr_wtype wt, size_t w_bstride, float *y, int ldy,
+                                     size_t y_bstride, int batch, int m, int n, int k)
 {
     if (m < 0 || n < 0 || k < 0 || batch < 0 || ldx < k || ldy < n)
         return mr_fail(MR_EINVAL, "cuda matmul_strided: bad shape batch=%d m=%d n=%d k=%d "
                        "ldx=%d ldy=%d", batch, m, n, k, ldx, ldy);
     /* y_b(m,n) = x_b(m,k) · w_b(n,k)ᵀ: one strided-batched GEMM */
-    return cu_gemm_rm(false, true, m, n, k, 1.0f, x, ldx, (long long)x_bstride, w, k,
-                      (long long)w_bstride, 0.0f, y, ldy, (long long)y_bstride, batch);
+    if (wt != MR_WT_BF16 || m == 0 || n == 0 || k == 0 || batch == 0)
+        return cu_gemm_rm_typed(false, true, m, n, k, 1.0f, x, ldx, (long long)x_bstride, w, k,
+                                (long long)w_bstride, weight_cuda_type(wt), 0.0f, y, ldy,
+                                (long long)y_bstride, batch);
+    /* round the whole span the views cover (gaps included), keeping its layout */
+    const size_t span = (size_t)(batch - 1) * x_bstride + (size_t)(m - 1) * (size_t)ldx +
+                        (size_t)k;
+    __nv_bfloat16 *xb = NULL;
+    MR_TRY(act_bf16(span, &xb));
+    MR_TRY(round_bf16(x, span, xb));
+    return cu_gemm_rm_typed(false, true, m, n, k, 1.0f, xb, ldx, (long long)x_bstride, w, k,
+                            (long long)w_bstride, CUDA_R_16BF, 0.0f, y, ldy,
+                            (long long)y_bstride, batch);
 }
 
-void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const void *w, mr_wtype wt,
                           size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch, int m,
                           int n, int k)
 {
-    cu_record(matmul_strided_impl(x, ldx, x_bstride, w, w_bstride, y, ldy, y_bstride, batch, m,
-                                  n, k));
+    cu_record(matmul_strided_impl(x, ldx, x_bstride, w, wt, w_bstride, y, ldy, y_bstride, batch,
+                                  m, n, k));
 }
 
 /* ---- expert / MLP forward -------------------------------------------------------- */
@@ -105,15 +187,26 @@ static mr_status expert_ffn_impl(const mr_expert_w *e, const float *x, int n_tok
                        e->inter);
     const int dim = e->dim, inter = e->inter;
     const size_t hidden = (size_t)n_tokens * (size_t)inter;
+    const size_t in_elems = (size_t)n_tokens * (size_t)dim;
     float *g = scratch;          /* (n, inter), then h = silu(g) ⊙ u in place */
     float *u = scratch + hidden; /* (n, inter) */
-    MR_TRY(cu_gemm_rm(false, true, n_tokens, inter, dim, 1.0f, x, dim, 0, e->gate, dim, 0,
-                      0.0f, g, inter, 0, 1));
-    MR_TRY(cu_gemm_rm(false, true, n_tokens, inter, dim, 1.0f, x, dim, 0, e->up, dim, 0, 0.0f,
-                      u, inter, 0, 1));
+    const cudaDataType ty = weight_cuda_type(e->type);
+    const void *xin = x, *hin = g; /* the GEMM inputs: fp32, or rounded copies for bf16 */
+    __nv_bfloat16 *xb = NULL;
+    if (e->type == MR_WT_BF16) {
+        MR_TRY(act_bf16(in_elems + hidden, &xb));
+        MR_TRY(round_bf16(x, in_elems, xb));
+        xin = xb;
+        hin = xb + in_elems;
+    }
+    MR_TRY(cu_gemm_rm_typed(false, true, n_tokens, inter, dim, 1.0f, xin, dim, 0, e->gate, dim,
+                            0, ty, 0.0f, g, inter, 0, 1));
+    MR_TRY(cu_gemm_rm_typed(false, true, n_tokens, inter, dim, 1.0f, xin, dim, 0, e->up, dim, 0,
+                            ty, 0.0f, u, inter, 0, 1));
     MR_TRY(cu_swiglu_impl(g, u, g, hidden));
-    return cu_gemm_rm(false, true, n_tokens, dim, inter, 1.0f, g, inter, 0, e->down, inter, 0,
-                      accumulate ? 1.0f : 0.0f, out, dim, 0, 1);
+    if (xb) MR_TRY(round_bf16(g, hidden, xb + in_elems));
+    return cu_gemm_rm_typed(false, true, n_tokens, dim, inter, 1.0f, hin, inter, 0, e->down,
+                            inter, 0, ty, accumulate ? 1.0f : 0.0f, out, dim, 0, 1);
 }
 
 void cu_op_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float *out,
@@ -124,34 +217,23 @@ void cu_op_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float 
 
 /* ---- routed experts of one layer: two grouped GEMMs --------------------------------- */
 
-/* Device array of pointers for the grouped GEMMs, grown on demand; only the
- * backend's one host thread issues ops, so one buffer serves every call. */
-static const void **grouped_ptrs_dev;
-static size_t grouped_ptrs_cap;
-
+/* The grouped GEMMs' pointer arrays in device memory. */
 static mr_status grouped_ptrs(size_t n, const void **host, const void ***dev)
 {
-    if (n > grouped_ptrs_cap) {
-        if (grouped_ptrs_dev) {
-            CUDA_TRY(cudaStreamSynchronize(cu_stream()));
-            CUDA_TRY(cudaFree(grouped_ptrs_dev));
-            grouped_ptrs_dev = NULL;
-            grouped_ptrs_cap = 0;
-        }
-        CUDA_TRY(cudaMalloc((void **)&grouped_ptrs_dev, n * sizeof(void *)));
-        grouped_ptrs_cap = n;
-    }
+    MR_TRY(growbuf_reserve(&grouped_ptrs_buf, n * sizeof(void *)));
     /* pageable source: the copy is staged before cudaMemcpyAsync returns */
-    CUDA_TRY(cudaMemcpyAsync(grouped_ptrs_dev, host, n * sizeof(void *), cudaMemcpyHostToDevice,
+    CUDA_TRY(cudaMemcpyAsync(grouped_ptrs_buf.p, host, n * sizeof(void *), cudaMemcpyHostToDevice,
                              cu_stream()));
-    *dev = grouped_ptrs_dev;
+    *dev = (const void **)grouped_ptrs_buf.p;
     return MR_OK;
 }
 
-/* problems[i]: C_i(rows_i, n) = A_i(rows_i, k) · W_i(n, k)ᵀ, row-major, as one
- * cublasGemmGroupedBatchedEx with one group per problem (rows differ). */
-static mr_status grouped_gemm_rm(int n_probs, const int *rows, int n, int k, const float *const *a,
-                                 const float *const *w, float *const *c)
+/* problems[i]: C_i(rows_i, n) = A_i(rows_i, k) · W_i(n, k)ᵀ, row-major, A and
+ * W both of type ab_type, as one cublasGemmGroupedBatchedEx with one group
+ * per problem (rows differ). Should this cuBLAS refuse the type combination
+ * (CUBLAS_STATUS_NOT_SUPPORTED), the problems run as one GEMM each. */
+static mr_status grouped_gemm_rm(int n_probs, const int *rows, int n, int k, const void *const *a,
+                                 const void *const *w, float *const *c, cudaDataType ab_type)
 {
     if (n_probs == 0) return MR_OK;
     const size_t np = (size_t)n_probs;
@@ -188,16 +270,18 @@ static mr_status grouped_gemm_rm(int n_probs, const int *rows, int n, int k, con
         const void **dev = NULL;
         st = grouped_ptrs(3 * np, ptrs, &dev);
         if (st != MR_OK) goto done;
-        const cublasComputeType_t compute = cu_precision() == MR_CUDA_PRECISION_BF16
-                                                ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                : CUBLAS_COMPUTE_32F;
         int *ldc = m_arr; /* ldc = n for every problem, the same as m_arr */
         cublasStatus_t err = cublasGemmGroupedBatchedEx(
-            cu_blas(), ta, tb, m_arr, n_arr, k_arr, alpha, dev, CUDA_R_32F, lda, dev + np,
-            CUDA_R_32F, ldb, beta, (void *const *)(dev + 2 * np), CUDA_R_32F, ldc, n_probs, gsize,
-            compute);
-        if (err != CUBLAS_STATUS_SUCCESS)
+            cu_blas(), ta, tb, m_arr, n_arr, k_arr, alpha, dev, ab_type, lda, dev + np, ab_type,
+            ldb, beta, (void *const *)(dev + 2 * np), CUDA_R_32F, ldc, n_probs, gsize,
+            cu_compute_type(ab_type));
+        if (err == CUBLAS_STATUS_NOT_SUPPORTED) {
+            for (size_t i = 0; i < np && st == MR_OK; i++)
+                st = cu_gemm_rm_typed(false, true, rows[i], n, k, 1.0f, a[i], k, 0, w[i], k, 0,
+                                      ab_type, 0.0f, c[i], n, 0, 1);
+        } else if (err != CUBLAS_STATUS_SUCCESS) {
             st = cu_fail_cublas(err, "cublasGemmGroupedBatchedEx", __FILE__, __LINE__);
+        }
         /* the host arrays may go: cuBLAS reads them before returning */
     }
 done:
@@ -215,20 +299,34 @@ static mr_status experts_grouped_impl(const mr_expert_w *experts, int n_groups,
 {
     if (n_groups <= 0) return MR_OK;
     const int dim = experts[0].dim, inter = experts[0].inter, n_rows = row_start[n_groups];
+    const mr_wtype wt = experts[0].type;
     if (n_rows <= 0) return MR_OK;
     int n_live = 0;
     for (int g = 0; g < n_groups; g++) {
-        if (experts[g].dim != dim || experts[g].inter != inter || row_start[g + 1] < row_start[g])
-            return mr_fail(MR_EINVAL, "cuda experts_grouped: group %d differs in shape or its "
-                           "rows go backwards", g);
+        if (experts[g].dim != dim || experts[g].inter != inter || experts[g].type != wt ||
+            row_start[g + 1] < row_start[g])
+            return mr_fail(MR_EINVAL, "cuda experts_grouped: group %d differs in shape or weight "
+                           "type, or its rows go backwards", g);
         n_live += row_start[g + 1] > row_start[g];
     }
     const size_t hidden = (size_t)n_rows * (size_t)inter;
+    const size_t in_elems = (size_t)n_rows * (size_t)dim;
     float *gbuf = scratch, *ubuf = scratch + hidden;
+    /* the GEMM inputs: x and h in fp32, or their bf16 roundings next to BF16 weights */
+    const cudaDataType ty = weight_cuda_type(wt);
+    const size_t esz = mr_wtype_size(wt);
+    const char *xin = (const char *)x, *hin = (const char *)gbuf;
+    __nv_bfloat16 *xb = NULL;
+    if (wt == MR_WT_BF16) {
+        MR_TRY(act_bf16(in_elems + hidden, &xb));
+        MR_TRY(round_bf16(x, in_elems, xb));
+        xin = (const char *)xb;
+        hin = (const char *)(xb + in_elems);
+    }
     /* gate and up of every group: 2·n_live problems */
     int *rows = (int *)malloc(sizeof(int) * 2 * (size_t)n_live);
-    const float **a = (const float **)malloc(sizeof(float *) * 2 * (size_t)n_live);
-    const float **w = (const float **)malloc(sizeof(float *) * 2 * (size_t)n_live);
+    const void **a = (const void **)malloc(sizeof(void *) * 2 * (size_t)n_live);
+    const void **w = (const void **)malloc(sizeof(void *) * 2 * (size_t)n_live);
     float **c = (float **)malloc(sizeof(float *) * 2 * (size_t)n_live);
     mr_status st = MR_OK;
     if (!rows || !a || !w || !c) {
@@ -242,27 +340,28 @@ static mr_status experts_grouped_impl(const mr_expert_w *experts, int n_groups,
             if (n <= 0) continue;
             const size_t r0 = (size_t)row_start[g];
             rows[p] = rows[p + n_live] = n;
-            a[p] = a[p + n_live] = x + r0 * (size_t)dim;
+            a[p] = a[p + n_live] = xin + r0 * (size_t)dim * esz;
             w[p] = experts[g].gate;
             w[p + n_live] = experts[g].up;
             c[p] = gbuf + r0 * (size_t)inter;
             c[p + n_live] = ubuf + r0 * (size_t)inter;
             p++;
         }
-        st = grouped_gemm_rm(2 * n_live, rows, inter, dim, a, w, c);
+        st = grouped_gemm_rm(2 * n_live, rows, inter, dim, a, w, c, ty);
         if (st == MR_OK) st = cu_swiglu_impl(gbuf, ubuf, gbuf, hidden);
+        if (st == MR_OK && xb) st = round_bf16(gbuf, hidden, xb + in_elems);
         /* down: out rows = h rows · down(D, inter)ᵀ */
         p = 0;
         for (int g = 0; g < n_groups && st == MR_OK; g++) {
             const int n = row_start[g + 1] - row_start[g];
             if (n <= 0) continue;
             const size_t r0 = (size_t)row_start[g];
-            a[p] = gbuf + r0 * (size_t)inter;
+            a[p] = hin + r0 * (size_t)inter * esz;
             w[p] = experts[g].down;
             c[p] = out + r0 * (size_t)dim;
             p++;
         }
-        if (st == MR_OK) st = grouped_gemm_rm(n_live, rows, dim, inter, a, w, c);
+        if (st == MR_OK) st = grouped_gemm_rm(n_live, rows, dim, inter, a, w, c, ty);
     }
 done:
     free(rows);

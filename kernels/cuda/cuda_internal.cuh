@@ -117,6 +117,23 @@ mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alph
                      const float *a, int lda, long long sa, const float *b, int ldb,
                      long long sb, float beta, float *c, int ldc, long long sc, int batch);
 
+/* The same with A and B of type ab_type (CUDA_R_32F, or CUDA_R_16BF: then
+ * FP32 compute on tensor cores); C is always fp32. Strides in elements. */
+mr_status cu_gemm_rm_typed(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const void *a, int lda, long long sa, const void *b, int ldb,
+                           long long sb, cudaDataType ab_type, float beta, float *c, int ldc,
+                           long long sc, int batch);
+
+/* cuBLAS compute type for inputs of ab_type: bf16 inputs accumulate in fp32;
+ * fp32 inputs follow cu_precision() (FP32: COMPUTE_32F, no TF32; BF16:
+ * COMPUTE_32F_FAST_16BF, cuBLAS rounds the inputs). */
+static inline cublasComputeType_t cu_compute_type(cudaDataType ab_type)
+{
+    if (ab_type == CUDA_R_16BF) return CUBLAS_COMPUTE_32F;
+    return cu_precision() == MR_CUDA_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                    : CUBLAS_COMPUTE_32F;
+}
+
 /* In place over n_rows rows of n floats: row r sees columns t < limit, where
  * limit = n when ctx_len is NULL, else ctx_len[(r / q_div) % q_mod] clamped to
  * [0, n] (ctx_len is device memory); hidden columns and fully hidden rows
@@ -139,9 +156,9 @@ void cu_op_moe_combine(const float *expert_out, const float *weights, int n_toke
                        int dim, float *out);
 void cu_op_add(float *y, const float *x, size_t n);
 void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out);
-void cu_op_matmul(const float *x, const float *w, float *y, int m, int n, int k,
+void cu_op_matmul(const float *x, const void *w, mr_wtype wt, float *y, int m, int n, int k,
                   bool accumulate);
-void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
+void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const void *w, mr_wtype wt,
                           size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch, int m,
                           int n, int k);
 void cu_op_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,

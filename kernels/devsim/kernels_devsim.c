@@ -185,25 +185,33 @@ static mr_status ds_check(void)
 
 /* ---- math ops: check extents, then the cpu op ------------------------------ */
 
-static void ds_matmul(const float *x, const float *w, float *y, int m, int n, int k, bool acc)
+/* bytes of `elems` weight elements of type t; an unknown type is a violation */
+static size_t W(const char *op, mr_wtype t, size_t elems)
 {
-    need_dev("matmul", "x", x, F((size_t)m * k));
-    need_dev("matmul", "w", w, F((size_t)n * k));
-    need_dev("matmul", "y", y, F((size_t)m * n));
-    mr_kernels_cpu()->matmul(x, w, y, m, n, k, acc);
+    if (t != MR_WT_F32 && t != MR_WT_BF16) violation(op, "weight type", NULL, 0, "unknown mr_wtype");
+    return elems * mr_wtype_size(t);
 }
 
-static void ds_matmul_strided(const float *x, int ldx, size_t x_bstride, const float *w,
-                              size_t w_bstride, float *y, int ldy, size_t y_bstride, int batch,
-                              int m, int n, int k)
+static void ds_matmul(const float *x, const void *w, mr_wtype wt, float *y, int m, int n, int k,
+                      bool acc)
+{
+    need_dev("matmul", "x", x, F((size_t)m * k));
+    need_dev("matmul", "w", w, W("matmul", wt, (size_t)n * k));
+    need_dev("matmul", "y", y, F((size_t)m * n));
+    mr_kernels_cpu()->matmul(x, w, wt, y, m, n, k, acc);
+}
+
+static void ds_matmul_strided(const float *x, int ldx, size_t x_bstride, const void *w,
+                              mr_wtype wt, size_t w_bstride, float *y, int ldy, size_t y_bstride,
+                              int batch, int m, int n, int k)
 {
     if (m <= 0 || n <= 0 || batch <= 0) return;
     size_t last = (size_t)(batch - 1);
     need_dev("matmul_strided", "x", x, F(last * x_bstride + (size_t)(m - 1) * ldx + (size_t)k));
-    need_dev("matmul_strided", "w", w, F(last * w_bstride + (size_t)n * k));
+    need_dev("matmul_strided", "w", w, W("matmul_strided", wt, last * w_bstride + (size_t)n * k));
     need_dev("matmul_strided", "y", y, F(last * y_bstride + (size_t)(m - 1) * ldy + (size_t)n));
-    mr_kernels_cpu()->matmul_strided(x, ldx, x_bstride, w, w_bstride, y, ldy, y_bstride, batch, m,
-                                     n, k);
+    mr_kernels_cpu()->matmul_strided(x, ldx, x_bstride, w, wt, w_bstride, y, ldy, y_bstride,
+                                     batch, m, n, k);
 }
 
 static void ds_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
@@ -269,7 +277,7 @@ static void ds_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, fl
                           bool accumulate, float *scratch)
 {
     if (n_tokens <= 0) return;
-    size_t wsz = F((size_t)e->inter * e->dim);
+    size_t wsz = W("expert_ffn", e->type, (size_t)e->inter * e->dim);
     need_dev("expert_ffn", "gate", e->gate, wsz);
     need_dev("expert_ffn", "up", e->up, wsz);
     need_dev("expert_ffn", "down", e->down, wsz);
@@ -287,10 +295,12 @@ static void ds_experts_grouped(const mr_expert_w *experts, int n_groups, const i
     const int n_rows = row_start[n_groups], dim = experts[0].dim, inter = experts[0].inter;
     for (int g = 0; g < n_groups; g++) {
         const mr_expert_w *e = &experts[g];
-        if (e->dim != dim || e->inter != inter || row_start[g + 1] < row_start[g])
-            violation("experts_grouped", "experts", e, 0, "differ in shape or rows go backwards");
+        if (e->dim != dim || e->inter != inter || e->type != experts[0].type ||
+            row_start[g + 1] < row_start[g])
+            violation("experts_grouped", "experts", e, 0,
+                      "differ in shape or weight type, or rows go backwards");
         if (row_start[g + 1] == row_start[g]) continue;
-        size_t wsz = F((size_t)inter * dim);
+        size_t wsz = W("experts_grouped", e->type, (size_t)inter * dim);
         need_dev("experts_grouped", "gate", e->gate, wsz);
         need_dev("experts_grouped", "up", e->up, wsz);
         need_dev("experts_grouped", "down", e->down, wsz);

@@ -13,7 +13,12 @@ that the decode pool runs out and admission must queue), runs
 launch/moerun-cluster with --logits-dir, then for every request runs
 `moerun generate` alone and checks:
   * the cluster's output_ids equal generate's (greedy),
-  * the logits at every position agree within 1e-4,
+  * the logits at every position agree within 1e-4 (--precision bf16: at
+    least half of the positions, and the rest within 3e-2: the cluster batches
+    tokens differently, its fp32 sums differ from generate's in the last bits,
+    and an activation within that of a bfloat16 rounding midpoint rounds the
+    other way — a 2^-8 step of one GEMM input — in that position and the KV
+    rows it leaves; tokens must still be equal),
   * finish_reason is length, ttft/tpot/e2e are present, exit status is 0.
 --placement hot2 first runs the layout once with round-robin placement, finds
 the two hottest experts of each MoE layer from generate's routing... (we
@@ -31,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import npy_lite  # noqa: E402  (numpy when present, else a plain .npy reader)
 
 TOL = 1e-4
+BF16_FLIP_TOL = 3e-2
 
 
 def run(cmd, timeout, env=None):
@@ -219,7 +225,8 @@ def main():
             ref_npy = os.path.join(work, f"ref-{q['id']}.npy")
             g = run([moerun, "generate", "--model", model, "--prompt-ids", ids,
                      "--max-new-tokens", str(q["max_new_tokens"]), "--ignore-eos",
-                     "--attn", args.attn, "--logits-out", ref_npy], 120)
+                     "--attn", args.attn, "--precision", args.precision,
+                     "--logits-out", ref_npy], 120)
             if g.returncode != 0:
                 print(g.stderr)
                 return 1
@@ -241,9 +248,16 @@ def main():
                 print(f"FAIL {q['id']}: logits shape {a[0]} vs {b[0]}")
                 failures += 1
                 continue
-            diff = npy_lite.max_abs_diff(a, b)
+            per_row = npy_lite.row_max_abs_diffs(a, b)
+            diff = max(per_row)
             worst = max(worst, diff)
-            if diff > TOL:
+            if args.precision == "bf16":
+                within = sum(d <= TOL for d in per_row)
+                if 2 * within < len(per_row) or diff > BF16_FLIP_TOL:
+                    print(f"FAIL {q['id']}: {within}/{len(per_row)} positions within {TOL}, "
+                          f"max |dlogit| {diff:.3g} (bf16: >= half, all <= {BF16_FLIP_TOL})")
+                    failures += 1
+            elif diff > TOL:
                 print(f"FAIL {q['id']}: max |dlogit| {diff:.3g} > {TOL}")
                 failures += 1
         if args.rebalance_period > 0:

@@ -1,20 +1,33 @@
 #!/usr/bin/python3
-"""moerun generate on another backend against the cpu backend.
+"""moerun generate on a backend/precision against the cpu backend.
 
-    check_backend.py --moerun BUILD/moerun --backend devsim|cuda [--precision fp32|bf16]
+    check_backend.py --moerun BUILD/moerun --backend cpu|devsim|cuda
+                     [--precision fp32|bf16] [--ref-precision fp32|bf16]
 
 For several synthetic models (V3-style tiny in f32 and fp8, V2 softmax gates,
-V2-Lite) and both MLA forms, runs `moerun generate --logits-out` on cpu and on
-the backend with the same prompt, and checks:
-  * devsim:      tokens equal and logits bit-identical (same CPU ops; only the
-                 data movement differs, so any difference is a movement bug);
-                 and without --logits-out (greedy: argmax on the backend, ids
-                 only) the same tokens again (also for cuda fp32);
+V2-Lite) and both MLA forms, runs `moerun generate --logits-out` on cpu with
+--ref-precision (default: --precision) and on the backend with --precision,
+with the same prompt, and checks:
+  * devsim, same precision: tokens equal and logits bit-identical (same CPU
+                 ops; only the data movement differs, so any difference is a
+                 movement bug); and without --logits-out (greedy: argmax on
+                 the backend, ids only) the same tokens again (also for cuda
+                 fp32);
   * cuda fp32:   tokens equal, max|dlogit| <= 1e-3 (the bar the engine meets
                  against the float64 reference);
-  * cuda bf16:   max|dlogit| <= 3e-2 * max|logit| with the CPU's prompt fed
-                 (tokens may legitimately differ after a near tie, so only the
-                 prompt's logits and the first token are compared).
+  * otherwise (bf16 weights against fp32, or cuda bf16 against the CPU's
+                 exact bf16 emulation): over the prompt's logits (same inputs on
+                 both sides), at least 90 % of the positions have max|dlogit|
+                 <= 3e-2 * max|logit|, and the first token agrees. Not every
+                 position: a token near a routing tie picks another expert
+                 under a rounding change, and its logits then move by O(1).
+                 Tokens after the first may legitimately differ after such a
+                 flip, so they are only reported. bf16 against fp32 must also
+                 differ somewhere (else the bf16 path did not run). (bf16 on
+                 cpu against fp32 misses the 90 %: 30 of 40 positions on tiny
+                 f32 with a 40-token prompt, as bf16 moves logits by ~2 % and
+                 flips 3 routing decisions; the bf16 arithmetic itself is
+                 checked against the numpy reference, tests/engine/meson.build.)
 cuda without a usable GPU exits 77 (skip) unless MOERUN_REQUIRE_GPU=1.
 """
 import argparse
@@ -52,9 +65,7 @@ def generate(moerun, model, prompt, n_new, attn, backend, precision, npy):
     the backend, only token ids copied back)."""
     cmd = [moerun, "generate", "--model", model, "--prompt-ids", prompt,
            "--max-new-tokens", str(n_new), "--ignore-eos", "--attn", attn,
-           "--backend", backend] + (["--logits-out", npy] if npy else [])
-    if backend == "cuda":
-        cmd += ["--precision", precision]
+           "--backend", backend, "--precision", precision] + (["--logits-out", npy] if npy else [])
     r = run(cmd)
     if r.returncode != 0:
         return None, r.stderr.strip()
@@ -64,9 +75,15 @@ def generate(moerun, model, prompt, n_new, attn, backend, precision, npy):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moerun", required=True)
-    ap.add_argument("--backend", required=True, choices=["devsim", "cuda"])
+    ap.add_argument("--backend", required=True, choices=["cpu", "devsim", "cuda"])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--ref-precision", choices=["fp32", "bf16"])
     args = ap.parse_args()
+    ref_precision = args.ref_precision or args.precision
+    exact = args.backend == "devsim" and ref_precision == args.precision
+    close = args.backend == "cuda" and args.precision == "fp32" and ref_precision == "fp32"
+    if not exact and not close and args.backend == "cpu" and ref_precision == args.precision:
+        ap.error("cpu against itself at the same precision compares nothing")
 
     failures = 0
     with tempfile.TemporaryDirectory(prefix="moerun-backend-") as work:
@@ -80,7 +97,8 @@ def main():
             prompt = prompt_ids(spec)
             n_prompt = len(prompt.split(","))
             ref_npy, got_npy = os.path.join(work, "ref.npy"), os.path.join(work, "got.npy")
-            want, err = generate(args.moerun, model, prompt, n_new, attn, "cpu", "fp32", ref_npy)
+            want, err = generate(args.moerun, model, prompt, n_new, attn, "cpu", ref_precision,
+                                 ref_npy)
             if want is None:
                 print("FAIL cpu run:", err)
                 return 1
@@ -98,17 +116,24 @@ def main():
                 continue
             a, b = npy_lite.load(got_npy), npy_lite.load(ref_npy)
             label = f"{preset:9s} {dtype:4s} {attn:6s} prompt {n_prompt:3d} +{n_new}"
-            if args.backend == "cuda" and args.precision == "bf16":
+            if not exact and not close:
                 rows = n_prompt  # the prompt's logits: same inputs on both backends
-                diff = npy_lite.max_abs_diff(npy_lite.rows(a, rows), npy_lite.rows(b, rows))
+                per_row = npy_lite.row_max_abs_diffs(npy_lite.rows(a, rows),
+                                                     npy_lite.rows(b, rows))
+                diff = max(per_row)
                 tol = 3e-2 * npy_lite.max_abs(npy_lite.rows(b, rows))
-                ok = diff <= tol and got[0] == want[0]
+                within = sum(d <= tol for d in per_row)
+                ok = within >= 0.9 * rows and got[0] == want[0]
+                if args.precision != ref_precision and diff == 0:
+                    print(f"FAIL {label}: {args.precision} and {ref_precision} logits are "
+                          f"identical: the {args.precision} path did not run")
+                    ok = False
                 agree = sum(x == y for x, y in zip(got, want))
-                print(f"{'ok  ' if ok else 'FAIL'} {label}: prompt max|dlogit| {diff:.3g} "
-                      f"(tol {tol:.3g}), first token {'=' if got[0] == want[0] else '!='}, "
-                      f"{agree}/{len(want)} tokens agree")
+                print(f"{'ok  ' if ok else 'FAIL'} {label}: prompt positions within tol "
+                      f"{tol:.3g}: {within}/{rows} (max|dlogit| {diff:.3g}), first token "
+                      f"{'=' if got[0] == want[0] else '!='}, {agree}/{len(want)} tokens agree")
             else:
-                tol = 0.0 if args.backend == "devsim" else 1e-3
+                tol = 0.0 if exact else 1e-3
                 diff = npy_lite.max_abs_diff(a, b)
                 ok = got == want and diff <= tol
                 print(f"{'ok  ' if ok else 'FAIL'} {label}: tokens {'equal' if got == want else 'DIFFER'}, "
@@ -123,7 +148,8 @@ def main():
                           f"{err}, sampler on cpu logits {want}")
                     ok = False
             failures += 0 if ok else 1
-    print(f"{args.backend} ({args.precision}) vs cpu: {len(CASES)} cases, {failures} failures")
+    print(f"{args.backend} ({args.precision}) vs cpu ({ref_precision}): {len(CASES)} cases, "
+          f"{failures} failures")
     return 1 if failures else 0
 
 

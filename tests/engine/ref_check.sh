@@ -15,4 +15,4 @@ case "$prompt" in
     n=${prompt#long:}; prompt=$(/usr/bin/python3 -c "print(','.join(str((i*37+11)%256) for i in range($n)))") ;;
 esac
 /usr/bin/python3 "$refdir/check_generate.py" --moerun "$moerun" --model "$work/model" \
-  --prompt-ids "$prompt" --max-new-tokens "$n_new" --attn "$attn" --tol 1e-3
+  --prompt-ids "$prompt" --max-new-tokens "$n_new" --attn "$attn" --tol 1e-3 "${@:10}"

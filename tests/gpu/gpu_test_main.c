@@ -3,6 +3,8 @@
  * gpu_test.h for the usage, exit codes and tolerances. */
 #include "gpu_test.h"
 
+#include "common/bf16.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,23 @@ void *gt_upload(gt_ctx *t, const void *host, size_t bytes)
 void gt_download(gt_ctx *t, void *host, const void *dev, size_t bytes)
 {
     t->gpu->copy(host, dev, bytes, MR_COPY_D2H);
+}
+
+mr_wtype gt_wtype(const gt_ctx *t)
+{
+    return t->bf16 ? MR_WT_BF16 : MR_WT_F32;
+}
+
+void *gt_weight(gt_ctx *t, const float *w, size_t n, const void **host_w)
+{
+    if (!t->bf16) {
+        *host_w = w;
+        return gt_upload(t, w, n * sizeof(float));
+    }
+    uint16_t *b = (uint16_t *)gt_host(t, n / 2 + 1); /* n bf16 values */
+    for (size_t i = 0; i < n; i++) b[i] = mr_bf16_round(w[i]);
+    *host_w = b;
+    return gt_upload(t, b, n * sizeof(uint16_t));
 }
 
 void gt_case_end(gt_ctx *t)

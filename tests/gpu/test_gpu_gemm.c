@@ -4,8 +4,9 @@
  * Shapes: tiny and odd (1×1×1, 3×5×7, 17×33×65), k = 0 (y zeroed, or kept
  * when accumulating), DeepSeek-V3 projections (decode rows × 7168 → 2048,
  * 2048 → 7168) and scaled-down experts. Inputs uniform in [-1, 1).
- * Tolerance: GT_TOL_GEMM_FP32 (FP32), GT_TOL_MATMUL_BF16 / GT_TOL_CHAIN_BF16
- * (BF16) of max|ref|.
+ * With --bf16 the weights are BF16 on both sides (the CPU emulates the
+ * tensor-core GEMM exactly, see mr_wtype). Tolerance: GT_TOL_GEMM_FP32
+ * (FP32), GT_TOL_GEMM_BF16W / GT_TOL_CHAIN_BF16W (BF16) of max|ref|.
  */
 #include <math.h>
 #include <stdio.h>
@@ -71,15 +72,16 @@ static void check_matmul(gt_ctx *t, int m, int n, int k, bool accumulate)
     gt_fill(t, x, nx, -1.0f, 1.0f);
     gt_fill(t, w, nw, -1.0f, 1.0f);
     gt_fill(t, y_cpu, ny, -1.0f, 1.0f); /* accumulate target, garbage otherwise */
+    const void *hw = NULL;
     float *dx = gt_upload(t, x, nx * sizeof(float));
-    float *dw = gt_upload(t, w, nw * sizeof(float));
+    void *dw = gt_weight(t, w, nw, &hw);
     float *dy = gt_upload(t, y_cpu, ny * sizeof(float));
-    t->cpu->matmul(x, w, y_cpu, m, n, k, accumulate);
-    t->gpu->matmul(dx, dw, dy, m, n, k, accumulate);
+    t->cpu->matmul(x, hw, gt_wtype(t), y_cpu, m, n, k, accumulate);
+    t->gpu->matmul(dx, dw, gt_wtype(t), dy, m, n, k, accumulate);
     gt_download(t, y_gpu, dy, ny * sizeof(float));
     char what[128];
     snprintf(what, sizeof what, "matmul m=%d n=%d k=%d%s", m, n, k, accumulate ? " +=" : "");
-    gt_check_close(t, what, y_gpu, y_cpu, ny, t->bf16 ? GT_TOL_MATMUL_BF16 : GT_TOL_GEMM_FP32);
+    gt_check_close(t, what, y_gpu, y_cpu, ny, t->bf16 ? GT_TOL_GEMM_BF16W : GT_TOL_GEMM_FP32);
     gt_case_end(t);
 }
 
@@ -113,10 +115,11 @@ static void check_expert_ffn(gt_ctx *t, int dim, int inter, int n_tokens, bool a
     gt_fill(t, down, nw, -a_mid, a_mid);
     gt_fill(t, x, nx, -1.0f, 1.0f);
     gt_fill(t, out_cpu, nx, -1.0f, 1.0f);
-    mr_expert_w w_dev = { gt_upload(t, gate, nw * sizeof(float)),
-                          gt_upload(t, up, nw * sizeof(float)),
-                          gt_upload(t, down, nw * sizeof(float)), dim, inter };
-    mr_expert_w w_cpu = { gate, up, down, dim, inter };
+    mr_expert_w w_cpu = { .dim = dim, .inter = inter, .type = gt_wtype(t) };
+    mr_expert_w w_dev = w_cpu;
+    w_dev.gate = gt_weight(t, gate, nw, &w_cpu.gate);
+    w_dev.up = gt_weight(t, up, nw, &w_cpu.up);
+    w_dev.down = gt_weight(t, down, nw, &w_cpu.down);
     float *dx = gt_upload(t, x, nx * sizeof(float));
     float *dout = gt_upload(t, out_cpu, nx * sizeof(float));
     float *dscratch = gt_dev_alloc(t, n_scratch * sizeof(float));
@@ -127,7 +130,7 @@ static void check_expert_ffn(gt_ctx *t, int dim, int inter, int n_tokens, bool a
     snprintf(what, sizeof what, "expert_ffn D=%d inter=%d tokens=%d%s", dim, inter, n_tokens,
              accumulate ? " +=" : "");
     gt_check_close(t, what, out_gpu, out_cpu, nx,
-                   t->bf16 ? GT_TOL_CHAIN_BF16 : GT_TOL_GEMM_FP32);
+                   t->bf16 ? GT_TOL_CHAIN_BF16W : GT_TOL_GEMM_FP32);
     gt_case_end(t);
 }
 
@@ -159,10 +162,11 @@ static void check_experts_grouped(gt_ctx *t, int dim, int inter, int n_groups, c
         gt_fill(t, gate, nw, -a_in, a_in);
         gt_fill(t, up, nw, -a_in, a_in);
         gt_fill(t, down, nw, -a_mid, a_mid);
-        w_cpu[g] = (mr_expert_w){ gate, up, down, dim, inter };
-        w_dev[g] = (mr_expert_w){ gt_upload(t, gate, nw * sizeof(float)),
-                                  gt_upload(t, up, nw * sizeof(float)),
-                                  gt_upload(t, down, nw * sizeof(float)), dim, inter };
+        w_cpu[g] = (mr_expert_w){ .dim = dim, .inter = inter, .type = gt_wtype(t) };
+        w_dev[g] = w_cpu[g];
+        w_dev[g].gate = gt_weight(t, gate, nw, &w_cpu[g].gate);
+        w_dev[g].up = gt_weight(t, up, nw, &w_cpu[g].up);
+        w_dev[g].down = gt_weight(t, down, nw, &w_cpu[g].down);
     }
     float *x = gt_host(t, nx), *out_cpu = gt_host(t, nx), *out_gpu = gt_host(t, nx);
     float *scratch = gt_host(t, n_scratch);
@@ -176,7 +180,7 @@ static void check_experts_grouped(gt_ctx *t, int dim, int inter, int n_groups, c
     char what[128];
     snprintf(what, sizeof what, "experts_grouped D=%d inter=%d groups=%d rows=%d", dim, inter,
              n_groups, n_rows);
-    gt_check_close(t, what, out_gpu, out_cpu, nx, t->bf16 ? GT_TOL_CHAIN_BF16 : GT_TOL_GEMM_FP32);
+    gt_check_close(t, what, out_gpu, out_cpu, nx, t->bf16 ? GT_TOL_CHAIN_BF16W : GT_TOL_GEMM_FP32);
     gt_case_end(t);
 }
 
@@ -201,16 +205,18 @@ static void check_matmul_strided(gt_ctx *t, int heads, int m, int n, int k, int 
     gt_fill(t, x, nx, -1.0f, 1.0f);
     gt_fill(t, w, nw, -0.2f, 0.2f);
     gt_fill(t, y_cpu, ny, 7.0f, 8.0f); /* gaps between the heads' columns stay untouched */
-    float *dx = gt_upload(t, x, nx * sizeof(float)), *dw = gt_upload(t, w, nw * sizeof(float));
+    const void *hw = NULL;
+    float *dx = gt_upload(t, x, nx * sizeof(float));
+    void *dw = gt_weight(t, w, nw, &hw);
     float *dy = gt_upload(t, y_cpu, ny * sizeof(float));
-    t->cpu->matmul_strided(x, ldx, (size_t)x_head, w, (size_t)w_head, y_cpu, ldy, (size_t)y_head,
-                           heads, m, n, k);
-    t->gpu->matmul_strided(dx, ldx, (size_t)x_head, dw, (size_t)w_head, dy, ldy, (size_t)y_head,
-                           heads, m, n, k);
+    t->cpu->matmul_strided(x, ldx, (size_t)x_head, hw, gt_wtype(t), (size_t)w_head, y_cpu, ldy,
+                           (size_t)y_head, heads, m, n, k);
+    t->gpu->matmul_strided(dx, ldx, (size_t)x_head, dw, gt_wtype(t), (size_t)w_head, dy, ldy,
+                           (size_t)y_head, heads, m, n, k);
     gt_download(t, y_gpu, dy, ny * sizeof(float));
     char what[128];
     snprintf(what, sizeof what, "matmul_strided heads=%d m=%d n=%d k=%d", heads, m, n, k);
-    gt_check_close(t, what, y_gpu, y_cpu, ny, t->bf16 ? GT_TOL_MATMUL_BF16 : GT_TOL_GEMM_FP32);
+    gt_check_close(t, what, y_gpu, y_cpu, ny, t->bf16 ? GT_TOL_GEMM_BF16W : GT_TOL_GEMM_FP32);
     gt_case_end(t);
 }
 

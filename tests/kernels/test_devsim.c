@@ -39,7 +39,7 @@ static void matmul_with_host_weights(void)
     const mr_kernels *k = mr_kernels_devsim();
     float *x = k->alloc(4 * sizeof(float)), *y = k->alloc(4 * sizeof(float));
     float w[4] = {1, 2, 3, 4}; /* host memory */
-    k->matmul(x, w, y, 2, 2, 2, false);
+    k->matmul(x, w, MR_WT_F32, y, 2, 2, 2, false);
 }
 
 static void matmul_past_the_end(void)
@@ -47,7 +47,7 @@ static void matmul_past_the_end(void)
     const mr_kernels *k = mr_kernels_devsim();
     float *x = k->alloc(4 * sizeof(float)), *w = k->alloc(4 * sizeof(float));
     float *y = k->alloc(3 * sizeof(float)); /* needs 4 */
-    k->matmul(x, w, y, 2, 2, 2, false);
+    k->matmul(x, w, MR_WT_F32, y, 2, 2, 2, false);
 }
 
 static void h2d_from_backend_memory(void)
@@ -93,9 +93,9 @@ static void test_in_bounds_use_matches_cpu(void **state)
     float *dx = d->alloc(sizeof x), *dw = d->alloc(sizeof w), *dy = d->alloc(sizeof y);
     d->copy(dx, x, sizeof x, MR_COPY_H2D);
     d->copy(dw, w, sizeof w, MR_COPY_H2D);
-    d->matmul(dx, dw, dy, 2, 2, 3, false);
+    d->matmul(dx, dw, MR_WT_F32, dy, 2, 2, 3, false);
     d->copy(y, dy, sizeof y, MR_COPY_D2H);
-    c->matmul(x, w, y_cpu, 2, 2, 3, false);
+    c->matmul(x, w, MR_WT_F32, y_cpu, 2, 2, 3, false);
     assert_memory_equal(y, y_cpu, sizeof y);
     assert_int_equal(mr_devsim_live_allocations(), live + 3);
     d->free(dx);

@@ -19,6 +19,7 @@
 #include <cblas.h>
 #include <cmocka.h>
 
+#include "common/bf16.h"
 #include "kernels/cpu/cpu_internal.h"
 
 /* xorshift64*: reproducible uniform floats in [-1, 1). */
@@ -260,6 +261,71 @@ static void check_expert_ffn(int dim, int inter, int n_tokens, bool accumulate)
     free(h);
 }
 
+/* ---- BF16 weights (matmul_typed_cpu.c): the exact emulation of a tensor-core
+ * GEMM — y = round_bf16(x) · widen(w)ᵀ with fp32 products and sums — so the
+ * reference rounds x the same way and the fp32 tolerance applies. ---- */
+
+static void check_matmul_bf16(int m, int n, int k, bool accumulate)
+{
+    float *x = malloc(((size_t)m * k + 1) * sizeof(float));
+    float *wf = malloc(((size_t)n * k + 1) * sizeof(float));
+    uint16_t *w = malloc(((size_t)n * k + 1) * sizeof(uint16_t));
+    float *y = malloc(((size_t)m * n + 1) * sizeof(float));
+    float *y0 = malloc(((size_t)m * n + 1) * sizeof(float));
+    assert_true(x && wf && w && y && y0);
+    fill(x, (size_t)m * k);
+    fill(wf, (size_t)n * k);
+    for (size_t i = 0; i < (size_t)n * k; i++) w[i] = mr_bf16_round(wf[i]);
+    if (accumulate)
+        fill(y, (size_t)m * n);
+    else
+        for (size_t i = 0; i < (size_t)m * n; i++) y[i] = NAN; /* must be overwritten */
+    memcpy(y0, y, (size_t)m * n * sizeof(float));
+
+    mr_cpu_matmul_typed(x, w, MR_WT_BF16, y, m, n, k, accumulate);
+
+    int differs_from_unrounded_x = 0;
+    for (int t = 0; t < m; t++) {
+        for (int j = 0; j < n; j++) {
+            double dot = 0.0, sq = 0.0, dot_fp32_x = 0.0;
+            for (int i = 0; i < k; i++) {
+                const double wv = mr_bf16_widen(w[(size_t)j * k + i]);
+                const double term = (double)mr_bf16_quantize(x[(size_t)t * k + i]) * wv;
+                dot += term;
+                sq += term * term;
+                dot_fp32_x += (double)x[(size_t)t * k + i] * wv;
+            }
+            double ref = (accumulate ? (double)y0[(size_t)t * n + j] : 0.0) + dot;
+            double tol = 1e-5 * sqrt((double)k) * sqrt(sq) + (accumulate ? 1e-7 : 0.0);
+            double got = y[(size_t)t * n + j];
+            if (!(fabs(got - ref) <= tol))
+                fail_msg("bf16 m=%d n=%d k=%d acc=%d: y[%d][%d] = %.9g, want %.9g (tol %.3g)", m,
+                         n, k, accumulate, t, j, got, ref, tol);
+            differs_from_unrounded_x += fabs(dot - dot_fp32_x) > tol;
+        }
+    }
+    /* the check can tell: without rounding x, outputs would miss */
+    if (k >= 64) assert_true(differs_from_unrounded_x > 0);
+    free(x);
+    free(wf);
+    free(w);
+    free(y);
+    free(y0);
+}
+
+static void test_matmul_bf16_weights_emulate_tensor_cores(void **state)
+{
+    (void)state;
+    /* tiles of 64 Ki weight floats: k 4096 → 16 rows per tile, n 37 = 2 full + 1 partial */
+    check_matmul_bf16(1, 37, 4096, false);
+    check_matmul_bf16(3, 37, 4096, true);
+    check_matmul_bf16(70, 300, 300, false); /* sgemm rows, 218-row tiles */
+    check_matmul_bf16(70, 300, 300, true);
+    check_matmul_bf16(5, 7, 160, false);    /* one tile covers n */
+    check_matmul_bf16(4, 3, 0, false);      /* k 0: y cleared */
+    check_matmul_bf16(4, 3, 0, true);       /* k 0, accumulate: y kept */
+}
+
 static void test_expert_ffn_matches_reference(void **state)
 {
     (void)state;
@@ -277,6 +343,7 @@ int main(void)
     printf("# MOERUN_CPU_ISA=%s\n", isa ? isa : "(best available)");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_matches_reference_overwrite),
+        cmocka_unit_test(test_matmul_bf16_weights_emulate_tensor_cores),
         cmocka_unit_test(test_matmul_matches_reference_accumulate),
         cmocka_unit_test(test_matmul_handles_misaligned_operands),
         cmocka_unit_test(test_matmul_same_result_with_one_and_two_threads),

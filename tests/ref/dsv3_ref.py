@@ -26,6 +26,14 @@ Semantics (the team's spec)
     group-limited selection masking dropped groups with -inf, top-k with ties to lower
     index, weights from unbiased scores, normalisation per model_type (v3/kimi vs v2).
 
+BF16 mode (set_bf16(True), what `moerun generate --precision bf16` computes)
+  * every weight matrix (2-D weights except the embedding table) is rounded to bfloat16
+    (round to nearest even, via float32) when loaded;
+  * the activation input of every product with a weight matrix is rounded the same way
+    (linear(); the absorbed attention's q_nope . W_uk and o_lat . W_uv), the products and
+    sums stay float64 here (fp32 in the engine); attention scores, softmax, norms, RoPE and
+    the router's arithmetic after its logits are unrounded.
+
 CLI
   /usr/bin/python3 tests/ref/dsv3_ref.py --model DIR --ids 1,2,3 [--attn naive|absorb]
       --out FILE.npy                 -> float32 logits [S, vocab] (.npy format 1.0, '<f4')
@@ -115,8 +123,33 @@ def is_moe_layer(cfg, i):
     return cfg.n_routed > 0 and i >= cfg.first_k_dense and i % cfg.moe_layer_freq == 0
 
 
+BF16 = False
+
+
+def set_bf16(on):
+    global BF16
+    BF16 = bool(on)
+
+
+def bf16_round(a):
+    """a rounded to the nearest bfloat16 (ties to even, via float32), as float64."""
+    f = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    bits = f.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    out = rounded.view(np.float32).astype(np.float64)
+    return np.where(np.isnan(f), np.nan, out)
+
+
+def gemm_in(a):
+    """The input of a product with a weight matrix: rounded in BF16 mode."""
+    return bf16_round(a) if BF16 else a
+
+
 def load_model(model_dir):
     config, W = st.load_dir(model_dir)
+    if BF16:
+        W = {k: bf16_round(v) if v.ndim == 2 and k != "model.embed_tokens.weight" else v
+             for k, v in W.items()}
     return parse_config(config), W
 
 
@@ -124,7 +157,7 @@ def load_model(model_dir):
 
 def linear(x, w):
     """nn.Linear without bias: x [..., in], w [out, in] -> [..., out]."""
-    return x @ w.T
+    return gemm_in(x) @ gemm_in(w).T
 
 
 def rmsnorm(x, w, eps):
@@ -242,12 +275,12 @@ def attention_absorbed(cfg, L, q_nope, q_pe, c, k_pe, q_pos, k_pos):
     H = cfg.n_heads
     wkv_b = L["self_attn.kv_b_proj.weight"].reshape(H, cfg.nope + cfg.v_dim, cfg.kv_lora)
     w_uk, w_uv = wkv_b[:, :cfg.nope, :], wkv_b[:, cfg.nope:, :]
-    q_lat = np.einsum("shd,hdc->shc", q_nope, w_uk)
+    q_lat = np.einsum("shd,hdc->shc", gemm_in(q_nope), w_uk)
     scores = (np.einsum("shc,tc->hst", q_lat, c) + np.einsum("shr,tr->hst", q_pe, k_pe))
     scores = scores * cfg.softmax_scale + causal_mask(q_pos, k_pos)
     p = softmax(scores, axis=-1)
     o_lat = np.einsum("hst,tc->shc", p, c)
-    out = np.einsum("shc,hvc->shv", o_lat, w_uv)
+    out = np.einsum("shc,hvc->shv", gemm_in(o_lat), w_uv)
     return out.reshape(q_nope.shape[0], H * cfg.v_dim)
 
 
