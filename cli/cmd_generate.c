@@ -209,13 +209,15 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
         }
         want[S - 1] = 1;
     }
-    /* greedy without --logits-out: the argmax runs on the backend and only
-     * token ids come back (same tokens as the sampler at temperature 0) */
-    const bool greedy = a->sampling.temperature == 0.0f && !a->logits_out;
+    /* without --logits-out the sampler's rule runs on the backend and only
+     * token ids come back (the sampler draws u on the host: same tokens) */
+    const bool on_backend = !a->logits_out;
     int32_t token;
+    mr_sample_row draw;
     mr_batch prefill = {S, a->prompt, positions, seqs, want};
-    st = greedy ? mr_engine_forward_greedy(engine, &prefill, &token)
-                : mr_engine_forward(engine, &prefill, logits);
+    if (on_backend) mr_sampler_draw(&sampler, &draw);
+    st = on_backend ? mr_engine_forward_sample(engine, &prefill, &draw, &token)
+                    : mr_engine_forward(engine, &prefill, logits);
     free(want);
     if (st != MR_OK) goto done;
     const float *last = logits;
@@ -227,14 +229,15 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
 
     /* Decode: feed each sampled token back through the latent KV cache. */
     t0 = mr_now();
-    if (!greedy && (st = mr_sampler_next(&sampler, last, V, &token)) != MR_OK) goto done;
+    if (!on_backend && (st = mr_sampler_next(&sampler, last, V, &token)) != MR_OK) goto done;
     ids[n_gen++] = token;
     while (n_gen < N && (a->ignore_eos || token != cfg->eos_token_id)) {
         int32_t pos = S + n_gen - 1;
         mr_kv_seq *sp = &seq;
         mr_batch step = {1, &token, &pos, &sp, NULL};
-        if (greedy) {
-            if ((st = mr_engine_forward_greedy(engine, &step, &token)) != MR_OK) goto done;
+        if (on_backend) {
+            mr_sampler_draw(&sampler, &draw);
+            if ((st = mr_engine_forward_sample(engine, &step, &draw, &token)) != MR_OK) goto done;
             ids[n_gen++] = token;
             continue;
         }

@@ -273,16 +273,19 @@ static void decode_step(decode_state *d)
         n++;
     }
     if (n == 0) return;
-    /* every request greedy and no logits file: argmax on the backend, only
-     * the token ids come back (same tokens as the sampler at temperature 0) */
-    bool greedy = true;
-    for (int i = 0; i < n && greedy; i++)
-        greedy = d->batch_reqs[i]->sampler.params.temperature == 0.0f && !d->batch_reqs[i]->logits.fp;
+    /* no request writes a logits file: every request's sampler rule runs on
+     * the backend (each sampler draws its u here) and only token ids come
+     * back; the same tokens as mr_sampler_next on the logits */
+    bool on_backend = true;
+    for (int i = 0; i < n && on_backend; i++) on_backend = !d->batch_reqs[i]->logits.fp;
+    for (int i = 0; i < n && on_backend; i++)
+        mr_sampler_draw(&d->batch_reqs[i]->sampler, &d->batch_draws[i]);
     mr_batch b = {n, d->batch_ids, d->batch_pos, d->batch_seqs, NULL};
     double t0 = mr_now();
     d->moe_wait_s = 0;
-    mr_status st = greedy ? mr_engine_forward_greedy(d->engine, &b, d->batch_next)
-                          : mr_engine_forward(d->engine, &b, d->logits);
+    mr_status st = on_backend
+                       ? mr_engine_forward_sample(d->engine, &b, d->batch_draws, d->batch_next)
+                       : mr_engine_forward(d->engine, &b, d->logits);
     double dt = mr_now() - t0;
     d->role.compute_s += dt - d->moe_wait_s;
     d->role.transfer_s += d->moe_wait_s;
@@ -294,8 +297,8 @@ static void decode_step(decode_state *d)
         return;
     }
     d->role.tokens_processed += (uint64_t)n;
-    for (int i = 0; i < n && greedy; i++) emit_token(d, d->batch_reqs[i], d->batch_next[i]);
-    for (int i = 0; i < n && !greedy; i++) {
+    for (int i = 0; i < n && on_backend; i++) emit_token(d, d->batch_reqs[i], d->batch_next[i]);
+    for (int i = 0; i < n && !on_backend; i++) {
         dec_req *q = d->batch_reqs[i];
         const float *row = d->logits + (size_t)i * V;
         if (q->logits.fp) mr_npy_append(&q->logits, row, 1);

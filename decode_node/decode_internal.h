@@ -51,7 +51,8 @@ typedef struct decode_state {
     /* per-step batch buffers (max_running) */
     dec_req **batch_reqs;
     int32_t *batch_ids, *batch_pos;
-    int32_t *batch_next;       /* greedy steps: the next token of each */
+    int32_t *batch_next;       /* steps sampled on the backend: the next token of each */
+    mr_sample_row *batch_draws; /* ... and each request's sampler draw */
     mr_kv_seq **batch_seqs;
     float *logits;
 

@@ -79,12 +79,13 @@ mr_status dec_setup(decode_state *d)
     d->batch_ids = malloc(sizeof(int32_t) * (size_t)max_b);
     d->batch_pos = malloc(sizeof(int32_t) * (size_t)max_b);
     d->batch_next = malloc(sizeof(int32_t) * (size_t)max_b);
+    d->batch_draws = malloc(sizeof(mr_sample_row) * (size_t)max_b);
     d->batch_seqs = malloc(sizeof(mr_kv_seq *) * (size_t)max_b);
     d->logits = malloc(sizeof(float) * (size_t)max_b * cfg->vocab_size);
     d->route = malloc(sizeof(int32_t) * (size_t)max_b * K);
     d->rows_per_rank = calloc((size_t)n_ranks, sizeof(int));
     d->send_bufs = calloc((size_t)n_ranks, sizeof(uint8_t *));
-    if (!d->alive || !d->batch_reqs || !d->batch_ids || !d->batch_pos || !d->batch_next ||
+    if (!d->alive || !d->batch_reqs || !d->batch_ids || !d->batch_pos || !d->batch_next || !d->batch_draws ||
         !d->batch_seqs ||
         !d->logits || !d->route || !d->rows_per_rank || !d->send_bufs)
         return mr_fail(MR_ENOMEM, "decode: out of memory for batch buffers");
@@ -138,6 +139,7 @@ void dec_teardown(decode_state *d)
     free(d->batch_ids);
     free(d->batch_pos);
     free(d->batch_next);
+    free(d->batch_draws);
     free(d->batch_seqs);
     free(d->logits);
 }

@@ -66,6 +66,17 @@ typedef struct mr_gate_params {
     bool v2_scaling;          /* HF V2 semantics: scale only when not normalized */
 } mr_gate_params;
 
+/* One row of mr_kernels.sample_rows: the sampling parameters of a sequence
+ * and the uniform draw u in [0, 1) its sampler's RNG gives for this step
+ * (mr_sampler_draw, model/sampler.h). temperature 0 = greedy (u unused). */
+typedef struct mr_sample_row {
+    double u;
+    float temperature;
+    float top_p;    /* (0, 1]; 1 = off */
+    int32_t top_k;  /* 0 = off */
+    int32_t pad;
+} mr_sample_row;
+
 /* Direction of mr_kernels.copy. H = host memory, D = backend memory (for the
  * cpu backend all three are plain host-to-host copies). */
 typedef enum mr_copy_dir { MR_COPY_H2D, MR_COPY_D2H, MR_COPY_D2D } mr_copy_dir;
@@ -128,6 +139,18 @@ typedef struct mr_kernels {
      * unless x(r, 0) is NaN (then 0) — exactly mr_argmax (model/sampler.h).
      * out(n_rows) int32 in backend memory. */
     void (*argmax_rows)(const float *x, int n_rows, int n, int32_t *out);
+
+    /* Sampling on the backend: out[r] = the token mr_sample_pick
+     * (model/sampler.h) picks from row r of logits(n_rows, vocab) with
+     * rows[r] — exactly the CPU sampler's rule (logits / T, sort by value
+     * descending then id ascending, top-k prefix, softmax, top-p prefix,
+     * walk the cumulative mass to u · mass), or argmax_rows' rule when
+     * rows[r].temperature is 0. rows is host memory (n_rows), out(n_rows)
+     * int32 backend memory. cpu: the same C code as the sampler; cuda: one
+     * segmented stable radix sort (CUB) plus one block per row that sums in
+     * the CPU's order, in double. */
+    void (*sample_rows)(const float *logits, int n_rows, int vocab, const mr_sample_row *rows,
+                        int32_t *out);
 
     /* y(i) += x(i) for i < n (residual add). */
     void (*add)(float *y, const float *x, size_t n);

@@ -559,7 +559,8 @@ mr_status mr_engine_forward(mr_engine *e, const mr_batch *b, float *logits)
     return e->k->check();
 }
 
-mr_status mr_engine_forward_greedy(mr_engine *e, const mr_batch *b, int32_t *ids)
+mr_status mr_engine_forward_sample(mr_engine *e, const mr_batch *b, const mr_sample_row *rows,
+                                   int32_t *ids)
 {
     if (b->n_tokens <= 0) return MR_OK;
     float *out = NULL;
@@ -568,7 +569,10 @@ mr_status mr_engine_forward_greedy(mr_engine *e, const mr_batch *b, int32_t *ids
     const size_t n = (size_t)(e->n_want > 0 ? e->n_want : 1);
     int32_t *dev_ids = mr_kbuf_reserve(e->k, &e->greedy_ids, sizeof(int32_t) * n, &st);
     if (st != MR_OK) return st;
-    e->k->argmax_rows(out, e->n_want, e->cfg->vocab_size, dev_ids);
+    if (rows)
+        e->k->sample_rows(out, e->n_want, e->cfg->vocab_size, rows, dev_ids);
+    else
+        e->k->argmax_rows(out, e->n_want, e->cfg->vocab_size, dev_ids);
     e->k->copy(ids, dev_ids, sizeof(int32_t) * (size_t)e->n_want, MR_COPY_D2H);
     return e->k->check();
 }

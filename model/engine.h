@@ -98,11 +98,14 @@ void mr_engine_destroy(mr_engine *engine); /* accepts NULL */
  * (MR_ERANGE); a backend error (cuda) is returned with its message. */
 mr_status mr_engine_forward(mr_engine *engine, const mr_batch *batch, float *logits);
 
-/* The same pass for greedy decoding: ids(n_want) (host memory) = the argmax
- * of each wanted token's logits, by mr_argmax's rule (model/sampler.h), so
- * the tokens equal mr_sampler_next at temperature 0. The logits stay in
- * backend memory: a GPU copies n_want ints instead of n_want · vocab floats. */
-mr_status mr_engine_forward_greedy(mr_engine *engine, const mr_batch *batch, int32_t *ids);
+/* The same pass with the next tokens picked on the backend: ids(n_want)
+ * (host memory), row i sampled by rows[i] (host memory; mr_sampler_draw of
+ * that sequence's sampler) with mr_kernels.sample_rows, i.e. exactly the
+ * token mr_sampler_next would pick from those logits; rows NULL = every row
+ * greedy (argmax, mr_argmax's rule). The logits stay in backend memory: a
+ * GPU copies n_want ints instead of n_want · vocab floats. */
+mr_status mr_engine_forward_sample(mr_engine *engine, const mr_batch *batch,
+                                   const mr_sample_row *rows, int32_t *ids);
 
 /* The weights the engine computes with, in its kernels' memory (the
  * caller's host weights on cpu, the engine's copy otherwise): wide-EP prefill

@@ -71,22 +71,26 @@ static int by_value_desc(const void *a, const void *b)
     return x->id < y->id ? -1 : (x->id > y->id);
 }
 
-mr_status mr_sampler_next(mr_sampler *s, const float *logits, int vocab, int32_t *token)
+void mr_sampler_draw(mr_sampler *s, mr_sample_row *row)
 {
     const mr_sampling_params *p = &s->params;
-    if (p->temperature == 0.0f) {
-        *token = mr_argmax(logits, vocab);
-        return MR_OK;
-    }
-    scored *c = malloc(sizeof(scored) * (size_t)vocab);
-    if (!c) return mr_fail(MR_ENOMEM, "sampler: out of memory");
+    row->temperature = p->temperature;
+    row->top_p = p->top_p;
+    row->top_k = p->top_k;
+    row->pad = 0;
+    row->u = p->temperature == 0.0f ? 0.0 : uniform01(s->rng_state);
+}
+
+int32_t mr_sample_pick(const float *logits, int vocab, const mr_sample_row *row, void *scratch)
+{
+    scored *c = scratch;
     for (int i = 0; i < vocab; i++) {
-        c[i].value = logits[i] / p->temperature;
+        c[i].value = logits[i] / row->temperature;
         c[i].id = i;
     }
     /* candidates sorted by scaled logit, descending; top-k keeps a prefix */
     qsort(c, (size_t)vocab, sizeof *c, by_value_desc);
-    int n = (p->top_k > 0 && p->top_k < vocab) ? p->top_k : vocab;
+    int n = (row->top_k > 0 && row->top_k < vocab) ? row->top_k : vocab;
     /* softmax over the kept candidates */
     double sum = 0.0;
     float max = c[0].value;
@@ -96,28 +100,38 @@ mr_status mr_sampler_next(mr_sampler *s, const float *logits, int vocab, int32_t
     }
     for (int i = 0; i < n; i++) c[i].value = (float)(c[i].value / sum);
     /* top-p: smallest prefix whose mass reaches top_p (at least one) */
-    if (p->top_p < 1.0f) {
+    if (row->top_p < 1.0f) {
         double cum = 0.0;
         int keep = 0;
         while (keep < n) {
             cum += c[keep].value;
             keep++;
-            if (cum >= p->top_p) break;
+            if (cum >= row->top_p) break;
         }
         n = keep;
     }
     double mass = 0.0;
     for (int i = 0; i < n; i++) mass += c[i].value;
-    double r = uniform01(s->rng_state) * mass;
+    double r = row->u * mass;
     double acc = 0.0;
-    *token = c[n - 1].id;
     for (int i = 0; i < n; i++) {
         acc += c[i].value;
-        if (r < acc) {
-            *token = c[i].id;
-            break;
-        }
+        if (r < acc) return c[i].id;
     }
+    return c[n - 1].id;
+}
+
+mr_status mr_sampler_next(mr_sampler *s, const float *logits, int vocab, int32_t *token)
+{
+    mr_sample_row row;
+    mr_sampler_draw(s, &row);
+    if (row.temperature == 0.0f) {
+        *token = mr_argmax(logits, vocab);
+        return MR_OK;
+    }
+    scored *c = malloc(sizeof(scored) * (size_t)vocab);
+    if (!c) return mr_fail(MR_ENOMEM, "sampler: out of memory");
+    *token = mr_sample_pick(logits, vocab, &row, c);
     free(c);
     return MR_OK;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "../../model/sampler.h"
 #include "../../common/aligned.h"
 
 static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_rows, int dim,
@@ -330,6 +331,24 @@ static void cpu_experts_grouped(const mr_expert_w *experts, int n_groups,
     }
 }
 
+/* mr_sampler's rule per row (model/sampler.c): argmax at temperature 0, else
+ * mr_sample_pick with the row's draw. */
+static void cpu_sample_rows(const float *logits, int n_rows, int vocab, const mr_sample_row *rows,
+                            int32_t *out)
+{
+    void *scratch = NULL;
+    for (int r = 0; r < n_rows; r++) {
+        const float *row = logits + (size_t)r * (size_t)vocab;
+        if (rows[r].temperature == 0.0f) {
+            out[r] = mr_argmax(row, vocab);
+            continue;
+        }
+        if (!scratch && !(scratch = malloc(8 * (size_t)vocab))) abort(); /* ops cannot fail */
+        out[r] = mr_sample_pick(row, vocab, &rows[r], scratch);
+    }
+    free(scratch);
+}
+
 /* The rule of mr_argmax (model/sampler.c): strictly greater wins. */
 static void cpu_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
 {
@@ -365,6 +384,7 @@ static const mr_kernels cpu_kernels = {
     .moe_combine = cpu_moe_combine,
     .add = cpu_add,
     .argmax_rows = cpu_argmax_rows,
+    .sample_rows = cpu_sample_rows,
     .matmul = mr_cpu_matmul_typed,
     .matmul_strided = cpu_matmul_strided,
     .rmsnorm = cpu_rmsnorm,

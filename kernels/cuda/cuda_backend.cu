@@ -173,6 +173,7 @@ void table_fill(mr_kernels *t)
     t->moe_combine = cu_op_moe_combine;
     t->add = cu_op_add;
     t->argmax_rows = cu_op_argmax_rows;
+    t->sample_rows = cu_op_sample_rows;
     t->matmul = cu_op_matmul;
     t->matmul_strided = cu_op_matmul_strided;
     t->rmsnorm = cu_op_rmsnorm;

@@ -66,15 +66,7 @@ mr_status cu_gemm_rm(bool trans_a, bool trans_b, int m, int n, int k, float alph
 
 /* ---- activations rounded to bf16 (the other GEMM input of a BF16 weight) ------ */
 
-/* Grow-only device buffers: only the backend's one host thread issues ops and
- * the stream orders every use, so one buffer serves every call; growing waits
- * for the stream before freeing the old one. */
-typedef struct growbuf {
-    void *p;
-    size_t cap;
-} growbuf;
-
-static mr_status growbuf_reserve(growbuf *b, size_t bytes)
+mr_status cu_growbuf_reserve(cu_growbuf *b, size_t bytes)
 {
     if (bytes <= b->cap) return MR_OK;
     if (b->p) {
@@ -88,8 +80,8 @@ static mr_status growbuf_reserve(growbuf *b, size_t bytes)
     return MR_OK;
 }
 
-static growbuf act_bf16_buf;   /* activations as bf16 */
-static growbuf grouped_ptrs_buf; /* pointer arrays of the grouped GEMMs */
+static cu_growbuf act_bf16_buf;     /* activations as bf16 */
+static cu_growbuf grouped_ptrs_buf; /* pointer arrays of the grouped GEMMs */
 
 __global__ void round_bf16_kernel(const float *x, __nv_bfloat16 *y, size_t n)
 {
@@ -101,7 +93,7 @@ __global__ void round_bf16_kernel(const float *x, __nv_bfloat16 *y, size_t n)
 /* A buffer of `elems` bf16 values (valid until the next call). */
 static mr_status act_bf16(size_t elems, __nv_bfloat16 **out)
 {
-    MR_TRY(growbuf_reserve(&act_bf16_buf, (elems ? elems : 1) * sizeof(__nv_bfloat16)));
+    MR_TRY(cu_growbuf_reserve(&act_bf16_buf, (elems ? elems : 1) * sizeof(__nv_bfloat16)));
     *out = (__nv_bfloat16 *)act_bf16_buf.p;
     return MR_OK;
 }
@@ -220,7 +212,7 @@ void cu_op_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float 
 /* The grouped GEMMs' pointer arrays in device memory. */
 static mr_status grouped_ptrs(size_t n, const void **host, const void ***dev)
 {
-    MR_TRY(growbuf_reserve(&grouped_ptrs_buf, n * sizeof(void *)));
+    MR_TRY(cu_growbuf_reserve(&grouped_ptrs_buf, n * sizeof(void *)));
     /* pageable source: the copy is staged before cudaMemcpyAsync returns */
     CUDA_TRY(cudaMemcpyAsync(grouped_ptrs_buf.p, host, n * sizeof(void *), cudaMemcpyHostToDevice,
                              cu_stream()));

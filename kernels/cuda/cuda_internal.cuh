@@ -107,6 +107,20 @@ __device__ inline float cu_block_max(float v)
     return m;
 }
 
+/* ---- grow-only device buffers ------------------------------------------------
+ * Only the backend's one host thread issues ops and the stream orders every
+ * use, so one buffer per purpose serves every call. cu_growbuf_reserve makes
+ * b->p hold at least `bytes` (growing waits for the stream before freeing the
+ * old buffer; contents are not kept). Zero-initialize a cu_growbuf. */
+typedef struct cu_growbuf {
+    void *p;
+    size_t cap;
+} cu_growbuf;
+mr_status cu_growbuf_reserve(cu_growbuf *b, size_t bytes);
+
+/* argmax_rows without recording (for ops built on it). */
+mr_status cu_argmax_rows_impl(const float *x, int n_rows, int n, int32_t *out);
+
 /* ---- row-major GEMM on cuBLAS -------------------------------------------------
  * C(M,N) = alpha · op(A) · op(B) + beta · C for `batch` matrices, all row-major
  * with leading dimensions lda/ldb/ldc and element strides sa/sb/sc between
@@ -156,6 +170,8 @@ void cu_op_moe_combine(const float *expert_out, const float *weights, int n_toke
                        int dim, float *out);
 void cu_op_add(float *y, const float *x, size_t n);
 void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out);
+void cu_op_sample_rows(const float *logits, int n_rows, int vocab, const mr_sample_row *rows,
+                       int32_t *out);
 void cu_op_matmul(const float *x, const void *w, mr_wtype wt, float *y, int m, int n, int k,
                   bool accumulate);
 void cu_op_matmul_strided(const float *x, int ldx, size_t x_bstride, const void *w, mr_wtype wt,

@@ -199,7 +199,7 @@ __global__ void argmax_rows_kernel(const float *x, int n, int32_t *out)
     if (threadIdx.x == 0) out[blockIdx.x] = si[0] < n ? si[0] : 0;
 }
 
-static mr_status argmax_rows_impl(const float *x, int n_rows, int n, int32_t *out)
+mr_status cu_argmax_rows_impl(const float *x, int n_rows, int n, int32_t *out)
 {
     if (n_rows <= 0) return MR_OK;
     if (n <= 0) return mr_fail(MR_EINVAL, "cuda argmax_rows: row length %d", n);
@@ -210,5 +210,5 @@ static mr_status argmax_rows_impl(const float *x, int n_rows, int n, int32_t *ou
 
 void cu_op_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
 {
-    cu_record(argmax_rows_impl(x, n_rows, n, out));
+    cu_record(cu_argmax_rows_impl(x, n_rows, n, out));
 }

@@ -395,6 +395,15 @@ static void ds_moe_combine(const float *expert_out, const float *weights, int n_
     mr_kernels_cpu()->moe_combine(expert_out, weights, n_tokens, top_k, dim, out);
 }
 
+static void ds_sample_rows(const float *logits, int n_rows, int vocab, const mr_sample_row *rows,
+                           int32_t *out)
+{
+    need_dev("sample_rows", "logits", logits, F((size_t)n_rows * vocab));
+    need_host("sample_rows", "rows", rows, (size_t)n_rows * sizeof(mr_sample_row));
+    need_dev("sample_rows", "out", out, I(n_rows));
+    mr_kernels_cpu()->sample_rows(logits, n_rows, vocab, rows, out);
+}
+
 static void ds_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
 {
     need_dev("argmax_rows", "x", x, F((size_t)n_rows * n));
@@ -427,6 +436,7 @@ static const mr_kernels devsim_kernels = {
     .moe_combine = ds_moe_combine,
     .add = ds_add,
     .argmax_rows = ds_argmax_rows,
+    .sample_rows = ds_sample_rows,
     .matmul = ds_matmul,
     .matmul_strided = ds_matmul_strided,
     .rmsnorm = ds_rmsnorm,

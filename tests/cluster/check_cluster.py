@@ -44,13 +44,15 @@ def run(cmd, timeout, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def make_requests(n, vocab, max_new, long_len, gap_ms=0):
+def make_requests(n, vocab, max_new, long_len, gap_ms=0, sampled=False):
     reqs = []
     for i in range(n):
         length = [3, 9, long_len, 1, 17, 5][i % 6] + (i // 6)
         ids = [(7 * i + 13 * j + 1) % vocab for j in range(length)]
         q = {"id": f"r{i:02d}", "prompt_ids": ids, "max_new_tokens": max_new + (i % 3),
              "ignore_eos": True}
+        if sampled and i % 2 == 1:  # every other request samples (its own seed)
+            q.update({"temperature": 0.9, "top_p": 0.9, "top_k": 30, "seed": 100 + i})
         if gap_ms:
             q["arrival_ms"] = i * gap_ms
         reqs.append(q)
@@ -139,6 +141,9 @@ def main():
                     help="expert ranks' background expert loads wait this long (test hook); "
                          "epochs must then take at least this long and every request still "
                          "completes (ranks keep serving while loading)")
+    ap.add_argument("--sampled", action="store_true",
+                    help="every other request samples (temperature 0.9, top-p 0.9, top-k 30, "
+                         "its own seed); generate gets the same parameters")
     ap.add_argument("--no-logits", action="store_true",
                     help="no --logits-dir: decode ranks then take the greedy path (argmax on "
                          "their backend); only tokens are compared")
@@ -169,7 +174,7 @@ def main():
             return 1
         cfg = json.load(open(os.path.join(model, "config.json")))
         reqs = make_requests(args.n_requests, cfg["vocab_size"], args.max_new,
-                             args.max_batch_tokens + 11, args.arrival_gap_ms)
+                             args.max_batch_tokens + 11, args.arrival_gap_ms, args.sampled)
         req_path = os.path.join(work, "requests.jsonl")
         with open(req_path, "w") as f:
             for q in reqs:
@@ -223,10 +228,14 @@ def main():
         for q, res in zip(reqs, results):
             ids = ",".join(str(t) for t in q["prompt_ids"])
             ref_npy = os.path.join(work, f"ref-{q['id']}.npy")
+            sampling = []
+            for key in ("temperature", "top_p", "top_k", "seed"):
+                if key in q:
+                    sampling += ["--" + key.replace("_", "-"), str(q[key])]
             g = run([moerun, "generate", "--model", model, "--prompt-ids", ids,
                      "--max-new-tokens", str(q["max_new_tokens"]), "--ignore-eos",
                      "--attn", args.attn, "--precision", args.precision,
-                     "--logits-out", ref_npy], 120)
+                     "--logits-out", ref_npy] + sampling, 120)
             if g.returncode != 0:
                 print(g.stderr)
                 return 1

@@ -10,9 +10,11 @@ V2-Lite) and both MLA forms, runs `moerun generate --logits-out` on cpu with
 with the same prompt, and checks:
   * devsim, same precision: tokens equal and logits bit-identical (same CPU
                  ops; only the data movement differs, so any difference is a
-                 movement bug); and without --logits-out (greedy: argmax on
-                 the backend, ids only) the same tokens again (also for cuda
-                 fp32);
+                 movement bug); and without --logits-out (the sampler's pick
+                 on the backend, ids only) the same tokens again, greedy and
+                 sampled (temperature 0.8, top-p 0.9, top-k 20, seed 5: the
+                 backend's sample_rows against the host sampler on the cpu
+                 logits) — also for cuda fp32;
   * cuda fp32:   tokens equal, max|dlogit| <= 1e-3 (the bar the engine meets
                  against the float64 reference);
   * otherwise (bf16 weights against fp32, or cuda bf16 against the CPU's
@@ -60,12 +62,17 @@ def prompt_ids(spec):
     return spec
 
 
-def generate(moerun, model, prompt, n_new, attn, backend, precision, npy):
-    """npy None: no --logits-out, so generate takes its greedy path (argmax on
-    the backend, only token ids copied back)."""
+SAMPLED = ["--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "5"]
+
+
+def generate(moerun, model, prompt, n_new, attn, backend, precision, npy, extra=()):
+    """npy None: no --logits-out, so generate picks tokens on the backend
+    (sample_rows / argmax there, only token ids copied back); with npy the host
+    sampler picks from the downloaded logits."""
     cmd = [moerun, "generate", "--model", model, "--prompt-ids", prompt,
            "--max-new-tokens", str(n_new), "--ignore-eos", "--attn", attn,
            "--backend", backend, "--precision", precision] + (["--logits-out", npy] if npy else [])
+    cmd += list(extra)
     r = run(cmd)
     if r.returncode != 0:
         return None, r.stderr.strip()
@@ -86,6 +93,7 @@ def main():
         ap.error("cpu against itself at the same precision compares nothing")
 
     failures = 0
+    sampled_differs = 0  # cases whose sampled tokens differ from greedy: sampling happened
     with tempfile.TemporaryDirectory(prefix="moerun-backend-") as work:
         for i, (preset, dtype, attn, spec, n_new) in enumerate(CASES):
             model = os.path.join(work, f"m{i}")
@@ -147,7 +155,19 @@ def main():
                     print(f"FAIL {label}: greedy path (argmax on {args.backend}) gave {greedy} "
                           f"{err}, sampler on cpu logits {want}")
                     ok = False
+                host_s, err1 = generate(args.moerun, model, prompt, n_new, attn, "cpu",
+                                        ref_precision, os.path.join(work, "s.npy"), SAMPLED)
+                dev_s, err2 = generate(args.moerun, model, prompt, n_new, attn, args.backend,
+                                       args.precision, None, SAMPLED)
+                sampled_differs += host_s is not None and host_s != want
+                if host_s is None or host_s != dev_s:
+                    print(f"FAIL {label}: sampled on {args.backend} {dev_s} {err2}, host sampler "
+                          f"on cpu logits {host_s} {err1}")
+                    ok = False
             failures += 0 if ok else 1
+    if (exact or close) and sampled_differs == 0:
+        print("FAIL: the sampled runs gave the greedy tokens in every case: nothing was sampled")
+        failures += 1
     print(f"{args.backend} ({args.precision}) vs cpu ({ref_precision}): {len(CASES)} cases, "
           f"{failures} failures")
     return 1 if failures else 0

@@ -312,6 +312,47 @@ static void test_sampler_same_seed_same_tokens_and_greedy_limits(void **state)
     assert_non_null(strstr(mr_last_error(), "temperature"));
 }
 
+/* sample_rows (the backend's sampler: mr_sampler_draw on the host, the pick
+ * on the backend) gives mr_sampler_next's tokens, row by row, for a batch
+ * mixing greedy and sampled rows with ties planted, over many steps (the
+ * RNG advances identically on both paths). */
+static void test_backend_sample_rows_match_sampler_next(void **state)
+{
+    (void)state;
+    enum { ROWS = 5, V = 300, STEPS = 40 };
+    const mr_sampling_params params[ROWS] = {
+        {.temperature = 0.0f, .top_p = 1.0f, .top_k = 0, .seed = 1},    /* greedy */
+        {.temperature = 0.8f, .top_p = 0.9f, .top_k = 0, .seed = 2},
+        {.temperature = 1.3f, .top_p = 1.0f, .top_k = 7, .seed = 3},
+        {.temperature = 1.0f, .top_p = 0.5f, .top_k = 40, .seed = 4},
+        {.temperature = 2.0f, .top_p = 1.0f, .top_k = 0, .seed = 5},
+    };
+    mr_sampler host[ROWS], dev[ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        assert_int_equal(mr_sampler_init(&host[r], &params[r]), MR_OK);
+        assert_int_equal(mr_sampler_init(&dev[r], &params[r]), MR_OK);
+    }
+    const mr_kernels *k = mr_kernels_cpu();
+    static float logits[ROWS * V];
+    int sampled_not_argmax = 0;
+    for (int step = 0; step < STEPS; step++) {
+        for (int i = 0; i < ROWS * V; i++)
+            logits[i] = sinf((float)(i * 7 + step * 13) * 0.37f) * 3.0f;
+        for (int r = 0; r < ROWS; r++) logits[r * V + 11] = logits[r * V + 200]; /* a tie */
+        mr_sample_row draws[ROWS];
+        int32_t got[ROWS];
+        for (int r = 0; r < ROWS; r++) mr_sampler_draw(&dev[r], &draws[r]);
+        k->sample_rows(logits, ROWS, V, draws, got);
+        for (int r = 0; r < ROWS; r++) {
+            int32_t want;
+            assert_int_equal(mr_sampler_next(&host[r], logits + r * V, V, &want), MR_OK);
+            assert_int_equal(got[r], want);
+            sampled_not_argmax += got[r] != mr_argmax(logits + r * V, V);
+        }
+    }
+    assert_true(sampled_not_argmax > 0); /* the sampled rows really sample */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_forward_rejects_out_of_range_token_and_position),
         cmocka_unit_test(test_kv_pool_alloc_is_all_or_nothing_and_release_is_checked),
         cmocka_unit_test(test_sampler_same_seed_same_tokens_and_greedy_limits),
+        cmocka_unit_test(test_backend_sample_rows_match_sampler_next),
     };
     return cmocka_run_group_tests(tests, setup_model, teardown_model);
 }

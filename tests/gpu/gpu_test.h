@@ -7,7 +7,7 @@
  *
  * against a tolerance stated per op (GT_TOL_* below). Integer outputs (expert
  * ids) must be identical. One binary, one op per run:
- *   test_gpu_ops OP [--bf16]     OP: memory movement matmul matmul_strided experts_grouped mla_decode_paged rmsnorm rope softmax swiglu
+ *   test_gpu_ops OP [--bf16]     OP: memory movement sample_rows matmul matmul_strided experts_grouped mla_decode_paged rmsnorm rope softmax swiglu
  *                                    moe_gate expert_ffn mla_absorbed mla_naive all
  * Exit: 0 pass, 1 fail, 77 skip (no usable GPU: cudaGetDeviceCount fails or
  * finds 0 devices) — except with MOERUN_REQUIRE_GPU=1, where no GPU is a FAIL,
@@ -95,6 +95,7 @@ void gt_test_softmax(gt_ctx *t);
 void gt_test_swiglu(gt_ctx *t);
 void gt_test_moe_gate(gt_ctx *t);
 void gt_test_movement(gt_ctx *t);  /* copy_2d, gather/scatter_rows, moe_combine, add */
+void gt_test_sample_rows(gt_ctx *t);
 void gt_test_mla_absorbed(gt_ctx *t);
 void gt_test_mla_naive(gt_ctx *t);
 

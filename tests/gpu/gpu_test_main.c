@@ -156,7 +156,7 @@ static const gt_op ops[] = {
     { "matmul_strided", gt_test_matmul_strided },
     { "mla_decode_paged", gt_test_mla_decode_paged },
     { "mla_absorbed", gt_test_mla_absorbed }, { "mla_naive", gt_test_mla_naive },
-    { "movement", gt_test_movement },
+    { "movement", gt_test_movement },     { "sample_rows", gt_test_sample_rows },
 };
 #define N_OPS ((int)(sizeof ops / sizeof ops[0]))
 

@@ -148,6 +148,58 @@ static void check_argmax(gt_ctx *t, int n_rows, int n)
     gt_case_end(t);
 }
 
+/* ---- sample_rows ------------------------------------------------------------------ */
+
+/* Rows mixing greedy and sampled parameters (top-k, top-p, both, neither),
+ * logits with planted ties and a -0.0/+0.0 pair, u uniform: the ids must be
+ * identical (the GPU sorts stably and sums in the CPU's order, in double). */
+static void check_sample(gt_ctx *t, int n_rows, int n)
+{
+    const size_t total = (size_t)n_rows * n;
+    float *x = gt_host(t, total);
+    gt_fill(t, x, total, -4.0f, 4.0f);
+    mr_sample_row *rows = (mr_sample_row *)gt_host(t, (size_t)n_rows * sizeof(mr_sample_row) / 4 + 1);
+    for (int r = 0; r < n_rows; r++) {
+        float *row = x + (size_t)r * n;
+        if (n >= 8) {
+            row[5] = row[n - 2] = 3.9f; /* a tie near the top */
+            row[1] = -0.0f;
+            row[2] = 0.0f;
+        }
+        rows[r].u = gt_unit(t);
+        rows[r].temperature = r % 5 == 0 ? 0.0f : 0.5f + 0.25f * (float)(r % 4);
+        rows[r].top_k = r % 3 == 1 ? 40 : 0;
+        rows[r].top_p = r % 4 == 2 ? 0.9f : (r % 4 == 3 ? 0.5f : 1.0f);
+        rows[r].pad = 0;
+    }
+    int32_t *want = (int32_t *)gt_host(t, (size_t)n_rows), *got = (int32_t *)gt_host(t, (size_t)n_rows);
+    float *dx = gt_upload(t, x, total * sizeof(float));
+    int32_t *dout = gt_dev_alloc(t, (size_t)n_rows * sizeof(int32_t));
+    t->cpu->sample_rows(x, n_rows, n, rows, want);
+    t->gpu->sample_rows(dx, n_rows, n, rows, dout);
+    gt_download(t, got, dout, (size_t)n_rows * sizeof(int32_t));
+    int bad = -1;
+    for (int r = 0; r < n_rows && bad < 0; r++)
+        if (got[r] != want[r]) bad = r;
+    char what[128], detail[128] = "";
+    snprintf(what, sizeof what, "sample_rows rows=%d vocab=%d (greedy, top-k, top-p, ties)",
+             n_rows, n);
+    if (bad >= 0)
+        snprintf(detail, sizeof detail, "row %d (T %g, top-k %d, top-p %g): gpu %d, cpu %d", bad,
+                 (double)rows[bad].temperature, rows[bad].top_k, (double)rows[bad].top_p,
+                 got[bad], want[bad]);
+    gt_check_backend(t, what);
+    gt_check_true(t, what, bad < 0, detail);
+    gt_case_end(t);
+}
+
+void gt_test_sample_rows(gt_ctx *t)
+{
+    check_sample(t, 1, 1);
+    check_sample(t, 10, 257);
+    check_sample(t, 64, 129280); /* DeepSeek-V3 vocabulary, a decode batch */
+}
+
 void gt_test_movement(gt_ctx *t)
 {
     check_argmax(t, 1, 1);
