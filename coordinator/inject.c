@@ -10,7 +10,7 @@ static uint16_t bulk_kind_for(tp_role role)
 {
     switch (role) {
     case TP_ROLE_EXPERT: return MSG_DISPATCH;
-    case TP_ROLE_PREFILL: return MSG_EP_DISPATCH;
+    case TP_ROLE_PREFILL: return MSG_EP_ROUTE;
     default: return MSG_DISPATCH; /* decode: a type it must refuse */
     }
 }

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/timer.h"
 #include "model/sampler.h"
+#include "ep_plane.h"
 #include "prefill_internal.h"
 
 static void free_req(pf_req *q)
@@ -279,15 +280,16 @@ static void handle_message(prefill_state *p, tp_msg *m)
         }
         return;
     }
-    if (m->type == MSG_EP_DISPATCH || m->type == MSG_EP_COMBINE) {
-        const mr_config *cfg = &p->role.model.cfg;
-        mr_bulk_view v;
-        if (mr_bulk_view_of(m->data, m->len, m->type, cfg->hidden_size, cfg->num_hidden_layers,
-                            cfg->n_routed_experts, m->src, &v) != MR_OK) {
+    if (m->type == MSG_EP_ROUTE || m->type == MSG_EP_ROWS) {
+        if (!pf_ep_message_valid(p, m)) {
             mr_role_reject(&p->role);
             return;
         }
         mr_msgq_push(&p->ep_pending, m); /* a peer started the next iteration */
+        return;
+    }
+    if (m->type == MSG_EP_NCCL_ID) { /* only expected while opening the NCCL plane */
+        mr_role_reject(&p->role);
         return;
     }
     Moerun__Frame *f = mr_role_control_frame(&p->role, m);
@@ -342,6 +344,8 @@ static mr_status setup(prefill_state *p)
     p->pool = p->kv.pool;
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;
+    p->moe.backend_io = true;
+    MR_TRY(pf_plane_open(p));
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &p->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
@@ -358,6 +362,11 @@ static void teardown(prefill_state *p)
         if (p->decode_pools[i].rkey) tp_rkey_release(p->decode_pools[i].rkey);
     free(p->decode_pools);
     mr_msgq_free(&p->ep_pending);
+    if (p->role.kernels) {
+        pf_plane_close(p);
+        mr_kbuf_free(p->role.kernels, &p->ep_rows);
+        mr_kbuf_free(p->role.kernels, &p->ep_idx);
+    }
     mr_engine_destroy(p->engine);
     mr_kv_store_destroy(&p->kv);
     p->pool = NULL;

@@ -1,6 +1,7 @@
 /* prefill_node/prefill_internal.h — state shared by the prefill role's files:
- * prefill.c (queue, chunked batching, KV hand-off to decode) and ep_moe.c
- * (wide expert parallelism among the prefill ranks). */
+ * prefill.c (queue, chunked batching, KV hand-off to decode), ep_moe.c
+ * (wide expert parallelism among the prefill ranks) and ep_plane.c (how the
+ * EP rows move: UCX or NCCL). */
 #ifndef MR_PREFILL_INTERNAL_H
 #define MR_PREFILL_INTERNAL_H
 
@@ -8,6 +9,7 @@
 #include "model/engine.h"
 #include "model/kv_store.h"
 #include "runtime/role.h"
+#include "transport/nccl_plane.h"
 
 typedef struct pf_req {
     char *id;
@@ -45,9 +47,12 @@ typedef struct prefill_state {
     int my_index;
     uint64_t iter;                  /* iterations completed by every prefill rank */
     mr_msgq ep_pending;             /* EP messages not consumed yet */
-    mr_moe_exec moe;
+    mr_moe_exec moe;                /* backend_io: rows stay in backend memory */
     double ep_wait_s;
-    bool ep_broken;                 /* a prefill peer died: EP cannot continue */
+    bool ep_broken;                 /* a prefill peer died (or NCCL failed): EP cannot continue */
+    mr_kbuf ep_rows, ep_idx;        /* backend: one layer's rows out/in/answers, gather indices */
+    mr_kbuf ep_stage;               /* host staging of the UCX plane (non-host backends) */
+    np_plane *nccl;                 /* the NCCL plane (--ep-plane nccl), else NULL */
 
     /* batch buffers (max_batch_tokens) */
     int32_t *ids, *pos;
@@ -66,5 +71,12 @@ mr_status pf_ep_moe(void *ctx, int layer, const float *h, int n_tokens,
                     const int32_t *expert_ids, const float *weights, float *expert_out);
 /* Does a peer's EP traffic ask us to join iteration iter+1? */
 bool pf_ep_join_needed(const prefill_state *p);
+/* A received MSG_EP_ROUTE / MSG_EP_ROWS is well-formed for this model. */
+bool pf_ep_message_valid(const prefill_state *p, const tp_msg *m);
+/* Find (or wait for) the EP message of `kind` from rank `src` for (seq,
+ * layer[, phase for MSG_EP_ROWS]); other messages are kept for later. Fails
+ * on a dead prefill peer (EP is then broken) or after 2 heartbeat timeouts. */
+mr_status pf_ep_await(prefill_state *p, int kind, int src, uint64_t seq, int layer, int phase,
+                      tp_msg *out);
 
 #endif

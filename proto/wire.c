@@ -40,15 +40,16 @@ void mr_frame_free(Moerun__Frame *frame)
 
 size_t mr_bulk_size(int kind, int n_rows, int dim)
 {
-    size_t ints = mr_bulk_has_experts(kind) ? 2 : 1;
-    return sizeof(mr_bulk_hdr) + (size_t)n_rows * (ints * sizeof(int32_t) + (size_t)dim * sizeof(float));
+    size_t ints = (size_t)mr_bulk_has_slots(kind) + (size_t)mr_bulk_has_experts(kind);
+    size_t floats = mr_bulk_has_rows(kind) ? (size_t)dim : 0;
+    return sizeof(mr_bulk_hdr) + (size_t)n_rows * (ints * sizeof(int32_t) + floats * sizeof(float));
 }
 
-/* Byte offsets of the arrays behind the header. */
+/* Byte offsets of the arrays behind the header (absent arrays: empty). */
 static void bulk_layout(int kind, int n_rows, size_t *slots_at, size_t *experts_at, size_t *rows_at)
 {
     *slots_at = sizeof(mr_bulk_hdr);
-    *experts_at = *slots_at + sizeof(int32_t) * (size_t)n_rows;
+    *experts_at = *slots_at + (mr_bulk_has_slots(kind) ? sizeof(int32_t) * (size_t)n_rows : 0);
     *rows_at = *experts_at + (mr_bulk_has_experts(kind) ? sizeof(int32_t) * (size_t)n_rows : 0);
 }
 
@@ -59,9 +60,9 @@ void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t 
     size_t s_at, e_at, r_at;
     memcpy(buf, &h, sizeof h);
     bulk_layout(kind, n_rows, &s_at, &e_at, &r_at);
-    *slots = (int32_t *)(void *)((uint8_t *)buf + s_at);
+    if (slots) *slots = mr_bulk_has_slots(kind) ? (int32_t *)(void *)((uint8_t *)buf + s_at) : NULL;
     if (experts) *experts = mr_bulk_has_experts(kind) ? (int32_t *)(void *)((uint8_t *)buf + e_at) : NULL;
-    *rows = (float *)(void *)((uint8_t *)buf + r_at);
+    if (rows) *rows = mr_bulk_has_rows(kind) ? (float *)(void *)((uint8_t *)buf + r_at) : NULL;
 }
 
 uint8_t *mr_bulk_pack_routed(int kind, int layer, uint64_t seq, const float *h, int dim,
@@ -81,7 +82,9 @@ uint8_t *mr_bulk_pack_routed(int kind, int layer, uint64_t seq, const float *h, 
         if (route[s] != dst) continue;
         slots[n] = s;
         experts[n] = expert_ids[s];
-        memcpy(rows + (size_t)n * dim, h + (size_t)(s / top_k) * dim, sizeof(float) * (size_t)dim);
+        if (rows)
+            memcpy(rows + (size_t)n * dim, h + (size_t)(s / top_k) * dim,
+                   sizeof(float) * (size_t)dim);
         n++;
     }
     return buf;
@@ -109,10 +112,11 @@ mr_status mr_bulk_view_of(const void *data, size_t len, int expect_kind, int dim
     size_t s_at, e_at, r_at;
     bulk_layout(h.kind, h.n_rows, &s_at, &e_at, &r_at);
     const uint8_t *base = data;
-    const int32_t *slots = (const int32_t *)(const void *)(base + s_at);
+    const int32_t *slots =
+        mr_bulk_has_slots(h.kind) ? (const int32_t *)(const void *)(base + s_at) : NULL;
     const int32_t *experts =
         mr_bulk_has_experts(h.kind) ? (const int32_t *)(const void *)(base + e_at) : NULL;
-    const float *rows = (const float *)(const void *)(base + r_at);
+    const float *rows = mr_bulk_has_rows(h.kind) ? (const float *)(const void *)(base + r_at) : NULL;
     if (experts)
         for (int i = 0; i < h.n_rows; i++)
             if (experts[i] < 0 || experts[i] >= n_experts)

@@ -6,8 +6,9 @@
  * rejects garbage (protobuf-c returns NULL) and frames with no body, with a
  * message naming the sender. Free unpacked frames with mr_frame_free().
  *
- * Bulk tensors: an mr_bulk_hdr followed by n_rows int32 slots, for dispatch
- * kinds n_rows int32 expert ids, then n_rows × dim floats. mr_bulk_view()
+ * Bulk tensors: an mr_bulk_hdr followed by n_rows int32 slots (not for
+ * MSG_EP_ROWS), for dispatch kinds n_rows int32 expert ids, then n_rows ×
+ * dim floats (not for MSG_EP_ROUTE: its rows travel separately). mr_bulk_view()
  * validates a received buffer completely (magic, kind, dims, exact length,
  * expert ids in range) before returning pointers into it; floats are read
  * through memcpy-safe aligned offsets (header 32 B, int arrays keep 4-byte
@@ -27,9 +28,13 @@ enum {
     MSG_CONTROL = 16,
     MSG_DISPATCH = 17,     /* decode → expert */
     MSG_COMBINE = 18,      /* expert → decode */
-    MSG_EP_DISPATCH = 19,  /* prefill → prefill */
-    MSG_EP_COMBINE = 20,   /* prefill → prefill */
+    MSG_EP_ROUTE = 19,     /* prefill → prefill: which rows, for which experts (no rows) */
+    MSG_EP_ROWS = 20,      /* prefill → prefill: rows only (the UCX EP data plane) */
+    MSG_EP_NCCL_ID = 21,   /* prefill member 0 → the others: the NCCL plane's id (raw bytes) */
 };
+
+/* mr_bulk_hdr.reserved of an MSG_EP_ROWS message: which exchange it is. */
+enum { MR_EP_PHASE_DISPATCH = 1, MR_EP_PHASE_COMBINE = 2 };
 
 /* Cap on a control frame (requests carry prompts: 1 MiB holds ~250k ids). */
 #define MR_FRAME_MAX_BYTES (4u << 20)
@@ -44,7 +49,7 @@ void mr_frame_free(Moerun__Frame *frame); /* accepts NULL */
 typedef struct mr_bulk_hdr {
     uint32_t magic;
     uint16_t kind;       /* the transport message type it travels as */
-    uint16_t reserved;
+    uint16_t reserved;   /* MSG_EP_ROWS: MR_EP_PHASE_*; else 0 */
     int32_t layer;
     int32_t n_rows;
     int32_t dim;
@@ -54,17 +59,20 @@ typedef struct mr_bulk_hdr {
 
 typedef struct mr_bulk_view {
     mr_bulk_hdr hdr;
-    const int32_t *slots;    /* (n_rows) */
+    const int32_t *slots;    /* (n_rows), NULL for MSG_EP_ROWS */
     const int32_t *experts;  /* (n_rows) dispatch kinds only, else NULL */
-    const float *rows;       /* (n_rows, dim) */
+    const float *rows;       /* (n_rows, dim), NULL for MSG_EP_ROUTE */
 } mr_bulk_view;
 
+static inline int mr_bulk_has_slots(int kind) { return kind != MSG_EP_ROWS; }
 static inline int mr_bulk_has_experts(int kind)
 {
-    return kind == MSG_DISPATCH || kind == MSG_EP_DISPATCH;
+    return kind == MSG_DISPATCH || kind == MSG_EP_ROUTE;
 }
+static inline int mr_bulk_has_rows(int kind) { return kind != MSG_EP_ROUTE; }
 
-/* Bytes of a bulk message with n_rows rows of dim floats. */
+/* Bytes of a bulk message of n_rows entries (rows of dim floats where the
+ * kind carries rows). */
 size_t mr_bulk_size(int kind, int n_rows, int dim);
 
 /* Write header + arrays into buf (mr_bulk_size bytes); returns pointers to
@@ -72,11 +80,11 @@ size_t mr_bulk_size(int kind, int n_rows, int dim);
 void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t seq,
                   int32_t **slots, int32_t **experts, float **rows);
 
-/* A dispatch-kind message (MSG_DISPATCH / MSG_EP_DISPATCH) of the routed
+/* A dispatch-kind message (MSG_DISPATCH / MSG_EP_ROUTE) of the routed
  * slots whose destination is dst: for each slot s with route[s] == dst, in
- * slot order, its slot id, expert_ids[s] and the hidden row h[s / top_k]
- * (h is (n_slots / top_k, dim)). Returns a malloc'd buffer of *size bytes,
- * or NULL when out of memory. */
+ * slot order, its slot id, expert_ids[s] and (MSG_DISPATCH) the hidden row
+ * h[s / top_k] (h is (n_slots / top_k, dim); unused for MSG_EP_ROUTE).
+ * Returns a malloc'd buffer of *size bytes, or NULL when out of memory. */
 uint8_t *mr_bulk_pack_routed(int kind, int layer, uint64_t seq, const float *h, int dim,
                              int top_k, const int32_t *expert_ids, const int32_t *route,
                              int n_slots, int dst, size_t *size);

@@ -38,6 +38,9 @@ const char *mr_role_opts_usage(void)
            "                           kernels under GPU memory rules, for tests; default cpu)\n"
            "  --precision fp32|bf16    weight matrices and their GEMM inputs (bf16: half the\n"
            "                           memory; fp32 = the CPU's tokens; default fp32)\n"
+           "  --ep-plane ucx|nccl      prefill wide-EP rows: staged through host memory over\n"
+           "                           UCX (default), or NCCL between GPUs (--backend cuda,\n"
+           "                           one GPU per prefill rank)\n"
            "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
            "  --block-tokens N         tokens per KV block (default 16)\n"
            "  --max-batch-tokens N     prefill token budget per iteration (default 256)\n"
@@ -81,6 +84,11 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             if (!strcmp(v, "fp32")) o->bf16 = false;
             else if (!strcmp(v, "bf16")) o->bf16 = true;
             else return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", v);
+        }
+        else if (!strcmp(f, "--ep-plane")) {
+            if (!strcmp(v, "ucx")) o->ep_nccl = false;
+            else if (!strcmp(v, "nccl")) o->ep_nccl = true;
+            else return mr_fail(MR_EINVAL, "--ep-plane: expected ucx or nccl, got '%s'", v);
         }
         else if (!strcmp(f, "--kv-blocks")) MR_TRY(mr_parse_int(f, v, 1, 1 << 24, &o->kv_blocks));
         else if (!strcmp(f, "--block-tokens")) MR_TRY(mr_parse_int(f, v, 1, 4096, &o->block_tokens));

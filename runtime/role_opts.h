@@ -21,7 +21,8 @@ typedef struct mr_role_opts {
     const char *logits_dir;       /* debug: per-request logits .npy */
     mr_attn_mode attn;
     const char *backend;          /* --backend cpu|cuda|devsim (compute roles; kernels/backend.h) */
-    bool bf16;                    /* --precision bf16 (cuda GEMMs; default fp32) */
+    bool bf16;                    /* --precision bf16 (bf16 weight matrices; default fp32) */
+    bool ep_nccl;                 /* --ep-plane nccl: prefill wide-EP rows over NCCL (default ucx) */
     int kv_blocks;                /* decode: blocks in the KV pool */
     int block_tokens;             /* tokens per KV block (all roles must agree) */
     int max_batch_tokens;         /* prefill: token budget per iteration */

@@ -19,7 +19,15 @@ struct np_plane {
     int device, n_members, member;
     bool broken;               /* aborted after a failure: every call fails fast */
     char why[256];
+    void (*progress)(void *);  /* called while waiting (np_set_progress) */
+    void *progress_ctx;
 };
+
+void np_set_progress(np_plane *p, void (*fn)(void *ctx), void *ctx)
+{
+    p->progress = fn;
+    p->progress_ctx = ctx;
+}
 
 static mr_status fail_nccl(ncclResult_t r, const char *what)
 {
@@ -151,6 +159,7 @@ mr_status np_exchange(np_plane *p, const np_xfer *x, int n, double timeout_s)
                          "a peer is gone or did not post its side)", timeout_s, n);
             break;
         }
+        if (p->progress) p->progress(p->progress_ctx);
         nap();
     }
     if (st != MR_OK) plane_break(p);

@@ -64,6 +64,10 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
  * (and abort the plane) on an NCCL error or when timeout_s passes. */
 mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeout_s);
 
+/* fn(ctx) is called regularly while np_exchange waits (e.g. to keep the
+ * control transport's heartbeats flowing during a long exchange). */
+void np_set_progress(np_plane *plane, void (*fn)(void *ctx), void *ctx);
+
 /* Finalize (or abort when an exchange failed) and free. Accepts NULL. */
 void np_destroy(np_plane *plane);
 

@@ -42,3 +42,10 @@ void np_destroy(np_plane *plane)
 {
     (void)plane;
 }
+
+void np_set_progress(np_plane *plane, void (*fn)(void *ctx), void *ctx)
+{
+    (void)plane;
+    (void)fn;
+    (void)ctx;
+}

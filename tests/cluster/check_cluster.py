@@ -131,6 +131,8 @@ def main():
                     help="compute backend of the cluster's ranks (the reference is always "
                          "`moerun generate` on cpu)")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--ep-plane", default="ucx", choices=["ucx", "nccl"],
+                    help="prefill wide-EP rows over UCX or NCCL (nccl: one GPU per prefill rank)")
     ap.add_argument("--hot-experts", default="",
                     help="synthesize with these experts persistently hot (moerun synth)")
     ap.add_argument("--rebalance-period", type=float, default=0.0,
@@ -188,7 +190,8 @@ def main():
                   "--requests", req_path, "--kv-blocks", str(args.kv_blocks),
                   "--block-tokens", str(args.block_tokens),
                   "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn,
-                  "--backend", args.backend, "--precision", args.precision]
+                  "--backend", args.backend, "--precision", args.precision,
+                  "--ep-plane", args.ep_plane]
         if args.rebalance_period > 0:
             common += ["--rebalance-period", str(args.rebalance_period),
                        "--load-report-period", str(args.rebalance_period / 4)]

@@ -234,6 +234,69 @@ def check_kill_recover(args, work):
     return failures
 
 
+def check_nccl_needs_cuda(args, work):
+    """--ep-plane nccl with prefill ranks on the cpu backend: both prefill
+    ranks fail at start-up naming the reason (NCCL needs --backend cuda),
+    every request ends with an error, the launcher exits 1 (no hang)."""
+    out = os.path.join(work, "out.jsonl")
+    t0 = time.time()
+    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "2",
+                        "--decode", "1", "--expert", "1", "--ep-plane", "nccl", "--out", out],
+                       capture_output=True, text=True, timeout=120, env=launcher_env(args.build))
+    took = time.time() - t0
+    print(r.stderr[-2000:])
+    failures = []
+    if r.returncode != 1:
+        failures.append(f"launcher exit {r.returncode}, expected 1")
+    lines = [x for x in r.stderr.splitlines()
+             if "prefill" in x and "--ep-plane nccl needs --backend cuda" in x]
+    if len(lines) < 2:
+        failures.append(f"{len(lines)} prefill ranks named the reason, expected 2")
+    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
+    if not results or any(x["finish_reason"] != "error" for x in results):
+        failures.append(f"requests did not all end with an error: {results[:2]}")
+    if took > 60:
+        failures.append(f"took {took:.0f} s")
+    return failures
+
+
+def check_nccl_ep_on_gpus(args, work):
+    """--backend cuda --ep-plane nccl with 2 prefill ranks. Without a usable
+    GPU: skip (None). With one GPU both prefill ranks share it, which NCCL
+    refuses: each must say so ("prefill ranks need one GPU each") and the
+    launcher must exit 1 promptly. With two or more GPUs every request must
+    complete (the rows travel over NCCL; tokens against generate are checked
+    by check_cluster.py --ep-plane nccl there)."""
+    probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
+                            "--max-new-tokens", "1", "--backend", "cuda"],
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        return None
+    out = os.path.join(work, "out.jsonl")
+    t0 = time.time()
+    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "2",
+                        "--decode", "1", "--expert", "1", "--backend", "cuda",
+                        "--ep-plane", "nccl", "--out", out],
+                       capture_output=True, text=True, timeout=300, env=launcher_env(args.build))
+    took = time.time() - t0
+    print(r.stderr[-3000:])
+    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
+    failures = []
+    if r.returncode == 0:
+        if not results or any(x["finish_reason"] != "length" and x["finish_reason"] != "stop"
+                              for x in results):
+            failures.append(f"exit 0 but not every request completed: {results[:2]}")
+        print(f"NCCL EP plane ran: {len(results)} requests in {took:.1f} s")
+    else:
+        named = [x for x in r.stderr.splitlines() if "prefill ranks need one GPU each" in x]
+        if r.returncode != 1 or not named:
+            failures.append(f"exit {r.returncode} without the one-GPU-per-prefill-rank message")
+        if took > 120:
+            failures.append(f"took {took:.0f} s")
+        print(f"NCCL EP plane refused on a shared GPU: exit {r.returncode} after {took:.1f} s")
+    return failures
+
+
 def check_no_gpu(args, work):
     """--backend cuda on a machine without a usable GPU: every compute rank
     fails at start-up naming the reason, every request ends, and the launcher
@@ -270,13 +333,24 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--source", required=True)
     ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
-                                     "kill-expert-recover", "no-gpu"])
+                                     "kill-expert-recover", "no-gpu", "nccl-needs-cuda",
+                                     "nccl-ep-on-gpus"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
         if args.mode == "bad-input":
             failures = check_bad_input(args, work)
         elif args.mode == "kill-expert-recover":
             failures = check_kill_recover(args, work)
+        elif args.mode == "nccl-needs-cuda":
+            failures = check_nccl_needs_cuda(args, work)
+        elif args.mode == "nccl-ep-on-gpus":
+            failures = check_nccl_ep_on_gpus(args, work)
+            if failures is None:
+                if os.environ.get("MOERUN_REQUIRE_GPU") == "1":
+                    print("FAIL: MOERUN_REQUIRE_GPU=1 but no usable GPU")
+                    return 1
+                print("SKIP: no usable GPU")
+                return 77
         elif args.mode == "no-gpu":
             failures = check_no_gpu(args, work)
             if failures is None:
