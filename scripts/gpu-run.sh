@@ -34,9 +34,12 @@
 #    10 minutes, so split long sessions with --only):
 #      tests       test_gpu_ops OP for every op (+ --bf16 GEMM ops), NCCL plane
 #      engine      tests/engine/check_backend.py: generate --backend cuda vs cpu
-#                  (fp32: same tokens, logits within 1e-3; bf16 tolerance)
+#                  (fp32: same tokens greedy and sampled, logits within 1e-3;
+#                  bf16 against the CPU's bf16 emulation, tolerance)
 #      cluster     tests/cluster/check_cluster.py --backend cuda, 1P1D1E and
-#                  2P1D2E, all ranks sharing the GPU, vs generate on cpu
+#                  2P1D2E, all ranks sharing the GPU, vs generate on cpu; the
+#                  sampled requests on the decode rank's GPU sampler; and
+#                  --ep-plane nccl (refused on one shared GPU, with a message)
 #      transport   moerun bench transport --staged cuda (GPU->host->UCX->GPU)
 #      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
 #      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE), fp32
@@ -105,7 +108,7 @@ pack() {
 
 # ---- run (GPU machine) ---------------------------------------------------------
 gpu_ops=(memory movement matmul matmul_strided rmsnorm rope softmax swiglu moe_gate expert_ffn
-  experts_grouped mla_absorbed mla_decode_paged mla_naive)
+  experts_grouped mla_absorbed mla_decode_paged mla_naive sample_rows)
 bf16_ops=(matmul matmul_strided expert_ffn experts_grouped mla_absorbed mla_naive)
 all_stages=tests,engine,cluster,transport,bench-gpu,bench-layer,bench-layer-bf16
 
@@ -189,6 +192,10 @@ run() {
       step "cluster $layout" "$out/cluster.log" 400 python3 tests/cluster/check_cluster.py \
         --build "$bin" --source . --layout "$layout" --backend cuda
     done
+    step "cluster sampled on GPU" "$out/cluster.log" 400 python3 tests/cluster/check_cluster.py \
+      --build "$bin" --source . --layout 1,2,2 --backend cuda --no-logits --sampled
+    step "cluster nccl ep plane" "$out/cluster.log" 300 python3 tests/cluster/check_faults.py \
+      --build "$bin" --source . nccl-ep-on-gpus
   fi
   if has transport; then
     MOERUN_BENCH_TRANSPORT_BIN="$bin/bench/moerun-bench-transport" \
@@ -204,7 +211,7 @@ run() {
       --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
       --batches 1,8,32,64,128,256 --context 1024 --steps 5 --json "$out/bench-layer.json"
   fi
-  if has bench-layer-bf16; then # the same with BF16 GEMM inputs (tensor cores)
+  if has bench-layer-bf16; then # the same with BF16 weights (~28 GB; tensor cores)
     step "bench layer bf16" "$out/bench-layer-bf16.txt" 540 "$bin/moerun" bench layer \
       --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
       --precision bf16 --batches 1,8,32,64,128,256 --context 1024 --steps 5 \
