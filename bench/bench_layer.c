@@ -5,7 +5,7 @@
  *   moerun bench layer [--config FILE | --preset NAME] [--dense-layers N]
  *                      [--moe-layers N] [--batches 1,8,...] [--context C]
  *                      [--steps N] [--backend cpu|cuda|devsim]
- *                      [--precision fp32|bf16] [--json FILE]
+ *                      [--precision fp32|bf16] [--kv-dtype fp32|bf16] [--json FILE]
  *
  * The model is the config's layer shapes (hidden, MLA heads and ranks,
  * experts, vocab) with only N dense + M MoE layers (default 1 + 1 when the
@@ -55,6 +55,7 @@
 typedef struct bl_opts {
     const char *config_path, *preset, *backend, *json_path;
     bool bf16;
+    mr_wtype kv_dtype;
     int dense_layers, moe_layers; /* -1: default */
     int batches[BL_MAX_BATCHES], n_batches;
     int context, steps;
@@ -87,7 +88,8 @@ static int usage(FILE *f, int code)
             "usage: moerun bench layer [--config FILE | --preset NAME] [--dense-layers N]\n"
             "                          [--moe-layers N] [--batches 1,8,32,64,128,256]\n"
             "                          [--context 1024] [--steps 5] [--backend cpu|cuda|devsim]\n"
-            "                          [--precision fp32|bf16] [--json FILE]\n"
+            "                          [--precision fp32|bf16] [--kv-dtype fp32|bf16]\n"
+            "                          [--json FILE]\n"
             "Decode step time per dense / MoE layer at the config's shapes (random weights)\n"
             "against the backend's own copy bandwidth and matmul peak measured in the run.\n"
             "Default: --preset small on cpu; DeepSeek-V3 on a GPU:\n"
@@ -112,9 +114,11 @@ static mr_status parse(int argc, char **argv, bl_opts *o)
                 return mr_fail(MR_EINVAL, "--backend: expected cpu, cuda or devsim, got '%s'", v);
             o->backend = v;
         } else if (!strcmp(f, "--precision")) {
-            if (strcmp(v, "fp32") && strcmp(v, "bf16"))
-                return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", v);
-            o->bf16 = !strcmp(v, "bf16");
+            mr_wtype t;
+            MR_TRY(mr_parse_dtype(f, v, &t));
+            o->bf16 = t == MR_WT_BF16;
+        } else if (!strcmp(f, "--kv-dtype")) {
+            MR_TRY(mr_parse_dtype(f, v, &o->kv_dtype));
         } else if (!strcmp(f, "--dense-layers")) MR_TRY(mr_parse_int(f, v, 0, 64, &o->dense_layers));
         else if (!strcmp(f, "--moe-layers")) MR_TRY(mr_parse_int(f, v, 0, 64, &o->moe_layers));
         else if (!strcmp(f, "--context")) MR_TRY(mr_parse_int(f, v, 1, 1 << 20, &o->context));
@@ -244,12 +248,13 @@ static double attn_flops(const mr_config *c, double B, double ctx)
     return B * H * (2 * ctx * (C + R) + 2 * ctx * C + 2 * nope * C + 2 * C * vd);
 }
 
-/* wbytes: bytes per weight (4 fp32, 2 bf16); KV rows are fp32 */
-static void layer_model(const mr_config *c, bool moe, int B, int ctx, double wbytes, bl_row *r)
+/* wbytes / kvbytes: bytes per weight / per KV value (4 fp32, 2 bf16) */
+static void layer_model(const mr_config *c, bool moe, int B, int ctx, double wbytes,
+                        double kvbytes, bl_row *r)
 {
     const double D = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     const double expert = 3.0 * D * c->moe_intermediate_size;
-    const double kv = 4.0 * B * (ctx + 1.0) * mr_config_latent_dim(c);
+    const double kv = kvbytes * B * (ctx + 1.0) * mr_config_latent_dim(c);
     const double attn = attn_params(c);
     if (moe) {
         r->experts_touched = E * (1.0 - pow(1.0 - K / E, B));
@@ -334,9 +339,9 @@ static void print_table(const bl_opts *o, const mr_config *cfg, const char *sour
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%d %H:%M", localtime(&now));
     printf("# moerun bench layer — %s, %s\n", source, date);
-    printf("# backend %s%s on %s; %d dense + %d MoE layers (hidden %d, %d heads, %d experts "
-           "top-%d, inter %d/%d), context %d, %d steps per batch\n",
-           o->backend, o->bf16 ? " (bf16 weights)" : "", device,
+    printf("# backend %s (%s weights, %s KV) on %s; %d dense + %d MoE layers (hidden %d, %d heads, "
+           "%d experts top-%d, inter %d/%d), context %d, %d steps per batch\n",
+           o->backend, o->bf16 ? "bf16" : "fp32", mr_wtype_name(o->kv_dtype), device,
            cfg->first_k_dense_replace, cfg->num_hidden_layers - cfg->first_k_dense_replace,
            cfg->hidden_size, cfg->num_attention_heads, cfg->n_routed_experts,
            cfg->num_experts_per_tok, cfg->intermediate_size, cfg->moe_intermediate_size,
@@ -368,6 +373,7 @@ static int write_json(const bl_opts *o, const char *source, const char *device, 
     cJSON_AddStringToObject(root, "model", source);
     cJSON_AddStringToObject(root, "backend", o->backend);
     cJSON_AddStringToObject(root, "precision", o->bf16 ? "bf16" : "fp32");
+    cJSON_AddStringToObject(root, "kv_dtype", mr_wtype_name(o->kv_dtype));
     cJSON_AddStringToObject(root, "device", device);
     cJSON_AddNumberToObject(root, "context", o->context);
     cJSON_AddNumberToObject(root, "copy_bytes_per_s", bw);
@@ -456,12 +462,13 @@ int mr_bench_layer(int argc, char **argv)
     int blocks = max_b * ((o.context + 1 + BL_BLOCK_TOKENS - 1) / BL_BLOCK_TOKENS);
     if (st == MR_OK)
         st = mr_kv_store_create(k, cfg.num_hidden_layers, mr_config_latent_dim(&cfg),
-                                BL_BLOCK_TOKENS, blocks, NULL, &kv);
+                                BL_BLOCK_TOKENS, blocks, o.kv_dtype, NULL, &kv);
     int n = 0;
     for (int i = 0; i < o.n_batches && st == MR_OK; i++, n++) {
         st = run_batch(&cfg, k, engine, &kv, &clock, &o, o.batches[i], &rows[i]);
-        layer_model(&cfg, true, o.batches[i], o.context, (double)mr_wtype_size(wt), &rows[i]);
-        layer_model(&cfg, false, o.batches[i], o.context, (double)mr_wtype_size(wt), &rows[i]);
+        const double wb = (double)mr_wtype_size(wt), kvb = (double)mr_wtype_size(o.kv_dtype);
+        layer_model(&cfg, true, o.batches[i], o.context, wb, kvb, &rows[i]);
+        layer_model(&cfg, false, o.batches[i], o.context, wb, kvb, &rows[i]);
         rows[i].moe_roof_ms = 1e3 * fmax(rows[i].moe_bytes / bw, rows[i].moe_flops / peak);
         rows[i].dense_roof_ms = 1e3 * fmax(rows[i].dense_bytes / bw, rows[i].dense_flops / peak);
         if (st == MR_OK)

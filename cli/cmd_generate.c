@@ -37,6 +37,7 @@ typedef struct generate_args {
     const char *logits_out;
     const char *backend;
     bool bf16;
+    mr_wtype kv_dtype;
 } generate_args;
 
 static void usage(FILE *out)
@@ -46,11 +47,13 @@ static void usage(FILE *out)
             "                       [--temperature 0] [--top-p 1] [--top-k 0] [--seed 0]\n"
             "                       [--attn absorb|naive] [--ignore-eos] [--logits-out FILE.npy]\n"
             "                       [--backend cpu|cuda|devsim] [--precision fp32|bf16]\n"
+            "                       [--kv-dtype fp32|bf16]\n"
             "\n"
             "--backend cuda runs on GPU (local rank mod GPU count); --precision fp32 gives the\n"
             "CPU's tokens; bf16 stores weight matrices as bfloat16 (half the memory) and\n"
             "rounds their GEMM inputs to bfloat16, fp32 accumulate (on cpu and devsim an exact\n"
-            "emulation of the GPU's BF16 GEMMs). devsim runs\n"
+            "emulation of the GPU's BF16 GEMMs). --kv-dtype bf16 keeps the latent KV cache\n"
+            "in bfloat16 (half the memory; rows rounded when written). devsim runs\n"
             "the CPU kernels under GPU memory rules (tests the GPU data paths without a GPU).\n"
             "Without --model the built-in tiny synthetic model is used.\n"
             "Prints the generated token ids, comma-separated, on the last line of stdout.\n");
@@ -99,9 +102,11 @@ static mr_status parse_args(int argc, char **argv, generate_args *a, int *want_h
                 return mr_fail(MR_EINVAL, "--backend: expected cpu, cuda or devsim, got '%s'", val);
             a->backend = val;
         } else if (!strcmp(flag, "--precision")) {
-            if (!strcmp(val, "fp32")) a->bf16 = false;
-            else if (!strcmp(val, "bf16")) a->bf16 = true;
-            else return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", val);
+            mr_wtype t;
+            MR_TRY(mr_parse_dtype(flag, val, &t));
+            a->bf16 = t == MR_WT_BF16;
+        } else if (!strcmp(flag, "--kv-dtype")) {
+            MR_TRY(mr_parse_dtype(flag, val, &a->kv_dtype));
         } else if (!strcmp(flag, "--logits-out")) {
             a->logits_out = val;
         } else {
@@ -173,7 +178,7 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
                 mr_wtype_name(opts.weight_type),
                 (double)mr_engine_weights(engine)->n_bytes / 1e6);
     if ((st = mr_kv_store_create(k, cfg->num_hidden_layers, mr_config_latent_dim(cfg), block_tokens,
-                                 n_blocks, NULL, &kv)) != MR_OK)
+                                 n_blocks, a->kv_dtype, NULL, &kv)) != MR_OK)
         goto done;
     if (!strcmp(k->name, "cuda")) {
         char dev[256] = "";

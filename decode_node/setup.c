@@ -94,11 +94,12 @@ mr_status dec_setup(decode_state *d)
     /* the pool lives in memory UCX allocated, so prefill's puts are native
      * on every transport (shared memory included) */
     size_t pool_bytes = mr_kv_pool_bytes_for(cfg->num_hidden_layers, mr_config_latent_dim(cfg),
-                                             r->opts.block_tokens, r->opts.kv_blocks);
+                                             r->opts.block_tokens, r->opts.kv_blocks,
+                                             r->opts.kv_dtype);
     MR_TRY(tp_mem_alloc(r->tp, pool_bytes, &d->pool_mem));
     MR_TRY(mr_kv_store_create(r->kernels, cfg->num_hidden_layers, mr_config_latent_dim(cfg),
-                              r->opts.block_tokens, r->opts.kv_blocks, tp_mem_base(d->pool_mem),
-                              &d->kv));
+                              r->opts.block_tokens, r->opts.kv_blocks, r->opts.kv_dtype,
+                              tp_mem_base(d->pool_mem), &d->kv));
     d->pool = d->kv.pool;
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
@@ -108,9 +109,10 @@ mr_status dec_setup(decode_state *d)
     MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
     MR_TRY(announce_pool(d));
     MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));
-    MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB), %d expert ranks",
+    MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB of %s rows), %d expert ranks",
             r->opts.kv_blocks, r->opts.block_tokens,
             (double)mr_kv_pool_block_bytes(d->pool) * r->opts.kv_blocks / 1e6,
+            mr_wtype_name(r->opts.kv_dtype),
             tp_count_role(r->tp, TP_ROLE_EXPERT));
     return MR_OK;
 }

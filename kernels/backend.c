@@ -21,6 +21,14 @@ int mr_backend_local_rank(void)
     return 0;
 }
 
+mr_status mr_parse_dtype(const char *flag, const char *value, mr_wtype *out)
+{
+    if (!strcmp(value, "fp32")) *out = MR_WT_F32;
+    else if (!strcmp(value, "bf16")) *out = MR_WT_BF16;
+    else return mr_fail(MR_EINVAL, "%s: expected fp32 or bf16, got '%s'", flag, value);
+    return MR_OK;
+}
+
 bool mr_backend_name_valid(const char *name)
 {
     return !strcmp(name, "cpu") || !strcmp(name, "cuda") || !strcmp(name, "devsim");

@@ -28,6 +28,10 @@ mr_status mr_backend_open(const char *name, bool bf16, const mr_kernels **out);
 /* True when name is one mr_backend_open accepts (for option parsers). */
 bool mr_backend_name_valid(const char *name);
 
+/* The value of a --precision / --kv-dtype flag: "fp32" or "bf16"; anything
+ * else → MR_EINVAL naming the flag and the value. */
+mr_status mr_parse_dtype(const char *flag, const char *value, mr_wtype *out);
+
 /* The node-local rank from the launcher's environment (0 when none). */
 int mr_backend_local_rank(void);
 

@@ -118,15 +118,17 @@ typedef struct mr_kernels {
     void (*copy_2d)(void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
                     size_t width, size_t rows, int direction);
 
-    /* Indexed row gather: dst(n, width) row i = width floats at
-     * src + (rows[i] + row_base) * src_ld. rows(n) int32 in backend memory. */
-    void (*gather_rows)(const float *src, int src_ld, const int32_t *rows, int row_base, int n,
-                        int width, float *dst);
-    /* Indexed row scatter, the inverse: width floats at
-     * dst + (rows[i] + row_base) * dst_ld = src(n, width) row i. Rows must be
-     * distinct. */
+    /* Indexed row gather: dst(n, width) fp32 row i = width elements of type
+     * src_type at src + (rows[i] + row_base) * src_ld elements, widened to
+     * fp32 (bf16 rows: the paged KV pool with --kv-dtype bf16). rows(n)
+     * int32 in backend memory. */
+    void (*gather_rows)(const void *src, mr_wtype src_type, int src_ld, const int32_t *rows,
+                        int row_base, int n, int width, float *dst);
+    /* Indexed row scatter, the inverse: width elements of type dst_type at
+     * dst + (rows[i] + row_base) * dst_ld = src(n, width) fp32 row i (rounded
+     * to nearest even for bf16). Rows must be distinct. */
     void (*scatter_rows)(const float *src, int n, int width, const int32_t *rows, int row_base,
-                         float *dst, int dst_ld);
+                         void *dst, mr_wtype dst_type, int dst_ld);
 
     /* MoE combine: out(t,:) = Σ_k weights(t,k) · expert_out(t,k,:), summed
      * from 0 in k order (fixed order: results never depend on where experts
@@ -243,16 +245,17 @@ typedef struct mr_kernels {
      * is q_lat + token*H*C (heads C apart), its q_pe for head h is at
      * q_pe + token*q_pe_ld + h*q_pe_hstride (R floats; the rows of q, no
      * copy), and it attends the n_ctx pool rows kv + (rows[row_off + t] +
-     * row_base)*(C+R), t < n_ctx; writes out_lat + token*H*C. Per token the
+     * row_base)*(C+R) (elements of kv_type, widened to fp32), t < n_ctx;
+     * writes out_lat + token*H*C. Per token the
      * result is mla_absorbed over the gathered rows (cpu does exactly that:
      * scratch max_ctx*(C+R) + H*max_ctx + H*R floats, max_ctx = the largest
      * n_ctx); cuda reads the pool in one pass per head group with an online
      * softmax, no gather and one launch (scratch unused there). */
     void (*mla_decode_paged)(const float *q_lat, const float *q_pe, int q_pe_ld,
                              int q_pe_hstride, int n_tok, const int32_t *seq, int n_heads,
-                             int kv_lora, int rope_dim, const float *kv, const int32_t *rows,
-                             int row_base, float scale, float *out_lat, float *scratch,
-                             int max_ctx);
+                             int kv_lora, int rope_dim, const void *kv, mr_wtype kv_type,
+                             const int32_t *rows, int row_base, float scale, float *out_lat,
+                             float *scratch, int max_ctx);
 
     /* Naive MLA attention of n_q queries of one sequence: q(n_q, H, Dqk),
      * k(n_ctx, H, Dqk), v(n_ctx, H, Dv); query i sees rows t < ctx_len[i].

@@ -35,7 +35,8 @@ struct mr_engine {
     int off_kvrow, off_ctx_len, off_want, n_want;
     int off_decode, n_decode, max_decode_ctx; /* one-token runs: {token, row_off, n_ctx} */
     const int32_t *dev_idx;   /* idx in k's memory (== idx_host on cpu) */
-    float *kv_storage;        /* the batch's KV pool storage (k's memory) */
+    void *kv_storage;         /* the batch's KV pool storage (k's memory) */
+    mr_wtype kv_type;         /* its rows' element type */
     int kv_block_tokens;
 };
 
@@ -215,7 +216,8 @@ static mr_status attend_run(mr_engine *e, int layer, const struct seq_run *run)
     float *scores = fbuf(e, &e->scores, (size_t)n_q * H * n_ctx, &st);
     if (st != MR_OK) return st;
     /* the sequence's latent rows of this layer, gathered from the paged pool */
-    k->gather_rows(e->kv_storage, lat, e->dev_idx + run->ctx_off, layer * e->kv_block_tokens,
+    k->gather_rows(e->kv_storage, e->kv_type, lat, e->dev_idx + run->ctx_off,
+                   layer * e->kv_block_tokens,
                    n_ctx, lat, ctx);
     const int32_t *ctx_len = e->dev_idx + e->off_ctx_len + first;
     const float *q = e->q.p;
@@ -286,7 +288,7 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
     k->rmsnorm(kv, lw->kv_a_norm, kv, T, C, lat, c->rms_norm_eps);
     /* this batch's latent rows into the paged pool */
     k->scatter_rows(kv, T, lat, e->dev_idx + e->off_kvrow, layer * e->kv_block_tokens,
-                    e->kv_storage, lat);
+                    e->kv_storage, e->kv_type, lat);
 
     if (e->attn == MR_ATTN_ABSORB) {
         float *q_lat = fbuf(e, &e->q_lat, (size_t)T * H * C, &st);
@@ -303,7 +305,8 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
         float *scratch = fbuf(e, &e->dec_scratch, scratch_n, &st);
         if (st != MR_OK) return st;
         k->mla_decode_paged(e->q_lat.p, q + nope, H * dqk, dqk, e->n_decode,
-                            e->dev_idx + e->off_decode, H, C, R, e->kv_storage, e->dev_idx,
+                            e->dev_idx + e->off_decode, H, C, R, e->kv_storage, e->kv_type,
+                            e->dev_idx,
                             layer * e->kv_block_tokens, e->rope.softmax_scale, e->out_lat.p, scratch,
                             e->max_decode_ctx);
     }
@@ -495,6 +498,7 @@ static mr_status forward_prepare(mr_engine *e, const mr_batch *b)
     }
     mr_kv_pool *pool = b->seqs[0]->pool;
     e->kv_storage = mr_kv_pool_storage(pool);
+    e->kv_type = mr_kv_pool_dtype(pool);
     e->kv_block_tokens = mr_kv_pool_block_tokens(pool);
 
     float *cs = fbuf(e, &e->rope_cs, (size_t)T * R, &st);
@@ -524,7 +528,7 @@ static mr_status forward_logits(mr_engine *e, const mr_batch *b, float *host_out
     mr_status st = MR_OK;
     float *x = fbuf(e, &e->x, (size_t)T * D, &st);
     if (st != MR_OK) return st;
-    k->gather_rows(e->w->embed, D, e->dev_idx, 0, T, D, x);
+    k->gather_rows(e->w->embed, MR_WT_F32, D, e->dev_idx, 0, T, D, x);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         st = attention_block(e, l, T);
         if (st == MR_OK) st = ffn_block(e, l, T);
@@ -541,7 +545,7 @@ static mr_status forward_logits(mr_engine *e, const mr_batch *b, float *host_out
                      ? host_out
                      : fbuf(e, &e->logits, (size_t)(n_want > 0 ? n_want : 1) * c->vocab_size, &st);
     if (st != MR_OK) return st;
-    k->gather_rows(x, D, e->dev_idx + e->off_want, 0, n_want, D, xn);
+    k->gather_rows(x, MR_WT_F32, D, e->dev_idx + e->off_want, 0, n_want, D, xn);
     k->rmsnorm(xn, e->w->final_norm, xn, n_want, D, D, c->rms_norm_eps);
     k->matmul(xn, e->w->lm_head.w, e->w->lm_head.type, out, n_want, c->vocab_size, D, false);
     *dev_logits = out;

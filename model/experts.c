@@ -109,9 +109,9 @@ mr_status mr_experts_run(const mr_config *cfg, const mr_weights *weights, const 
         idx = dev_idx;
     }
     if (st != MR_OK) return st;
-    k->gather_rows(x, D, idx, 0, n_slots, D, ws->in.p);
+    k->gather_rows(x, MR_WT_F32, D, idx, 0, n_slots, D, ws->in.p);
     MR_TRY(run_groups(cfg, weights, k, ws, layer));
-    k->scatter_rows(ws->out.p, n_slots, D, idx + n_slots, 0, out, D);
+    k->scatter_rows(ws->out.p, n_slots, D, idx + n_slots, 0, out, MR_WT_F32, D);
     return MR_OK;
 }
 

@@ -7,11 +7,11 @@
 #include "../common/log.h"
 
 mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, int block_tokens,
-                             int n_blocks, void *host_image, mr_kv_store *out)
+                             int n_blocks, mr_wtype dtype, void *host_image, mr_kv_store *out)
 {
     memset(out, 0, sizeof *out);
     out->k = k;
-    size_t bytes = mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks);
+    size_t bytes = mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks, dtype);
     mr_status st = MR_OK;
     if (host_image) {
         out->host = host_image;
@@ -37,7 +37,8 @@ mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, 
         storage = out->backend_storage;
     }
     if (st == MR_OK)
-        st = mr_kv_pool_create_in(n_layers, latent_dim, block_tokens, n_blocks, storage, &out->pool);
+        st = mr_kv_pool_create_in(n_layers, latent_dim, block_tokens, n_blocks, dtype, storage,
+                                  &out->pool);
     if (st != MR_OK) mr_kv_store_destroy(out);
     return st;
 }
@@ -51,9 +52,9 @@ void mr_kv_store_destroy(mr_kv_store *s)
     memset(s, 0, sizeof *s);
 }
 
-float *mr_kv_store_host_block(const mr_kv_store *s, int32_t block)
+void *mr_kv_store_host_block(const mr_kv_store *s, int32_t block)
 {
-    return (float *)((char *)s->host + (size_t)block * mr_kv_pool_block_bytes(s->pool));
+    return (char *)s->host + (size_t)block * mr_kv_pool_block_bytes(s->pool);
 }
 
 static mr_status move_blocks(const mr_kv_store *s, int n, const int32_t *blocks, int direction)

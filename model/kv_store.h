@@ -30,19 +30,20 @@ typedef struct mr_kv_store {
     mr_kv_pool *pool;         /* allocator; storage in k's memory */
     const mr_kernels *k;
     void *backend_storage;    /* k->alloc'd (non-host backends), else NULL */
-    float *host;              /* host image, same layout as the pool's storage */
+    void *host;               /* host image, same layout as the pool's storage */
     int host_owned;           /* host image from k->host_alloc (pinned on cuda) */
     int host_registered;      /* caller's host image pinned with k->host_register */
 } mr_kv_store;
 
-/* host_image: caller's zeroed host memory of mr_kv_pool_bytes_for(...) bytes,
- * or NULL to allocate one. */
+/* dtype: the rows' element type (fp32, or bf16: half the bytes everywhere).
+ * host_image: caller's zeroed host memory of mr_kv_pool_bytes_for(...)
+ * bytes, or NULL to allocate one. */
 mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, int block_tokens,
-                             int n_blocks, void *host_image, mr_kv_store *out);
+                             int n_blocks, mr_wtype dtype, void *host_image, mr_kv_store *out);
 void mr_kv_store_destroy(mr_kv_store *s); /* accepts a zeroed struct */
 
 /* Host image of a block (what a put sends or receives). */
-float *mr_kv_store_host_block(const mr_kv_store *s, int32_t block);
+void *mr_kv_store_host_block(const mr_kv_store *s, int32_t block);
 /* Copy blocks host image → backend (upload) or backend → host image
  * (download); nothing on host-memory backends. Returns the backend's error. */
 mr_status mr_kv_store_upload(const mr_kv_store *s, int n, const int32_t *blocks);

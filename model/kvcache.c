@@ -10,20 +10,22 @@ struct mr_kv_pool {
     int latent_dim;
     int block_tokens;
     int n_blocks;
-    float *data;
+    mr_wtype dtype;          /* element type of the rows */
+    char *data;
     bool owns_data;
     int32_t *free_stack;
     int n_free;
     uint8_t *in_use;
 };
 
-size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks)
+size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                            mr_wtype dtype)
 {
-    return sizeof(float) * (size_t)n_blocks * n_layers * block_tokens * latent_dim;
+    return mr_wtype_size(dtype) * (size_t)n_blocks * n_layers * block_tokens * latent_dim;
 }
 
 static mr_status pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
-                             void *storage, mr_kv_pool **out)
+                             mr_wtype dtype, void *storage, mr_kv_pool **out)
 {
     *out = NULL;
     if (n_layers <= 0 || latent_dim <= 0 || block_tokens <= 0 || n_blocks <= 0)
@@ -38,9 +40,11 @@ static mr_status pool_create(int n_layers, int latent_dim, int block_tokens, int
     pool->latent_dim = latent_dim;
     pool->block_tokens = block_tokens;
     pool->n_blocks = n_blocks;
+    pool->dtype = dtype;
     pool->owns_data = storage == NULL;
     pool->data = storage ? storage
-                         : calloc(mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks), 1);
+                         : calloc(mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks,
+                                                       dtype), 1);
     pool->free_stack = malloc(sizeof(int32_t) * (size_t)n_blocks);
     pool->in_use = calloc((size_t)n_blocks, 1);
     if (!pool->data || !pool->free_stack || !pool->in_use) goto fail;
@@ -58,14 +62,14 @@ fail:
 mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
                             mr_kv_pool **out)
 {
-    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, NULL, out);
+    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, MR_WT_F32, NULL, out);
 }
 
 mr_status mr_kv_pool_create_in(int n_layers, int latent_dim, int block_tokens, int n_blocks,
-                               void *storage, mr_kv_pool **out)
+                               mr_wtype dtype, void *storage, mr_kv_pool **out)
 {
     if (!storage) return mr_fail(MR_EINVAL, "KV pool: no storage given");
-    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, storage, out);
+    return pool_create(n_layers, latent_dim, block_tokens, n_blocks, dtype, storage, out);
 }
 
 void mr_kv_pool_destroy(mr_kv_pool *pool)
@@ -81,14 +85,17 @@ int mr_kv_pool_block_tokens(const mr_kv_pool *pool) { return pool->block_tokens;
 int mr_kv_pool_free_blocks(const mr_kv_pool *pool) { return pool->n_free; }
 int mr_kv_pool_total_blocks(const mr_kv_pool *pool) { return pool->n_blocks; }
 
+mr_wtype mr_kv_pool_dtype(const mr_kv_pool *pool) { return pool->dtype; }
+
 size_t mr_kv_pool_block_bytes(const mr_kv_pool *pool)
 {
-    return sizeof(float) * (size_t)pool->n_layers * pool->block_tokens * pool->latent_dim;
+    return mr_wtype_size(pool->dtype) * (size_t)pool->n_layers * pool->block_tokens *
+           pool->latent_dim;
 }
 
-float *mr_kv_pool_block(mr_kv_pool *pool, int32_t block)
+void *mr_kv_pool_block(mr_kv_pool *pool, int32_t block)
 {
-    return pool->data + (size_t)block * pool->n_layers * pool->block_tokens * pool->latent_dim;
+    return pool->data + (size_t)block * mr_kv_pool_block_bytes(pool);
 }
 
 int mr_kv_pool_blocks_for(const mr_kv_pool *pool, int n_tokens)
@@ -158,16 +165,16 @@ mr_status mr_kv_seq_release(mr_kv_seq *seq)
     return st;
 }
 
-float *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos)
+void *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos)
 {
     const mr_kv_pool *pool = seq->pool;
     int32_t block = seq->blocks[pos / pool->block_tokens];
     size_t offset = ((size_t)layer * pool->block_tokens + (size_t)(pos % pool->block_tokens)) *
-                    pool->latent_dim;
-    return mr_kv_pool_block(seq->pool, block) + offset;
+                    pool->latent_dim * mr_wtype_size(pool->dtype);
+    return (char *)mr_kv_pool_block(seq->pool, block) + offset;
 }
 
-float *mr_kv_pool_storage(mr_kv_pool *pool)
+void *mr_kv_pool_storage(mr_kv_pool *pool)
 {
     return pool->data;
 }

@@ -1,8 +1,10 @@
 /* model/kvcache.h — paged latent KV cache (MLA).
  *
  * What is cached per token per layer is MLA's compressed latent: the
- * normalized c_kv (kv_lora_rank floats) followed by the RoPE'd k_pe
- * (qk_rope_head_dim floats) — latent_dim floats in the engine's compute dtype.
+ * normalized c_kv (kv_lora_rank values) followed by the RoPE'd k_pe
+ * (qk_rope_head_dim values) — latent_dim values of the pool's dtype: fp32, or
+ * bf16 (half the memory and transfer; written rounded to nearest even, read
+ * widened, by the engine's kernels).
  *
  * A pool holds n_blocks fixed-size blocks. One block stores block_tokens
  * consecutive tokens of one sequence for ALL layers, laid out
@@ -21,6 +23,7 @@
 #include <stdint.h>
 
 #include "../common/status.h"
+#include "../kernels/kernels.h"
 
 typedef struct mr_kv_pool mr_kv_pool;
 
@@ -31,23 +34,26 @@ typedef struct mr_kv_seq {
     int cap_blocks;
 } mr_kv_seq;
 
+/* An fp32 pool with its own (host) storage. */
 mr_status mr_kv_pool_create(int n_layers, int latent_dim, int block_tokens, int n_blocks,
                             mr_kv_pool **out);
-/* Bytes of block storage a pool of these sizes needs. */
-size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks);
+/* Bytes of block storage a pool of these sizes and dtype needs. */
+size_t mr_kv_pool_bytes_for(int n_layers, int latent_dim, int block_tokens, int n_blocks,
+                            mr_wtype dtype);
 /* The same, over caller-owned zeroed storage of mr_kv_pool_bytes_for bytes
  * (e.g. memory the transport exports for remote puts); the pool never frees
  * it and it must outlive the pool. */
 mr_status mr_kv_pool_create_in(int n_layers, int latent_dim, int block_tokens, int n_blocks,
-                               void *storage, mr_kv_pool **out);
+                               mr_wtype dtype, void *storage, mr_kv_pool **out);
 void mr_kv_pool_destroy(mr_kv_pool *pool); /* accepts NULL */
 
 int mr_kv_pool_block_tokens(const mr_kv_pool *pool);
 int mr_kv_pool_free_blocks(const mr_kv_pool *pool);
 int mr_kv_pool_total_blocks(const mr_kv_pool *pool);
 size_t mr_kv_pool_block_bytes(const mr_kv_pool *pool);
-/* Base address of a block (n_layers * block_tokens * latent_dim floats). */
-float *mr_kv_pool_block(mr_kv_pool *pool, int32_t block);
+mr_wtype mr_kv_pool_dtype(const mr_kv_pool *pool);
+/* Base address of a block (n_layers * block_tokens * latent_dim values). */
+void *mr_kv_pool_block(mr_kv_pool *pool, int32_t block);
 /* Blocks needed to hold n_tokens. */
 int mr_kv_pool_blocks_for(const mr_kv_pool *pool, int n_tokens);
 
@@ -59,10 +65,10 @@ mr_status mr_kv_pool_alloc(mr_kv_pool *pool, int n, int32_t *out_blocks);
 mr_status mr_kv_pool_release(mr_kv_pool *pool, int n, const int32_t *blocks);
 
 /* The pool's storage: (total_blocks * n_layers * block_tokens, latent_dim)
- * floats. The pool itself only touches it in mr_kv_seq_row, so
+ * values of the pool's dtype. The pool itself only touches it in mr_kv_seq_row, so
  * storage created with _create_in may be a backend's device memory as long
  * as mr_kv_seq_row is not used on it (the engine addresses rows by index). */
-float *mr_kv_pool_storage(mr_kv_pool *pool);
+void *mr_kv_pool_storage(mr_kv_pool *pool);
 
 /* Sequence block tables. */
 void mr_kv_seq_init(mr_kv_seq *seq, mr_kv_pool *pool);
@@ -71,9 +77,9 @@ mr_status mr_kv_seq_reserve(mr_kv_seq *seq, int n_tokens);
 /* Give every block back and empty the table (idempotent). */
 mr_status mr_kv_seq_release(mr_kv_seq *seq);
 /* Latent row of (layer, pos); pos must be covered by reserve. */
-float *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos);
+void *mr_kv_seq_row(const mr_kv_seq *seq, int layer, int pos);
 /* Row index of (layer 0, pos) in the storage viewed as rows of latent_dim
- * floats; (layer, pos) is that + layer * block_tokens. pos must be covered. */
+ * values; (layer, pos) is that + layer * block_tokens. pos must be covered. */
 int32_t mr_kv_seq_row_index(const mr_kv_seq *seq, int pos);
 
 #endif

@@ -269,7 +269,7 @@ static mr_status ep_layer(prefill_state *p, int layer, uint64_t seq, const float
     float *back_rows = reply_rows + (size_t)pl.n_recv * D;
     if (pl.n_send > 0) {
         k->copy(idx, pl.idx, sizeof(int32_t) * 2 * (size_t)pl.n_send, MR_COPY_H2D);
-        k->gather_rows(h, (int)D, idx, 0, pl.n_send, (int)D, send_rows);
+        k->gather_rows(h, MR_WT_F32, (int)D, idx, 0, pl.n_send, (int)D, send_rows);
     }
     int n = make_xfers(p, send_rows, pl.send_n, pl.send_off, recv_rows, pl.recv_n, pl.recv_off, x);
     st = pf_plane_exchange(p, MR_EP_PHASE_DISPATCH, layer, seq, x, n);
@@ -287,7 +287,8 @@ static mr_status ep_layer(prefill_state *p, int layer, uint64_t seq, const float
     n = make_xfers(p, reply_rows, pl.recv_n, pl.recv_off, back_rows, pl.send_n, pl.send_off, x);
     st = pf_plane_exchange(p, MR_EP_PHASE_COMBINE, layer, seq, x, n);
     if (st == MR_OK && pl.n_send > 0)
-        k->scatter_rows(back_rows, pl.n_send, (int)D, idx + pl.n_send, 0, expert_out, (int)D);
+        k->scatter_rows(back_rows, pl.n_send, (int)D, idx + pl.n_send, 0, expert_out, MR_WT_F32,
+                        (int)D);
 done:
     plan_free(&pl);
     free(x);

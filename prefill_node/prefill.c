@@ -260,6 +260,12 @@ static void on_pool_info(prefill_state *p, int src, Moerun__KvPoolInfo *info)
         MR_ERROR("decode rank %d KV pool: %s", src, mr_last_error());
         return;
     }
+    if (info->block_bytes != mr_kv_pool_block_bytes(p->pool)) {
+        MR_ERROR("decode rank %d KV pool: blocks of %llu bytes, ours %zu (do --kv-dtype, "
+                 "--block-tokens and the model agree on every rank?)", src,
+                 (unsigned long long)info->block_bytes, mr_kv_pool_block_bytes(p->pool));
+        return;
+    }
     dp->block_bytes = info->block_bytes;
     dp->n_blocks = info->n_blocks;
     dp->known = true;
@@ -340,7 +346,8 @@ static mr_status setup(prefill_state *p)
     if (!p->decode_pools || !p->ids || !p->pos || !p->seqs || !p->want || !p->logits)
         return mr_fail(MR_ENOMEM, "prefill: out of memory for batch buffers");
     MR_TRY(mr_kv_store_create(r->kernels, cfg->num_hidden_layers, mr_config_latent_dim(cfg),
-                              r->opts.block_tokens, r->opts.kv_blocks, NULL, &p->kv));
+                              r->opts.block_tokens, r->opts.kv_blocks, r->opts.kv_dtype, NULL,
+                              &p->kv));
     p->pool = p->kv.pool;
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;

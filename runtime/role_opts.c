@@ -38,6 +38,8 @@ const char *mr_role_opts_usage(void)
            "                           kernels under GPU memory rules, for tests; default cpu)\n"
            "  --precision fp32|bf16    weight matrices and their GEMM inputs (bf16: half the\n"
            "                           memory; fp32 = the CPU's tokens; default fp32)\n"
+           "  --kv-dtype fp32|bf16     latent KV cache rows (bf16: half the KV memory and\n"
+           "                           transfer; every rank must agree)\n"
            "  --ep-plane ucx|nccl      prefill wide-EP rows: staged through host memory over\n"
            "                           UCX (default), or NCCL between GPUs (--backend cuda,\n"
            "                           one GPU per prefill rank)\n"
@@ -81,10 +83,11 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             o->backend = v;
         }
         else if (!strcmp(f, "--precision")) {
-            if (!strcmp(v, "fp32")) o->bf16 = false;
-            else if (!strcmp(v, "bf16")) o->bf16 = true;
-            else return mr_fail(MR_EINVAL, "--precision: expected fp32 or bf16, got '%s'", v);
+            mr_wtype t;
+            MR_TRY(mr_parse_dtype(f, v, &t));
+            o->bf16 = t == MR_WT_BF16;
         }
+        else if (!strcmp(f, "--kv-dtype")) MR_TRY(mr_parse_dtype(f, v, &o->kv_dtype));
         else if (!strcmp(f, "--ep-plane")) {
             if (!strcmp(v, "ucx")) o->ep_nccl = false;
             else if (!strcmp(v, "nccl")) o->ep_nccl = true;

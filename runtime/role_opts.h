@@ -22,6 +22,7 @@ typedef struct mr_role_opts {
     mr_attn_mode attn;
     const char *backend;          /* --backend cpu|cuda|devsim (compute roles; kernels/backend.h) */
     bool bf16;                    /* --precision bf16 (bf16 weight matrices; default fp32) */
+    mr_wtype kv_dtype;            /* --kv-dtype: latent KV cache rows fp32 (default) or bf16 */
     bool ep_nccl;                 /* --ep-plane nccl: prefill wide-EP rows over NCCL (default ucx) */
     int kv_blocks;                /* decode: blocks in the KV pool */
     int block_tokens;             /* tokens per KV block (all roles must agree) */

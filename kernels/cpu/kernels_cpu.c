@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "../../common/bf16.h"
 #include "../../model/sampler.h"
 #include "../../common/aligned.h"
 
@@ -197,11 +198,14 @@ static void cpu_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int
                 n_ctx, ctx, ld_ctx, 0.0f, out_lat, kv_lora);
 }
 
+static void cpu_gather_rows(const void *src, mr_wtype src_type, int src_ld, const int32_t *rows,
+                            int row_base, int n, int width, float *dst);
+
 static void cpu_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld,
                                  int q_pe_hstride, int n_tok, const int32_t *seq, int n_heads,
-                                 int kv_lora, int rope_dim, const float *kv, const int32_t *rows,
-                                 int row_base, float scale, float *out_lat, float *scratch,
-                                 int max_ctx)
+                                 int kv_lora, int rope_dim, const void *kv, mr_wtype kv_type,
+                                 const int32_t *rows, int row_base, float scale, float *out_lat,
+                                 float *scratch, int max_ctx)
 {
     const int lat = kv_lora + rope_dim;
     float *ctx = scratch;                                    /* (max_ctx, lat) */
@@ -209,9 +213,7 @@ static void cpu_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe
     float *scores = pe + (size_t)n_heads * rope_dim;         /* (H, max_ctx) */
     for (int i = 0; i < n_tok; i++) {
         const int token = seq[3 * i], off = seq[3 * i + 1], n_ctx = seq[3 * i + 2];
-        for (int t = 0; t < n_ctx; t++)
-            memcpy(ctx + (size_t)t * lat, kv + ((size_t)rows[off + t] + row_base) * lat,
-                   sizeof(float) * lat);
+        cpu_gather_rows(kv, kv_type, lat, rows + off, row_base, n_ctx, lat, ctx);
         for (int h = 0; h < n_heads; h++)
             memcpy(pe + (size_t)h * rope_dim, q_pe + (size_t)token * q_pe_ld + (size_t)h * q_pe_hstride,
                    sizeof(float) * rope_dim);
@@ -289,20 +291,34 @@ static void cpu_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src
         memcpy((char *)dst + r * dst_pitch, (const char *)src + r * src_pitch, width);
 }
 
-static void cpu_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base,
-                            int n, int width, float *dst)
+static void cpu_gather_rows(const void *src, mr_wtype src_type, int src_ld, const int32_t *rows,
+                            int row_base, int n, int width, float *dst)
 {
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * width, src + ((size_t)rows[i] + row_base) * src_ld,
-               sizeof(float) * width);
+    for (int i = 0; i < n; i++) {
+        const size_t at = ((size_t)rows[i] + row_base) * (size_t)src_ld;
+        float *d = dst + (size_t)i * width;
+        if (src_type == MR_WT_BF16) {
+            const uint16_t *s = (const uint16_t *)src + at;
+            for (int j = 0; j < width; j++) d[j] = mr_bf16_widen(s[j]);
+        } else {
+            memcpy(d, (const float *)src + at, sizeof(float) * width);
+        }
+    }
 }
 
 static void cpu_scatter_rows(const float *src, int n, int width, const int32_t *rows,
-                             int row_base, float *dst, int dst_ld)
+                             int row_base, void *dst, mr_wtype dst_type, int dst_ld)
 {
-    for (int i = 0; i < n; i++)
-        memcpy(dst + ((size_t)rows[i] + row_base) * dst_ld, src + (size_t)i * width,
-               sizeof(float) * width);
+    for (int i = 0; i < n; i++) {
+        const size_t at = ((size_t)rows[i] + row_base) * (size_t)dst_ld;
+        const float *s = src + (size_t)i * width;
+        if (dst_type == MR_WT_BF16) {
+            uint16_t *d = (uint16_t *)dst + at;
+            for (int j = 0; j < width; j++) d[j] = mr_bf16_round(s[j]);
+        } else {
+            memcpy((float *)dst + at, s, sizeof(float) * width);
+        }
+    }
 }
 
 static void cpu_moe_combine(const float *expert_out, const float *weights, int n_tokens,

@@ -12,6 +12,7 @@
 #define MR_CUDA_INTERNAL_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -107,6 +108,14 @@ __device__ inline float cu_block_max(float v)
     return m;
 }
 
+/* ---- storage element types (mr_wtype) ------------------------------------------
+ * fp32 and bf16 rows read as fp32 (exact) and written from fp32 (bf16:
+ * round to nearest even, as mr_bf16_round). */
+__device__ inline float cu_to_float(float v) { return v; }
+__device__ inline float cu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline void cu_from_float(float v, float *out) { *out = v; }
+__device__ inline void cu_from_float(float v, __nv_bfloat16 *out) { *out = __float2bfloat16_rn(v); }
+
 /* ---- grow-only device buffers ------------------------------------------------
  * Only the backend's one host thread issues ops and the stream orders every
  * use, so one buffer per purpose serves every call. cu_growbuf_reserve makes
@@ -162,10 +171,10 @@ mr_status cu_swiglu_impl(const float *gate, const float *up, float *out, size_t 
 
 void cu_op_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src_pitch, size_t width,
                    size_t rows, int direction);
-void cu_op_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base, int n,
-                       int width, float *dst);
+void cu_op_gather_rows(const void *src, mr_wtype type, int src_ld, const int32_t *rows,
+                       int row_base, int n, int width, float *dst);
 void cu_op_scatter_rows(const float *src, int n, int width, const int32_t *rows, int row_base,
-                        float *dst, int dst_ld);
+                        void *dst, mr_wtype type, int dst_ld);
 void cu_op_moe_combine(const float *expert_out, const float *weights, int n_tokens, int top_k,
                        int dim, float *out);
 void cu_op_add(float *y, const float *x, size_t n);
@@ -197,8 +206,8 @@ void cu_op_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int n_he
                         const int32_t *ctx_len, float scale, float *out_lat, float *scratch);
 void cu_op_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld, int q_pe_hstride,
                             int n_tok, const int32_t *seq, int n_heads, int kv_lora, int rope_dim,
-                            const float *kv, const int32_t *rows, int row_base, float scale,
-                            float *out_lat, float *scratch, int max_ctx);
+                            const void *kv, mr_wtype kv_type, const int32_t *rows, int row_base,
+                            float scale, float *out_lat, float *scratch, int max_ctx);
 void cu_op_mla_naive(const float *q, const float *k, const float *v, int n_q, int n_heads,
                      int qk_dim, int v_dim, int n_ctx, const int32_t *ctx_len, float scale,
                      float *out, float *scratch);

@@ -12,6 +12,7 @@
  * head group (⌈H/32⌉ times per token, 4 for DeepSeek-V3's 128 heads) and the
  * scores never touch memory.
  *
+ * KV rows fp32 or bf16 (--kv-dtype), widened to fp32 as the tile is loaded.
  * fp32 on CUDA cores: absorbed MLA decode does ~2·(2C+R) FLOPs per latent row
  * per head (B 64, ctx 4k, 128 heads: ~73 GFLOP for ~0.6 GB), so this kernel is
  * compute-bound on an H100; BF16 tensor-core tiles (FlashMLA) are the next
@@ -25,9 +26,10 @@
 #define MAX_C_PER_LANE 32 /* kv_lora <= 1024 */
 #define MAX_R_PER_LANE 4  /* rope_dim <= 128 */
 
+template <typename T>
 __global__ void mla_decode_paged_kernel(const float *q_lat, const float *q_pe, int q_pe_ld,
                                         int q_pe_hstride, const int32_t *seq, int n_heads,
-                                        int C, int R, const float *kv, const int32_t *rows,
+                                        int C, int R, const T *kv, const int32_t *rows,
                                         int row_base, float scale, float *out_lat)
 {
     extern __shared__ float tile[]; /* (TILE, C + R) */
@@ -59,7 +61,8 @@ __global__ void mla_decode_paged_kernel(const float *q_lat, const float *q_pe, i
         __syncthreads(); /* the previous tile is consumed */
         for (int idx = threadIdx.x; idx < n * lat; idx += blockDim.x) {
             const int r = idx / lat, c = idx % lat;
-            tile[idx] = kv[((size_t)rows[off + t0 + r] + (size_t)row_base) * (size_t)lat + c];
+            tile[idx] = cu_to_float(
+                kv[((size_t)rows[off + t0 + r] + (size_t)row_base) * (size_t)lat + c]);
         }
         __syncthreads();
         if (!active) continue;
@@ -95,9 +98,9 @@ __global__ void mla_decode_paged_kernel(const float *q_lat, const float *q_pe, i
 
 static mr_status mla_decode_paged_impl(const float *q_lat, const float *q_pe, int q_pe_ld,
                                        int q_pe_hstride, int n_tok, const int32_t *seq,
-                                       int n_heads, int C, int R, const float *kv,
-                                       const int32_t *rows, int row_base, float scale,
-                                       float *out_lat)
+                                       int n_heads, int C, int R, const void *kv,
+                                       mr_wtype kv_type, const int32_t *rows, int row_base,
+                                       float scale, float *out_lat)
 {
     if (n_tok <= 0) return MR_OK;
     if (n_heads <= 0 || C <= 0 || C % 32 != 0 || C > 32 * MAX_C_PER_LANE || R < 0 ||
@@ -107,20 +110,26 @@ static mr_status mla_decode_paged_impl(const float *q_lat, const float *q_pe, in
                        32 * MAX_C_PER_LANE, R, 32 * MAX_R_PER_LANE);
     const size_t smem = sizeof(float) * TILE * (size_t)(C + R);
     const dim3 grid((unsigned)n_tok, (unsigned)((n_heads + HEADS_PER_BLOCK - 1) / HEADS_PER_BLOCK));
-    mla_decode_paged_kernel<<<grid, HEADS_PER_BLOCK * 32, smem, cu_stream()>>>(
-        q_lat, q_pe, q_pe_ld, q_pe_hstride, seq, n_heads, C, R, kv, rows, row_base, scale,
-        out_lat);
+    if (kv_type == MR_WT_BF16)
+        mla_decode_paged_kernel<<<grid, HEADS_PER_BLOCK * 32, smem, cu_stream()>>>(
+            q_lat, q_pe, q_pe_ld, q_pe_hstride, seq, n_heads, C, R, (const __nv_bfloat16 *)kv,
+            rows, row_base, scale, out_lat);
+    else
+        mla_decode_paged_kernel<<<grid, HEADS_PER_BLOCK * 32, smem, cu_stream()>>>(
+            q_lat, q_pe, q_pe_ld, q_pe_hstride, seq, n_heads, C, R, (const float *)kv, rows,
+            row_base, scale, out_lat);
     CU_LAUNCH_TRY();
     return MR_OK;
 }
 
 void cu_op_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld, int q_pe_hstride,
                             int n_tok, const int32_t *seq, int n_heads, int kv_lora, int rope_dim,
-                            const float *kv, const int32_t *rows, int row_base, float scale,
-                            float *out_lat, float *scratch, int max_ctx)
+                            const void *kv, mr_wtype kv_type, const int32_t *rows, int row_base,
+                            float scale, float *out_lat, float *scratch, int max_ctx)
 {
     (void)scratch; /* no gather, no scores in memory */
     (void)max_ctx;
     cu_record(mla_decode_paged_impl(q_lat, q_pe, q_pe_ld, q_pe_hstride, n_tok, seq, n_heads,
-                                    kv_lora, rope_dim, kv, rows, row_base, scale, out_lat));
+                                    kv_lora, rope_dim, kv, kv_type, rows, row_base, scale,
+                                    out_lat));
 }

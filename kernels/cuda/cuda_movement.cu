@@ -37,20 +37,22 @@ void cu_op_copy_2d(void *dst, size_t dst_pitch, const void *src, size_t src_pitc
 /* ---- gather / scatter rows ------------------------------------------------------ */
 
 /* One block per row; threads stride over its floats. */
-__global__ void gather_rows_kernel(const float *src, int src_ld, const int32_t *rows,
-                                   int row_base, int width, float *dst)
+template <typename T>
+__global__ void gather_rows_kernel(const T *src, int src_ld, const int32_t *rows, int row_base,
+                                   int width, float *dst)
 {
-    const float *s = src + ((size_t)rows[blockIdx.x] + (size_t)row_base) * (size_t)src_ld;
+    const T *s = src + ((size_t)rows[blockIdx.x] + (size_t)row_base) * (size_t)src_ld;
     float *d = dst + (size_t)blockIdx.x * (size_t)width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) d[i] = s[i];
+    for (int i = threadIdx.x; i < width; i += blockDim.x) d[i] = cu_to_float(s[i]);
 }
 
+template <typename T>
 __global__ void scatter_rows_kernel(const float *src, int width, const int32_t *rows,
-                                    int row_base, float *dst, int dst_ld)
+                                    int row_base, T *dst, int dst_ld)
 {
     const float *s = src + (size_t)blockIdx.x * (size_t)width;
-    float *d = dst + ((size_t)rows[blockIdx.x] + (size_t)row_base) * (size_t)dst_ld;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) d[i] = s[i];
+    T *d = dst + ((size_t)rows[blockIdx.x] + (size_t)row_base) * (size_t)dst_ld;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) cu_from_float(s[i], &d[i]);
 }
 
 static unsigned row_threads(int width)
@@ -58,42 +60,50 @@ static unsigned row_threads(int width)
     return width >= 256 ? 256u : width >= 64 ? 64u : 32u;
 }
 
-static mr_status gather_rows_impl(const float *src, int src_ld, const int32_t *rows,
+static mr_status gather_rows_impl(const void *src, mr_wtype type, int src_ld, const int32_t *rows,
                                   int row_base, int n, int width, float *dst)
 {
     if (n < 0 || width < 0 || src_ld < width)
         return mr_fail(MR_EINVAL, "cuda gather_rows: bad shape n %d width %d ld %d", n, width,
                        src_ld);
     if (n == 0 || width == 0) return MR_OK;
-    gather_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(src, src_ld, rows, row_base,
-                                                                  width, dst);
+    if (type == MR_WT_BF16)
+        gather_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(
+            (const __nv_bfloat16 *)src, src_ld, rows, row_base, width, dst);
+    else
+        gather_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(
+            (const float *)src, src_ld, rows, row_base, width, dst);
     CU_LAUNCH_TRY();
     return MR_OK;
 }
 
-void cu_op_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base, int n,
-                       int width, float *dst)
+void cu_op_gather_rows(const void *src, mr_wtype type, int src_ld, const int32_t *rows,
+                       int row_base, int n, int width, float *dst)
 {
-    cu_record(gather_rows_impl(src, src_ld, rows, row_base, n, width, dst));
+    cu_record(gather_rows_impl(src, type, src_ld, rows, row_base, n, width, dst));
 }
 
 static mr_status scatter_rows_impl(const float *src, int n, int width, const int32_t *rows,
-                                   int row_base, float *dst, int dst_ld)
+                                   int row_base, void *dst, mr_wtype type, int dst_ld)
 {
     if (n < 0 || width < 0 || dst_ld < width)
         return mr_fail(MR_EINVAL, "cuda scatter_rows: bad shape n %d width %d ld %d", n, width,
                        dst_ld);
     if (n == 0 || width == 0) return MR_OK;
-    scatter_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(src, width, rows, row_base,
-                                                                   dst, dst_ld);
+    if (type == MR_WT_BF16)
+        scatter_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(
+            src, width, rows, row_base, (__nv_bfloat16 *)dst, dst_ld);
+    else
+        scatter_rows_kernel<<<n, row_threads(width), 0, cu_stream()>>>(
+            src, width, rows, row_base, (float *)dst, dst_ld);
     CU_LAUNCH_TRY();
     return MR_OK;
 }
 
 void cu_op_scatter_rows(const float *src, int n, int width, const int32_t *rows, int row_base,
-                        float *dst, int dst_ld)
+                        void *dst, mr_wtype type, int dst_ld)
 {
-    cu_record(scatter_rows_impl(src, n, width, rows, row_base, dst, dst_ld));
+    cu_record(scatter_rows_impl(src, n, width, rows, row_base, dst, type, dst_ld));
 }
 
 /* ---- moe_combine / add ------------------------------------------------------------ */

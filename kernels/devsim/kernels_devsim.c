@@ -327,8 +327,9 @@ static void ds_mla_absorbed(const float *q_lat, const float *q_pe, int n_q, int 
 
 static void ds_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_ld,
                                 int q_pe_hstride, int n_tok, const int32_t *seq, int H, int C,
-                                int R, const float *kv, const int32_t *rows, int row_base,
-                                float scale, float *out_lat, float *scratch, int max_ctx)
+                                int R, const void *kv, mr_wtype kv_type, const int32_t *rows,
+                                int row_base, float scale, float *out_lat, float *scratch,
+                                int max_ctx)
 {
     if (n_tok <= 0) return;
     need_dev("mla_decode_paged", "seq", seq, I(3 * (size_t)n_tok));
@@ -343,11 +344,12 @@ static void ds_mla_decode_paged(const float *q_lat, const float *q_pe, int q_pe_
                  F((size_t)(H - 1) * q_pe_hstride + (size_t)R));
         need_dev("mla_decode_paged", "rows", rows + off, I(n_ctx));
         for (int t = 0; t < n_ctx; t++)
-            need_dev("mla_decode_paged", "kv row", kv + ((size_t)rows[off + t] + row_base) * (C + R),
-                     F(C + R));
+            need_dev("mla_decode_paged", "kv row",
+                     mr_wtype_at(kv, kv_type, ((size_t)rows[off + t] + row_base) * (C + R)),
+                     W("mla_decode_paged", kv_type, (size_t)(C + R)));
     }
     mr_kernels_cpu()->mla_decode_paged(q_lat, q_pe, q_pe_ld, q_pe_hstride, n_tok, seq, H, C, R, kv,
-                                       rows, row_base, scale, out_lat, scratch, max_ctx);
+                                       kv_type, rows, row_base, scale, out_lat, scratch, max_ctx);
 }
 
 static void ds_mla_naive(const float *q, const float *k, const float *v, int n_q, int H,
@@ -364,26 +366,30 @@ static void ds_mla_naive(const float *q, const float *k, const float *v, int n_q
                                 scratch);
 }
 
-static void ds_gather_rows(const float *src, int src_ld, const int32_t *rows, int row_base,
-                           int n, int width, float *dst)
+static void ds_gather_rows(const void *src, mr_wtype src_type, int src_ld, const int32_t *rows,
+                           int row_base, int n, int width, float *dst)
 {
     if (n <= 0 || width <= 0) return;
     need_dev("gather_rows", "rows", rows, I(n));
     need_dev("gather_rows", "dst", dst, F((size_t)n * width));
     for (int i = 0; i < n; i++)
-        need_dev("gather_rows", "src row", src + ((size_t)rows[i] + row_base) * src_ld, F(width));
-    mr_kernels_cpu()->gather_rows(src, src_ld, rows, row_base, n, width, dst);
+        need_dev("gather_rows", "src row",
+                 mr_wtype_at(src, src_type, ((size_t)rows[i] + row_base) * src_ld),
+                 W("gather_rows", src_type, (size_t)width));
+    mr_kernels_cpu()->gather_rows(src, src_type, src_ld, rows, row_base, n, width, dst);
 }
 
 static void ds_scatter_rows(const float *src, int n, int width, const int32_t *rows,
-                            int row_base, float *dst, int dst_ld)
+                            int row_base, void *dst, mr_wtype dst_type, int dst_ld)
 {
     if (n <= 0 || width <= 0) return;
     need_dev("scatter_rows", "rows", rows, I(n));
     need_dev("scatter_rows", "src", src, F((size_t)n * width));
     for (int i = 0; i < n; i++)
-        need_dev("scatter_rows", "dst row", dst + ((size_t)rows[i] + row_base) * dst_ld, F(width));
-    mr_kernels_cpu()->scatter_rows(src, n, width, rows, row_base, dst, dst_ld);
+        need_dev("scatter_rows", "dst row",
+                 mr_wtype_at(dst, dst_type, ((size_t)rows[i] + row_base) * dst_ld),
+                 W("scatter_rows", dst_type, (size_t)width));
+    mr_kernels_cpu()->scatter_rows(src, n, width, rows, row_base, dst, dst_type, dst_ld);
 }
 
 static void ds_moe_combine(const float *expert_out, const float *weights, int n_tokens,

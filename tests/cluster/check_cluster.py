@@ -13,7 +13,7 @@ that the decode pool runs out and admission must queue), runs
 launch/moerun-cluster with --logits-dir, then for every request runs
 `moerun generate` alone and checks:
   * the cluster's output_ids equal generate's (greedy),
-  * the logits at every position agree within 1e-4 (--precision bf16: at
+  * the logits at every position agree within 1e-4 (bf16 weights or KV: at
     least half of the positions, and the rest within 3e-2: the cluster batches
     tokens differently, its fp32 sums differ from generate's in the last bits,
     and an activation within that of a bfloat16 rounding midpoint rounds the
@@ -131,6 +131,8 @@ def main():
                     help="compute backend of the cluster's ranks (the reference is always "
                          "`moerun generate` on cpu)")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--kv-dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="latent KV rows on every rank and in generate")
     ap.add_argument("--ep-plane", default="ucx", choices=["ucx", "nccl"],
                     help="prefill wide-EP rows over UCX or NCCL (nccl: one GPU per prefill rank)")
     ap.add_argument("--hot-experts", default="",
@@ -191,7 +193,7 @@ def main():
                   "--block-tokens", str(args.block_tokens),
                   "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn,
                   "--backend", args.backend, "--precision", args.precision,
-                  "--ep-plane", args.ep_plane]
+                  "--ep-plane", args.ep_plane, "--kv-dtype", args.kv_dtype]
         if args.rebalance_period > 0:
             common += ["--rebalance-period", str(args.rebalance_period),
                        "--load-report-period", str(args.rebalance_period / 4)]
@@ -238,6 +240,7 @@ def main():
             g = run([moerun, "generate", "--model", model, "--prompt-ids", ids,
                      "--max-new-tokens", str(q["max_new_tokens"]), "--ignore-eos",
                      "--attn", args.attn, "--precision", args.precision,
+                     "--kv-dtype", args.kv_dtype,
                      "--logits-out", ref_npy] + sampling, 120)
             if g.returncode != 0:
                 print(g.stderr)
@@ -263,7 +266,7 @@ def main():
             per_row = npy_lite.row_max_abs_diffs(a, b)
             diff = max(per_row)
             worst = max(worst, diff)
-            if args.precision == "bf16":
+            if args.precision == "bf16" or args.kv_dtype == "bf16":
                 within = sum(d <= TOL for d in per_row)
                 if 2 * within < len(per_row) or diff > BF16_FLIP_TOL:
                     print(f"FAIL {q['id']}: {within}/{len(per_row)} positions within {TOL}, "

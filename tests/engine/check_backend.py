@@ -3,6 +3,7 @@
 
     check_backend.py --moerun BUILD/moerun --backend cpu|devsim|cuda
                      [--precision fp32|bf16] [--ref-precision fp32|bf16]
+                     [--kv-dtype fp32|bf16]     (latent KV rows; on both sides)
 
 For several synthetic models (V3-style tiny in f32 and fp8, V2 softmax gates,
 V2-Lite) and both MLA forms, runs `moerun generate --logits-out` on cpu with
@@ -65,6 +66,9 @@ def prompt_ids(spec):
 SAMPLED = ["--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "5"]
 
 
+KV_DTYPE = ["--kv-dtype", "fp32"]
+
+
 def generate(moerun, model, prompt, n_new, attn, backend, precision, npy, extra=()):
     """npy None: no --logits-out, so generate picks tokens on the backend
     (sample_rows / argmax there, only token ids copied back); with npy the host
@@ -72,7 +76,7 @@ def generate(moerun, model, prompt, n_new, attn, backend, precision, npy, extra=
     cmd = [moerun, "generate", "--model", model, "--prompt-ids", prompt,
            "--max-new-tokens", str(n_new), "--ignore-eos", "--attn", attn,
            "--backend", backend, "--precision", precision] + (["--logits-out", npy] if npy else [])
-    cmd += list(extra)
+    cmd += KV_DTYPE + list(extra)
     r = run(cmd)
     if r.returncode != 0:
         return None, r.stderr.strip()
@@ -85,7 +89,9 @@ def main():
     ap.add_argument("--backend", required=True, choices=["cpu", "devsim", "cuda"])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--ref-precision", choices=["fp32", "bf16"])
+    ap.add_argument("--kv-dtype", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
+    KV_DTYPE[1] = args.kv_dtype
     ref_precision = args.ref_precision or args.precision
     exact = args.backend == "devsim" and ref_precision == args.precision
     close = args.backend == "cuda" and args.precision == "fp32" and ref_precision == "fp32"
@@ -168,7 +174,8 @@ def main():
     if (exact or close) and sampled_differs == 0:
         print("FAIL: the sampled runs gave the greedy tokens in every case: nothing was sampled")
         failures += 1
-    print(f"{args.backend} ({args.precision}) vs cpu ({ref_precision}): {len(CASES)} cases, "
+    print(f"{args.backend} ({args.precision}, KV {args.kv_dtype}) vs cpu ({ref_precision}): "
+          f"{len(CASES)} cases, "
           f"{failures} failures")
     return 1 if failures else 0
 

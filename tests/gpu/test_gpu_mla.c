@@ -13,6 +13,8 @@
 
 #include "gpu_test.h"
 
+#include "common/bf16.h"
+
 /* ctx_len(i): explicit list when `lens` is non-NULL, else causal. */
 static int32_t *make_ctx_len(gt_ctx *t, int n_q, int n_ctx, const int32_t *lens)
 {
@@ -71,7 +73,8 @@ void gt_test_mla_absorbed(gt_ctx *t)
 /* mla_decode_paged: tokens 0, 2, 4, ... of a batch (odd ones are not decode
  * tokens and must stay untouched), each over its own scattered pool rows,
  * q_pe read in place from q-like rows (head stride dqk). */
-static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, const int *n_ctx)
+static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, const int *n_ctx,
+                               mr_wtype kv_type)
 {
     const int lat = C + R, dqk = 128 + R, T = 2 * n_tok;
     int total = 0, max_ctx = 0;
@@ -99,7 +102,14 @@ static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, 
         off += n_ctx[i];
     }
     const float scale = 0.1f;
-    float *d_pool = gt_upload(t, pool, (size_t)(pool_rows + row_base) * lat * sizeof(float));
+    const size_t pool_n = (size_t)(pool_rows + row_base) * lat;
+    void *pool_t = pool; /* the pool as kv_type (bf16: rounded) */
+    if (kv_type == MR_WT_BF16) {
+        uint16_t *b = (uint16_t *)gt_host(t, pool_n / 2 + 1);
+        for (size_t i = 0; i < pool_n; i++) b[i] = mr_bf16_round(pool[i]);
+        pool_t = b;
+    }
+    void *d_pool = gt_upload(t, pool_t, pool_n * mr_wtype_size(kv_type));
     float *d_qlat = gt_upload(t, q_lat, (size_t)T * n_heads * C * sizeof(float));
     float *d_q = gt_upload(t, q, (size_t)T * n_heads * dqk * sizeof(float));
     float *d_out = gt_upload(t, out_cpu, (size_t)T * n_heads * C * sizeof(float));
@@ -108,14 +118,14 @@ static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, 
     const size_t n_scratch = (size_t)max_ctx * lat + (size_t)n_heads * R + (size_t)n_heads * max_ctx;
     float *scratch = gt_host(t, n_scratch);
     /* pool rows are row indices relative to pool + row_base rows */
-    t->cpu->mla_decode_paged(q_lat, q + 128, n_heads * dqk, dqk, n_tok, seq, n_heads, C, R, pool,
-                             rows, row_base, scale, out_cpu, scratch, max_ctx);
+    t->cpu->mla_decode_paged(q_lat, q + 128, n_heads * dqk, dqk, n_tok, seq, n_heads, C, R, pool_t,
+                             kv_type, rows, row_base, scale, out_cpu, scratch, max_ctx);
     t->gpu->mla_decode_paged(d_qlat, d_q + 128, n_heads * dqk, dqk, n_tok, d_seq, n_heads, C, R,
-                             d_pool, d_rows, row_base, scale, d_out, NULL, max_ctx);
+                             d_pool, kv_type, d_rows, row_base, scale, d_out, NULL, max_ctx);
     gt_download(t, out_gpu, d_out, (size_t)T * n_heads * C * sizeof(float));
     char what[128];
-    snprintf(what, sizeof what, "mla_decode_paged tokens=%d heads=%d C=%d R=%d max_ctx=%d", n_tok,
-             n_heads, C, R, max_ctx);
+    snprintf(what, sizeof what, "mla_decode_paged %s KV tokens=%d heads=%d C=%d R=%d max_ctx=%d",
+             mr_wtype_name(kv_type), n_tok, n_heads, C, R, max_ctx);
     gt_check_close(t, what, out_gpu, out_cpu, (size_t)T * n_heads * C, GT_TOL_GEMM_FP32);
     gt_case_end(t);
 }
@@ -123,9 +133,11 @@ static void check_decode_paged(gt_ctx *t, int n_tok, int n_heads, int C, int R, 
 void gt_test_mla_decode_paged(gt_ctx *t)
 {
     static const int one[1] = {1}, mixed[4] = {3, 17, 1, 40}, v3[3] = {300, 1025, 64};
-    check_decode_paged(t, 1, 1, 32, 8, one);
-    check_decode_paged(t, 4, 33, 64, 16, mixed);   /* heads not a multiple of 32 */
-    check_decode_paged(t, 3, 128, 512, 64, v3);    /* DeepSeek-V3 decode */
+    check_decode_paged(t, 1, 1, 32, 8, one, MR_WT_F32);
+    check_decode_paged(t, 4, 33, 64, 16, mixed, MR_WT_F32);   /* heads not a multiple of 32 */
+    check_decode_paged(t, 3, 128, 512, 64, v3, MR_WT_F32);    /* DeepSeek-V3 decode */
+    check_decode_paged(t, 4, 33, 64, 16, mixed, MR_WT_BF16);  /* --kv-dtype bf16 */
+    check_decode_paged(t, 3, 128, 512, 64, v3, MR_WT_BF16);
 }
 
 static void check_naive(gt_ctx *t, int n_q, int n_heads, int qk_dim, int v_dim, int n_ctx,

@@ -13,6 +13,8 @@
 
 #include "gpu_test.h"
 
+#include "common/bf16.h"
+
 #define GT_TOL_EXACT 0.0
 
 /* ---- copy_2d ------------------------------------------------------------------ */
@@ -51,11 +53,33 @@ static void check_copy_2d(gt_ctx *t, int rows, int width, int src_ld, int dst_ld
 
 /* ---- gather / scatter ------------------------------------------------------------ */
 
-static void check_rows(gt_ctx *t, int n_src_rows, int ld, int width, int n, int row_base)
+/* A host copy of n floats as type t (bf16: rounded), in this case's memory. */
+static void *as_type(gt_ctx *t, const float *v, size_t n, mr_wtype type)
 {
-    const size_t ns = (size_t)n_src_rows * ld;
-    float *src = gt_host(t, ns);
-    gt_fill(t, src, ns, -4.0f, 4.0f);
+    if (type == MR_WT_F32) return (void *)v;
+    uint16_t *b = (uint16_t *)gt_host(t, n / 2 + 1);
+    for (size_t i = 0; i < n; i++) b[i] = mr_bf16_round(v[i]);
+    return b;
+}
+
+/* n values of type t widened to fp32 (into a new host array). */
+static float *widened(gt_ctx *t, const void *v, size_t n, mr_wtype type)
+{
+    float *f = gt_host(t, n);
+    for (size_t i = 0; i < n; i++)
+        f[i] = type == MR_WT_BF16 ? mr_bf16_widen(((const uint16_t *)v)[i]) : ((const float *)v)[i];
+    return f;
+}
+
+/* gather from / scatter into rows of `type` (fp32, or bf16: the KV pool with
+ * --kv-dtype bf16): bit-identical to the CPU either way. */
+static void check_rows(gt_ctx *t, int n_src_rows, int ld, int width, int n, int row_base,
+                       mr_wtype type)
+{
+    const size_t ns = (size_t)n_src_rows * ld, esz = mr_wtype_size(type);
+    float *src_f = gt_host(t, ns);
+    gt_fill(t, src_f, ns, -4.0f, 4.0f);
+    void *src = as_type(t, src_f, ns, type);
     int32_t *rows = (int32_t *)gt_host(t, (size_t)n);
     /* distinct rows (scatter needs them), in a scrambled order */
     const int span = n_src_rows - row_base;
@@ -63,27 +87,31 @@ static void check_rows(gt_ctx *t, int n_src_rows, int ld, int width, int n, int 
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
             if (rows[j] == rows[i]) rows[i] = (rows[i] + 1) % span, j = -1;
-    float *d_src = gt_upload(t, src, ns * sizeof(float));
+    void *d_src = gt_upload(t, src, ns * esz);
     int32_t *d_rows = gt_upload(t, rows, (size_t)n * sizeof(int32_t));
     float *want = gt_host(t, (size_t)n * width), *got = gt_host(t, (size_t)n * width);
     float *d_dst = gt_dev_alloc(t, (size_t)n * width * sizeof(float));
-    t->cpu->gather_rows(src, ld, rows, row_base, n, width, want);
-    t->gpu->gather_rows(d_src, ld, d_rows, row_base, n, width, d_dst);
+    t->cpu->gather_rows(src, type, ld, rows, row_base, n, width, want);
+    t->gpu->gather_rows(d_src, type, ld, d_rows, row_base, n, width, d_dst);
     gt_download(t, got, d_dst, (size_t)n * width * sizeof(float));
     char what[128];
-    snprintf(what, sizeof what, "gather_rows n=%d width=%d ld=%d base=%d", n, width, ld, row_base);
+    snprintf(what, sizeof what, "gather_rows %s n=%d width=%d ld=%d base=%d", mr_wtype_name(type),
+             n, width, ld, row_base);
     gt_check_close(t, what, got, want, (size_t)n * width, GT_TOL_EXACT);
 
-    /* scatter the gathered rows (negated) back into a copy of src */
-    for (size_t i = 0; i < (size_t)n * width; i++) want[i] = -want[i];
+    /* scatter the gathered rows (negated, plus a bit: bf16 must round) back
+     * into a copy of src */
+    for (size_t i = 0; i < (size_t)n * width; i++) want[i] = -want[i] * 1.001f;
     float *d_vals = gt_upload(t, want, (size_t)n * width * sizeof(float));
-    float *ref = gt_host(t, ns), *out = gt_host(t, ns);
-    memcpy(ref, src, ns * sizeof(float));
-    t->cpu->scatter_rows(want, n, width, rows, row_base, ref, ld);
-    t->gpu->scatter_rows(d_vals, n, width, d_rows, row_base, d_src, ld);
-    gt_download(t, out, d_src, ns * sizeof(float));
-    snprintf(what, sizeof what, "scatter_rows n=%d width=%d ld=%d base=%d", n, width, ld, row_base);
-    gt_check_close(t, what, out, ref, ns, GT_TOL_EXACT);
+    void *ref = gt_host(t, ns), *out = gt_host(t, ns);
+    memcpy(ref, src, ns * esz);
+    t->cpu->scatter_rows(want, n, width, rows, row_base, ref, type, ld);
+    t->gpu->scatter_rows(d_vals, n, width, d_rows, row_base, d_src, type, ld);
+    gt_download(t, out, d_src, ns * esz);
+    snprintf(what, sizeof what, "scatter_rows %s n=%d width=%d ld=%d base=%d",
+             mr_wtype_name(type), n, width, ld, row_base);
+    gt_check_close(t, what, widened(t, out, ns, type), widened(t, ref, ns, type), ns,
+                   GT_TOL_EXACT);
     gt_case_end(t);
 }
 
@@ -208,9 +236,11 @@ void gt_test_movement(gt_ctx *t)
     check_copy_2d(t, 1, 1, 1, 1);
     check_copy_2d(t, 5, 64, 192, 64);      /* q_pe out of q rows */
     check_copy_2d(t, 33, 512, 576, 1024);  /* c_kv out of latent rows, wider dst */
-    check_rows(t, 300, 7168, 7168, 17, 0); /* embedding lookup */
-    check_rows(t, 4 * 61 * 16, 576, 576, 40, 16 * 7); /* KV rows of layer 7 */
-    check_rows(t, 50, 100, 37, 50, 0);     /* every row, partial width */
+    check_rows(t, 300, 7168, 7168, 17, 0, MR_WT_F32); /* embedding lookup */
+    check_rows(t, 4 * 61 * 16, 576, 576, 40, 16 * 7, MR_WT_F32); /* KV rows of layer 7 */
+    check_rows(t, 4 * 61 * 16, 576, 576, 40, 16 * 7, MR_WT_BF16); /* ... with --kv-dtype bf16 */
+    check_rows(t, 50, 100, 37, 50, 0, MR_WT_F32);     /* every row, partial width */
+    check_rows(t, 50, 100, 37, 50, 0, MR_WT_BF16);
     check_combine(t, 1, 1, 1);
     check_combine(t, 7, 8, 7168);          /* DeepSeek-V3 top-8 */
     check_combine(t, 33, 6, 2048);

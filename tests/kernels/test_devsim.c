@@ -64,7 +64,7 @@ static void gather_row_outside(void)
     int32_t *rows = k->alloc(sizeof(int32_t));
     int32_t host_rows[1] = {9};
     k->copy(rows, host_rows, sizeof host_rows, MR_COPY_H2D);
-    k->gather_rows(src, 4, rows, 1, 1, 4, dst); /* row 9 + base 1 = row 10 of 10 */
+    k->gather_rows(src, MR_WT_F32, 4, rows, 1, 1, 4, dst); /* row 9 + base 1 = row 10 of 10 */
 }
 
 static void free_of_host_pointer(void)

@@ -6,7 +6,8 @@ never 77 -- a missing dependency is a failure, not a skip.
 
 Usage
   check_generate.py --moerun PATH --model DIR --prompt-ids 1,2,3 --max-new-tokens N
-                    [--attn naive|absorb] [--tol 1e-3] [--bf16] [--timeout SEC] [--keep]
+                    [--attn naive|absorb] [--tol 1e-3] [--bf16] [--kv-bf16] [--timeout SEC]
+                    [--keep]
                     [--extra-args ARG ...]          (must come last; all following args are
                                                      passed to moerun; one arg containing
                                                      spaces is shell-split)
@@ -158,7 +159,8 @@ def run_generate(a, tmpdir):
         extra = shlex.split(extra[0])
     cmd = [a.moerun, "generate", "--model", a.model, "--prompt-ids", a.prompt_ids,
            "--max-new-tokens", str(a.max_new_tokens), "--ignore-eos", "--attn", a.attn,
-           "--logits-out", out_npy] + (["--precision", "bf16"] if a.bf16 else []) + extra
+           "--logits-out", out_npy] + (["--precision", "bf16"] if a.bf16 else []) + \
+          (["--kv-dtype", "bf16"] if a.kv_bf16 else []) + extra
     print("$ " + " ".join(shlex.quote(c) for c in cmd))
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=a.timeout)
@@ -201,7 +203,7 @@ def check_generate(a):
         if tuple(got.shape) != want_shape:
             raise Fail("logits shape %s, expected %s" % (list(got.shape), list(want_shape)))
         ref = dsv3_ref.forward_logits(cfg, W, prompt + gen[:-1], attn=a.attn)
-        flip_tol = 30 * a.tol if a.bf16 else None
+        flip_tol = 30 * a.tol if a.bf16 or a.kv_bf16 else None
         compare_logits(got, ref, len(prompt), a.tol, "moerun logits", flip_tol)
         check_tokens(gen, ref, len(prompt), flip_tol or a.tol)
     finally:
@@ -226,6 +228,9 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--attn", choices=["naive", "absorb"], default="naive")
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--kv-bf16", action="store_true",
+                    help="moerun --kv-dtype bf16 against the reference's BF16 KV mode (rounding "
+                         "flips allowed as with --bf16)")
     ap.add_argument("--bf16", action="store_true",
                     help="moerun --precision bf16 against the reference's BF16 mode (rows "
                          "with bf16 rounding flips allowed up to 30*tol, see compare_logits)")
@@ -242,6 +247,7 @@ def main(argv=None):
                 if getattr(a, opt) is None:
                     ap.error("--%s is required" % opt.replace("_", "-"))
             dsv3_ref.set_bf16(a.bf16)
+            dsv3_ref.set_kv_bf16(a.kv_bf16)
             check_generate(a)
     except Fail as e:
         print("FAIL: %s" % e)

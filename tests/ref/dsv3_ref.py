@@ -34,6 +34,10 @@ BF16 mode (set_bf16(True), what `moerun generate --precision bf16` computes)
     sums stay float64 here (fp32 in the engine); attention scores, softmax, norms, RoPE and
     the router's arithmetic after its logits are unrounded.
 
+BF16 KV mode (set_kv_bf16(True), what `moerun generate --kv-dtype bf16` computes)
+  * the latent cache rows -- normalized c_kv and roped k_pe -- are rounded to bfloat16 when
+    computed, so every attention read (this forward's tokens included) sees the rounded rows.
+
 CLI
   /usr/bin/python3 tests/ref/dsv3_ref.py --model DIR --ids 1,2,3 [--attn naive|absorb]
       --out FILE.npy                 -> float32 logits [S, vocab] (.npy format 1.0, '<f4')
@@ -129,6 +133,14 @@ BF16 = False
 def set_bf16(on):
     global BF16
     BF16 = bool(on)
+
+
+KV_BF16 = False
+
+
+def set_kv_bf16(on):
+    global KV_BF16
+    KV_BF16 = bool(on)
 
 
 def bf16_round(a):
@@ -248,6 +260,8 @@ def mla_qkv(cfg, L, x, positions):
     kv = linear(x, L["self_attn.kv_a_proj_with_mqa.weight"])
     c = rmsnorm(kv[:, :cfg.kv_lora], L["self_attn.kv_a_layernorm.weight"], cfg.eps)
     k_pe = apply_rope(kv[:, cfg.kv_lora:], cos, sin)
+    if KV_BF16:  # what the cache holds, hence what every attention read sees
+        c, k_pe = bf16_round(c), bf16_round(k_pe)
     return q_nope, q_pe, c, k_pe
 
 
