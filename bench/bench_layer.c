@@ -10,8 +10,9 @@
  * The model is the config's layer shapes (hidden, MLA heads and ranks,
  * experts, vocab) with only N dense + M MoE layers (default 1 + 1 when the
  * config has dense layers), random weights built in memory (no checkpoint:
- * one DeepSeek-V3 MoE layer is 45 GB of fp32; --precision bf16 stores the
- * matrices on the backend as bf16, 22 GB, and counts 2 bytes per weight). Each batch size B decodes one
+ * one DeepSeek-V3 MoE layer is 46 GB of fp32; --precision bf16 stores the
+ * matrices on the backend as bf16, 23 GB, and counts 2 bytes per weight;
+ * --kv-dtype bf16 likewise for the latent KV). Each batch size B decodes one
  * token for B sequences whose KV already holds `context` positions (the
  * latent rows are zero: attention reads and computes the same either way),
  * greedy routing from random router weights. A sync after every layer

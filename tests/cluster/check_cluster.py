@@ -149,8 +149,8 @@ def main():
                     help="every other request samples (temperature 0.9, top-p 0.9, top-k 30, "
                          "its own seed); generate gets the same parameters")
     ap.add_argument("--no-logits", action="store_true",
-                    help="no --logits-dir: decode ranks then take the greedy path (argmax on "
-                         "their backend); only tokens are compared")
+                    help="no --logits-dir: decode ranks then pick tokens on their backend "
+                         "(sample_rows / argmax, ids only); only tokens are compared")
     args = ap.parse_args()
     P, D, E = (int(x) for x in args.layout.split(","))
     moerun = os.path.join(args.build, "moerun")
@@ -255,7 +255,7 @@ def main():
                 if key not in res:
                     print(f"FAIL {q['id']}: result lacks {key}")
                     failures += 1
-            if args.no_logits:  # greedy path: no logits were written
+            if args.no_logits:  # tokens picked on the backend: no logits were written
                 continue
             a = npy_lite.load(os.path.join(logits_dir, q["id"] + ".npy"))
             b = npy_lite.load(ref_npy)

@@ -234,29 +234,50 @@ def check_kill_recover(args, work):
     return failures
 
 
+def gpu_usable(args):
+    probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
+                            "--max-new-tokens", "1", "--backend", "cuda"],
+                           capture_output=True, text=True, timeout=120)
+    return probe.returncode == 0
+
+
+def run_launcher(args, work, flags, timeout):
+    """launch/moerun-cluster with flags; -> (completed process, result lines, seconds)."""
+    out = os.path.join(work, "out.jsonl")
+    t0 = time.time()
+    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster")] + flags +
+                       ["--out", out], capture_output=True, text=True, timeout=timeout,
+                       env=launcher_env(args.build))
+    took = time.time() - t0
+    print(r.stderr[-3000:])
+    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
+    return r, results, took
+
+
+def startup_failure(r, results, took, limit_s=60):
+    """What a refused start must look like: launcher exit 1, every request ended
+    with an error, promptly."""
+    failures = []
+    if r.returncode != 1:
+        failures.append(f"launcher exit {r.returncode}, expected 1")
+    if not results or any(x["finish_reason"] != "error" for x in results):
+        failures.append(f"requests did not all end with an error: {results[:2]}")
+    if took > limit_s:
+        failures.append(f"took {took:.0f} s")
+    return failures
+
+
 def check_nccl_needs_cuda(args, work):
     """--ep-plane nccl with prefill ranks on the cpu backend: both prefill
     ranks fail at start-up naming the reason (NCCL needs --backend cuda),
     every request ends with an error, the launcher exits 1 (no hang)."""
-    out = os.path.join(work, "out.jsonl")
-    t0 = time.time()
-    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "2",
-                        "--decode", "1", "--expert", "1", "--ep-plane", "nccl", "--out", out],
-                       capture_output=True, text=True, timeout=120, env=launcher_env(args.build))
-    took = time.time() - t0
-    print(r.stderr[-2000:])
-    failures = []
-    if r.returncode != 1:
-        failures.append(f"launcher exit {r.returncode}, expected 1")
+    r, results, took = run_launcher(args, work, ["--prefill", "2", "--decode", "1", "--expert",
+                                                 "1", "--ep-plane", "nccl"], 120)
+    failures = startup_failure(r, results, took)
     lines = [x for x in r.stderr.splitlines()
              if "prefill" in x and "--ep-plane nccl needs --backend cuda" in x]
     if len(lines) < 2:
         failures.append(f"{len(lines)} prefill ranks named the reason, expected 2")
-    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
-    if not results or any(x["finish_reason"] != "error" for x in results):
-        failures.append(f"requests did not all end with an error: {results[:2]}")
-    if took > 60:
-        failures.append(f"took {took:.0f} s")
     return failures
 
 
@@ -267,33 +288,20 @@ def check_nccl_ep_on_gpus(args, work):
     launcher must exit 1 promptly. With two or more GPUs every request must
     complete (the rows travel over NCCL; tokens against generate are checked
     by check_cluster.py --ep-plane nccl there)."""
-    probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
-                            "--max-new-tokens", "1", "--backend", "cuda"],
-                           capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
+    if not gpu_usable(args):
         return None
-    out = os.path.join(work, "out.jsonl")
-    t0 = time.time()
-    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "2",
-                        "--decode", "1", "--expert", "1", "--backend", "cuda",
-                        "--ep-plane", "nccl", "--out", out],
-                       capture_output=True, text=True, timeout=300, env=launcher_env(args.build))
-    took = time.time() - t0
-    print(r.stderr[-3000:])
-    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
-    failures = []
+    r, results, took = run_launcher(args, work, ["--prefill", "2", "--decode", "1", "--expert",
+                                                 "1", "--backend", "cuda", "--ep-plane", "nccl"],
+                                    300)
     if r.returncode == 0:
-        if not results or any(x["finish_reason"] != "length" and x["finish_reason"] != "stop"
-                              for x in results):
-            failures.append(f"exit 0 but not every request completed: {results[:2]}")
         print(f"NCCL EP plane ran: {len(results)} requests in {took:.1f} s")
-    else:
-        named = [x for x in r.stderr.splitlines() if "prefill ranks need one GPU each" in x]
-        if r.returncode != 1 or not named:
-            failures.append(f"exit {r.returncode} without the one-GPU-per-prefill-rank message")
-        if took > 120:
-            failures.append(f"took {took:.0f} s")
-        print(f"NCCL EP plane refused on a shared GPU: exit {r.returncode} after {took:.1f} s")
+        if not results or any(x["finish_reason"] not in ("length", "stop") for x in results):
+            return [f"exit 0 but not every request completed: {results[:2]}"]
+        return []
+    print(f"NCCL EP plane refused on a shared GPU: exit {r.returncode} after {took:.1f} s")
+    failures = startup_failure(r, results, took, 120)
+    if not any("prefill ranks need one GPU each" in x for x in r.stderr.splitlines()):
+        failures.append("no one-GPU-per-prefill-rank message")
     return failures
 
 
@@ -301,29 +309,14 @@ def check_no_gpu(args, work):
     """--backend cuda on a machine without a usable GPU: every compute rank
     fails at start-up naming the reason, every request ends, and the launcher
     exits 1 within seconds (no hang). Skips (77) where a GPU works."""
-    probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
-                            "--max-new-tokens", "1", "--backend", "cuda"],
-                           capture_output=True, text=True, timeout=120)
-    if probe.returncode == 0:
+    if gpu_usable(args):
         return None  # a GPU is here: nothing to test
-    out = os.path.join(work, "out.jsonl")
-    t0 = time.time()
-    r = subprocess.run([os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "1",
-                        "--decode", "1", "--expert", "1", "--backend", "cuda", "--out", out],
-                       capture_output=True, text=True, timeout=120, env=launcher_env(args.build))
-    took = time.time() - t0
-    print(r.stderr[-2000:])
-    failures = []
-    if r.returncode != 1:
-        failures.append(f"launcher exit {r.returncode}, expected 1")
+    r, results, took = run_launcher(args, work, ["--prefill", "1", "--decode", "1", "--expert",
+                                                 "1", "--backend", "cuda"], 120)
+    failures = startup_failure(r, results, took)
     for role in ("prefill", "decode", "expert"):
         if not any(role in line and "no usable GPU" in line for line in r.stderr.splitlines()):
             failures.append(f"no '{role} ... no usable GPU' line")
-    results = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
-    if not results or any(x["finish_reason"] != "error" for x in results):
-        failures.append(f"requests did not all end with an error: {results[:2]}")
-    if took > 60:
-        failures.append(f"took {took:.0f} s")
     print(f"--backend cuda without a GPU: exit {r.returncode} after {took:.1f} s")
     return failures
 
