@@ -499,7 +499,10 @@ static mr_status write_outputs(coord *c)
     mr_rb_print(&c->rb, stderr);
     if (o->summary_path) {
         cJSON *extra = cJSON_CreateObject();
-        if (extra) cJSON_AddItemToObject(extra, "rebalance", mr_rb_json(&c->rb));
+        if (extra) {
+            cJSON_AddItemToObject(extra, "config", mr_role_opts_json(o));
+            cJSON_AddItemToObject(extra, "rebalance", mr_rb_json(&c->rb));
+        }
         c->rep.extra = extra;
         char *json = mr_report_summary_json(&c->tracker, &c->rep);
         c->rep.extra = NULL;

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "common/args.h"
 #include "kernels/backend.h"
 
@@ -124,4 +126,23 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
         return mr_fail(MR_EINVAL, "--heartbeat-timeout (%g) must exceed --heartbeat-period (%g) > 0",
                        o->heartbeat_timeout_s, o->heartbeat_period_s);
     return MR_OK;
+}
+
+cJSON *mr_role_opts_json(const mr_role_opts *o)
+{
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return NULL;
+    cJSON_AddStringToObject(j, "model", o->model_dir ? o->model_dir : "(built-in tiny)");
+    cJSON_AddStringToObject(j, "backend", o->backend);
+    cJSON_AddStringToObject(j, "weights", o->bf16 ? "bf16" : "fp32");
+    cJSON_AddStringToObject(j, "kv_dtype", mr_wtype_name(o->kv_dtype));
+    cJSON_AddStringToObject(j, "ep_plane", o->ep_nccl ? "nccl" : "ucx");
+    cJSON_AddStringToObject(j, "attn", o->attn == MR_ATTN_NAIVE ? "naive" : "absorb");
+    cJSON_AddNumberToObject(j, "kv_blocks", o->kv_blocks);
+    cJSON_AddNumberToObject(j, "block_tokens", o->block_tokens);
+    cJSON_AddNumberToObject(j, "max_batch_tokens", o->max_batch_tokens);
+    cJSON_AddNumberToObject(j, "max_running", o->max_running);
+    cJSON_AddNumberToObject(j, "rebalance_period_s", o->rebalance_period_s);
+    cJSON_AddNumberToObject(j, "redundant_experts", o->redundant_experts);
+    return j;
 }

@@ -46,4 +46,9 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o);
 /* The option list, for --help. */
 const char *mr_role_opts_usage(void);
 
+/* The run's configuration as a JSON object (backend, weight and KV dtypes,
+ * EP plane, attention form, pool and batching sizes, re-placement), for the
+ * summary; NULL when out of memory. Caller frees it (cJSON_Delete). */
+struct cJSON *mr_role_opts_json(const mr_role_opts *o);
+
 #endif

@@ -275,8 +275,16 @@ def main():
             elif diff > TOL:
                 print(f"FAIL {q['id']}: max |dlogit| {diff:.3g} > {TOL}")
                 failures += 1
+        summary = json.load(open(sum_path))
+        config = summary.get("config", {})
+        want_config = {"backend": args.backend, "weights": args.precision,
+                       "kv_dtype": args.kv_dtype, "ep_plane": args.ep_plane, "attn": args.attn}
+        for key, value in want_config.items():
+            if config.get(key) != value:
+                print(f"FAIL: summary config {key} = {config.get(key)!r}, ran with {value!r}")
+                failures += 1
         if args.rebalance_period > 0:
-            failures += check_rebalance(json.load(open(sum_path)), args.load_delay_ms)
+            failures += check_rebalance(summary, args.load_delay_ms)
         print(f"layout {P}P{D}D{E}E{' +replicas' if args.placement else ''} on {args.backend}: "
               f"{len(reqs)} requests, "
               f"{failures} failures, worst max|dlogit| {worst:.3g}")

@@ -31,6 +31,9 @@ expect_fail garbage_ids              'prompt-ids: bad token id'   generate --pro
 expect_fail negative_id              'prompt-ids: bad token id'   generate --prompt-ids 1,-4 --max-new-tokens 3
 expect_fail unknown_flag             "unknown flag '--frobnicate'" generate --prompt-ids 1 --max-new-tokens 3 --frobnicate 1
 expect_fail bad_attn                 'attn: expected absorb or naive' generate --prompt-ids 1 --max-new-tokens 3 --attn flash
+expect_fail bad_precision            "precision: expected fp32 or bf16, got 'fp16'" generate --prompt-ids 1 --max-new-tokens 3 --precision fp16
+expect_fail bad_kv_dtype             "kv-dtype: expected fp32 or bf16, got 'fp8'" generate --prompt-ids 1 --max-new-tokens 3 --kv-dtype fp8
+expect_fail bad_backend              "backend: expected cpu, cuda or devsim, got 'tpu'" generate --prompt-ids 1 --max-new-tokens 3 --backend tpu
 expect_fail negative_temperature     'temperature'                generate --prompt-ids 1 --max-new-tokens 3 --temperature -1
 expect_fail top_p_zero               'top-p'                      generate --prompt-ids 1 --max-new-tokens 3 --top-p 0
 expect_fail unknown_command          "unknown command 'frob'"     frob
