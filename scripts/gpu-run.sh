@@ -109,7 +109,7 @@ pack() {
 # ---- run (GPU machine) ---------------------------------------------------------
 gpu_ops=(memory movement matmul matmul_strided rmsnorm rope softmax swiglu moe_gate expert_ffn
   experts_grouped mla_absorbed mla_decode_paged mla_naive sample_rows)
-bf16_ops=(matmul matmul_strided expert_ffn experts_grouped mla_absorbed mla_naive)
+bf16_ops=(matmul matmul_strided expert_ffn experts_grouped mla_absorbed mla_naive mla_decode_paged)
 all_stages=tests,engine,cluster,transport,bench-gpu,bench-layer,bench-layer-bf16
 
 run() {

@@ -6,11 +6,11 @@
  *
  * (a) memory: D2D copy of 256 MiB, 1 GiB, 4 GiB through the table's copy;
  *     bandwidth = bytes read + written per second, the best is the baseline.
- *     MLA absorbed decode: `batch` sequences × one query, DeepSeek-V3 heads
- *     (128 heads, kv_lora 512, rope 64), context 1k/4k/16k (one mla_absorbed
- *     call per sequence, as the op's contract is one sequence). Metric: latent
- *     KV bytes (batch · ctx · 576 · 4) per second, as a ratio to the copy
- *     bandwidth. Target ≥ 0.70.
+ *     MLA decode as decode steps run it: one mla_decode_paged call for
+ *     `batch` sequences × one query each, straight from a paged pool of fp32
+ *     or bf16 latent rows, DeepSeek-V3 heads (128 heads, kv_lora 512, rope
+ *     64), context 1k/4k/16k. Metric: latent KV bytes (batch · ctx · 576 ·
+ *     sizeof(kv)) per second, as a ratio to the copy bandwidth. Target ≥ 0.70.
  * (b) experts: `experts` DeepSeek-V3 routed experts (7168 → 2048 → 7168),
  *     tokens per expert 16…1024, each expert one expert_ffn call (3 cuBLAS
  *     GEMMs + SwiGLU), and all of them as one experts_grouped call (two
@@ -195,97 +195,115 @@ static double bench_copy(bench_gpu *b)
     return best;
 }
 
-/* ---- (a) MLA absorbed decode ---------------------------------------------------- */
+/* ---- (a) MLA decode straight from the paged pool ---------------------------------- */
 
 typedef struct mla_arg {
     const mr_kernels *k;
-    int batch, n_ctx;
-    const float *q_lat, *q_pe, *ctx;
-    const int32_t *ctx_len;
-    float *out, *scratch;
+    int batch, max_ctx;
+    const float *q_lat, *q_pe;
+    const void *kv;
+    mr_wtype kv_type;
+    const int32_t *seq, *rows;
+    float *out;
 } mla_arg;
 
 static void mla_call(const void *arg)
 {
     const mla_arg *a = arg;
-    const size_t lat = (size_t)MLA_HEADS * MLA_KV_LORA, pe = (size_t)MLA_HEADS * MLA_ROPE;
-    const size_t row = MLA_KV_LORA + MLA_ROPE;
     const float scale = 1.0f / sqrtf(192.0f);
-    for (int s = 0; s < a->batch; s++)
-        a->k->mla_absorbed(a->q_lat + (size_t)s * lat, a->q_pe + (size_t)s * pe, 1, MLA_HEADS,
-                           MLA_KV_LORA, MLA_ROPE, a->ctx + (size_t)s * a->n_ctx * row,
-                           a->n_ctx, a->ctx_len + s, scale, a->out + (size_t)s * lat,
-                           a->scratch);
+    a->k->mla_decode_paged(a->q_lat, a->q_pe, MLA_HEADS * MLA_ROPE, MLA_ROPE, a->batch, a->seq,
+                           MLA_HEADS, MLA_KV_LORA, MLA_ROPE, a->kv, a->kv_type, a->rows, 0, scale,
+                           a->out, NULL, a->max_ctx);
 }
 
 static int bench_mla(bench_gpu *b, double copy_gbs)
 {
     static const int batches[] = { 64, 128 }, ctxs[] = { 1024, 4096, 16384 };
+    static const mr_wtype kv_types[] = { MR_WT_F32, MR_WT_BF16 };
     const int n_batches = b->o->quick ? 1 : 2, n_ctxs = b->o->quick ? 2 : 3;
     const int max_batch = batches[n_batches - 1], max_ctx = ctxs[n_ctxs - 1];
     const mr_kernels *k = b->k;
-    const size_t row = MLA_KV_LORA + MLA_ROPE;
-    float *ctx = dev_filled(k, (size_t)max_batch * max_ctx * row);
+    const size_t row = MLA_KV_LORA + MLA_ROPE, pool_rows = (size_t)max_batch * max_ctx;
+    void *kv[2] = { dev_filled_typed(k, pool_rows * row, MR_WT_F32),
+                    dev_filled_typed(k, pool_rows * row, MR_WT_BF16) };
     float *q_lat = dev_filled(k, (size_t)max_batch * MLA_HEADS * MLA_KV_LORA);
     float *q_pe = dev_filled(k, (size_t)max_batch * MLA_HEADS * MLA_ROPE);
     float *out = k->alloc((size_t)max_batch * MLA_HEADS * MLA_KV_LORA * sizeof(float));
-    float *scratch = k->alloc((size_t)MLA_HEADS * max_ctx * sizeof(float));
-    int32_t *ctx_len = k->alloc((size_t)max_batch * sizeof(int32_t));
-    int32_t *len_host = malloc((size_t)max_batch * sizeof(int32_t));
+    int32_t *seq = k->alloc((size_t)max_batch * 3 * sizeof(int32_t));
+    int32_t *rows_dev = k->alloc(pool_rows * sizeof(int32_t));
+    int32_t *host = malloc(pool_rows * sizeof(int32_t));
     cJSON *rows = b->json != NULL ? cJSON_AddArrayToObject(b->json, "mla_decode") : NULL;
     int rc = 0;
-    if (!ctx || !q_lat || !q_pe || !out || !scratch || !ctx_len || !len_host) {
+    if (!kv[0] || !kv[1] || !q_lat || !q_pe || !out || !seq || !rows_dev || !host) {
         fprintf(stderr, "moerun-bench-gpu: MLA buffers: %s\n", mr_last_error());
         rc = 1;
         goto done;
     }
-    printf("#\n# (a) MLA absorbed decode: batch sequences x 1 query, %d heads, kv_lora %d, "
-           "rope %d; kv bytes = batch*ctx*%zu*4; ratio = kv GB/s / copy GB/s (%.1f)\n",
+    /* pool row indices: sequence s owns rows [s*max_ctx, s*max_ctx + ctx) (as whole blocks) */
+    for (size_t i = 0; i < pool_rows; i++) host[i] = (int32_t)i;
+    k->copy(rows_dev, host, pool_rows * sizeof(int32_t), MR_COPY_H2D);
+    printf("#\n# (a) MLA decode from the paged pool (mla_decode_paged, what decode steps run): "
+           "batch sequences x 1 query, %d heads, kv_lora %d, rope %d; kv bytes = "
+           "batch*ctx*%zu*sizeof(kv); ratio = kv GB/s / copy GB/s (%.1f)\n",
            MLA_HEADS, MLA_KV_LORA, MLA_ROPE, row, copy_gbs);
-    printf("# %5s %6s %6s %10s %14s %9s %6s %6s %4s\n", "prec", "batch", "ctx", "time(ms)",
-           "kv_bytes(B)", "kv_GB/s", "ratio", "target", "ok");
+    printf("# kernels: fp32 precision = CUDA-core kernel; bf16 precision = tensor-core kernel "
+           "(BF16 q/KV tiles, fp32 accumulate)\n");
+    printf("# %5s %5s %6s %6s %10s %14s %9s %6s %6s %4s\n", "prec", "kv", "batch", "ctx",
+           "time(ms)", "kv_bytes(B)", "kv_GB/s", "ratio", "target", "ok");
     for (int p = 0; p < b->o->n_prec; p++) {
         if (mr_kernels_cuda_set_precision(b->o->prec[p]) != MR_OK) {
             fprintf(stderr, "moerun-bench-gpu: %s\n", mr_last_error());
             rc = 1;
             goto done;
         }
-        for (int bi = 0; bi < n_batches; bi++) {
-            for (int ci = 0; ci < n_ctxs; ci++) {
-                const int batch = batches[bi], n_ctx = ctxs[ci];
-                for (int s = 0; s < batch; s++) len_host[s] = n_ctx;
-                k->copy(ctx_len, len_host, (size_t)batch * sizeof(int32_t), MR_COPY_H2D);
-                mla_arg a = { k, batch, n_ctx, q_lat, q_pe, ctx, ctx_len, out, scratch };
-                const double s = measure(k, b->o, mla_call, &a);
-                check_backend("mla_absorbed");
-                const double bytes = (double)batch * n_ctx * (double)row * sizeof(float);
-                const double gbs = bytes / s / 1e9, ratio = copy_gbs > 0 ? gbs / copy_gbs : 0;
-                printf("  %5s %6d %6d %10.3f %14.0f %9.1f %6.2f %6.2f %4s\n",
-                       prec_name(b->o->prec[p]), batch, n_ctx, s * 1e3, bytes, gbs, ratio,
-                       MLA_TARGET, ratio >= MLA_TARGET ? "yes" : "NO");
-                if (rows != NULL) {
-                    cJSON *r = cJSON_CreateObject();
-                    cJSON_AddStringToObject(r, "precision", prec_name(b->o->prec[p]));
-                    cJSON_AddNumberToObject(r, "batch", batch);
-                    cJSON_AddNumberToObject(r, "ctx", n_ctx);
-                    cJSON_AddNumberToObject(r, "ms", s * 1e3);
-                    cJSON_AddNumberToObject(r, "kv_bytes", bytes);
-                    cJSON_AddNumberToObject(r, "kv_gbs", gbs);
-                    cJSON_AddNumberToObject(r, "ratio_to_copy", ratio);
-                    cJSON_AddNumberToObject(r, "target", MLA_TARGET);
-                    cJSON_AddItemToArray(rows, r);
+        for (int ti = 0; ti < 2; ti++) {
+            for (int bi = 0; bi < n_batches; bi++) {
+                for (int ci = 0; ci < n_ctxs; ci++) {
+                    const int batch = batches[bi], n_ctx = ctxs[ci];
+                    for (int s = 0; s < batch; s++) {
+                        host[3 * s] = s;
+                        host[3 * s + 1] = s * max_ctx;
+                        host[3 * s + 2] = n_ctx;
+                    }
+                    k->copy(seq, host, (size_t)batch * 3 * sizeof(int32_t), MR_COPY_H2D);
+                    mla_arg a = { k, batch, n_ctx, q_lat, q_pe, kv[ti], kv_types[ti], seq,
+                                  rows_dev, out };
+                    const double s = measure(k, b->o, mla_call, &a);
+                    check_backend("mla_decode_paged");
+                    const double bytes = (double)batch * n_ctx * (double)row *
+                                         (double)mr_wtype_size(kv_types[ti]);
+                    const double gbs = bytes / s / 1e9;
+                    const double ratio = copy_gbs > 0 ? gbs / copy_gbs : 0;
+                    printf("  %5s %5s %6d %6d %10.3f %14.0f %9.1f %6.2f %6.2f %4s\n",
+                           prec_name(b->o->prec[p]), mr_wtype_name(kv_types[ti]), batch, n_ctx,
+                           s * 1e3, bytes, gbs, ratio, MLA_TARGET,
+                           ratio >= MLA_TARGET ? "yes" : "NO");
+                    if (rows != NULL) {
+                        cJSON *r = cJSON_CreateObject();
+                        cJSON_AddStringToObject(r, "precision", prec_name(b->o->prec[p]));
+                        cJSON_AddStringToObject(r, "kv_dtype", mr_wtype_name(kv_types[ti]));
+                        cJSON_AddNumberToObject(r, "batch", batch);
+                        cJSON_AddNumberToObject(r, "ctx", n_ctx);
+                        cJSON_AddNumberToObject(r, "ms", s * 1e3);
+                        cJSON_AddNumberToObject(r, "kv_bytes", bytes);
+                        cJSON_AddNumberToObject(r, "kv_gbs", gbs);
+                        cJSON_AddNumberToObject(r, "ratio_to_copy", ratio);
+                        cJSON_AddNumberToObject(r, "target", MLA_TARGET);
+                        cJSON_AddItemToArray(rows, r);
+                    }
                 }
             }
         }
     }
 done:
-    free(len_host);
-    k->free(ctx_len);
-    k->free(scratch);
+    free(host);
+    k->free(rows_dev);
+    k->free(seq);
     k->free(out);
     k->free(q_pe);
     k->free(q_lat);
-    k->free(ctx);
+    k->free(kv[0]);
+    k->free(kv[1]);
     return rc;
 }
 
