@@ -86,6 +86,7 @@ static void print_tensors(const mr_config *c, const mr_st_archive *archive)
     static const mr_dtype dtypes[] = {MR_DT_F32, MR_DT_BF16, MR_DT_F16, MR_DT_F8_E4M3};
     size_t count[4] = {0};
     uint64_t bytes[4] = {0}, total_bytes = 0, params = 0, expert_params = 0;
+    uint64_t fp32_params = 0; /* what stays fp32 on a backend: embedding table, vectors */
     size_t skipped = 0;
     for (size_t i = 0; i < mr_st_count(archive); i++) {
         const mr_tensor_info *t = mr_st_at(archive, i);
@@ -99,6 +100,8 @@ static void print_tensors(const mr_config *c, const mr_st_archive *archive)
         if (is_scale(t->name))
             continue;
         params += (uint64_t)t->n_elems;
+        if (t->ndim < 2 || strcmp(t->name, "model.embed_tokens.weight") == 0)
+            fp32_params += (uint64_t)t->n_elems;
         if (is_routed_expert(t->name))
             expert_params += (uint64_t)t->n_elems;
     }
@@ -112,6 +115,15 @@ static void print_tensors(const mr_config *c, const mr_st_archive *archive)
     printf("parameters         %" PRIu64 " (%" PRIu64 " in routed experts, %" PRIu64
            " active per token)\n",
            params, expert_params, active);
+    /* what a backend holds (mr_weights_to_backend) and the latent KV per token */
+    const double matrices = (double)(params - fp32_params);
+    printf("serving memory     weights %.3g GB fp32, %.3g GB with --precision bf16 (matrices "
+           "bf16; embedding and vectors fp32)\n",
+           4.0 * (double)params / 1e9, (2.0 * matrices + 4.0 * (double)fp32_params) / 1e9);
+    const double kv_values = (double)c->num_hidden_layers * mr_config_latent_dim(c);
+    printf("kv per token       %.1f KB fp32, %.1f KB with --kv-dtype bf16 (%d layers x %d "
+           "latent values)\n", 4.0 * kv_values / 1e3, 2.0 * kv_values / 1e3,
+           c->num_hidden_layers, mr_config_latent_dim(c));
     printf("tensors            %zu (%zu in layers >= num_hidden_layers, ignored)\n",
            mr_st_count(archive), skipped);
     printf("%-18s %10s %16s\n", "dtype", "tensors", "bytes");

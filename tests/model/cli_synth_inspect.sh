@@ -45,6 +45,8 @@ expect_ok synth_tiny_f32 'bytes' synth --out "$work/f32" --preset tiny --seed 3
 # tiny: embed + dense layer (12) + 2 MoE layers (62 each) + norm + lm_head = 139 tensors
 expect_ok inspect_tiny_tensor_count '^tensors +139 ' inspect --model "$work/f32"
 expect_ok inspect_tiny_params 'parameters +[0-9]+ \([0-9]+ in routed experts' inspect --model "$work/f32"
+expect_ok inspect_tiny_kv_per_token 'kv per token +0.5 KB fp32, 0.2 KB with --kv-dtype bf16 \(3 layers x 40 latent' inspect --model "$work/f32"
+expect_ok inspect_tiny_serving_memory 'serving memory +weights 0.00437 GB fp32, 0.00227 GB with --precision bf16' inspect --model "$work/f32"
 
 expect_ok synth_tiny_v2 'bytes' synth --out "$work/v2" --preset tiny-v2 --dtype bf16
 expect_ok inspect_tiny_v2 'q_lora_rank 0 \(direct q_proj\)' inspect --model "$work/v2" --load
