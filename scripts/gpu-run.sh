@@ -43,7 +43,7 @@
 #      transport   moerun bench transport --staged cuda (GPU->host->UCX->GPU)
 #      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
 #      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE), fp32
-#      bench-layer-bf16  the same with --precision bf16
+#      bench-layer-bf16  the same with --precision bf16 --kv-dtype bf16 (as served)
 #    Writes env.txt and one log per stage to $OUT (default ./gpu-run-out)
 #    and prints a summary. Exit 0 only when every step passed.
 set -euo pipefail
@@ -214,7 +214,7 @@ run() {
   if has bench-layer-bf16; then # the same with BF16 weights (~28 GB; tensor cores)
     step "bench layer bf16" "$out/bench-layer-bf16.txt" 540 "$bin/moerun" bench layer \
       --config "$pack/models/deepseek-ai--DeepSeek-V3.config.json" --backend cuda \
-      --precision bf16 --batches 1,8,32,64,128,256 --context 1024 --steps 5 \
+      --precision bf16 --kv-dtype bf16 --batches 1,8,32,64,128,256 --context 1024 --steps 5 \
       --json "$out/bench-layer-bf16.json"
   fi
 
