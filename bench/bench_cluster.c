@@ -213,12 +213,8 @@ static mr_status run_cluster(const char *model_dir, const cluster_opts *o, const
     waitpid(pid, &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return mr_fail(MR_EIO, "cluster run failed (launcher status %d)", status);
-    char *text = NULL;
-    size_t text_len = 0;
-    MR_TRY(mr_read_small_file(summary_path, 64u << 20, &text, &text_len));
-    cJSON *s = cJSON_Parse(text);
-    free(text);
-    if (!s) return mr_fail(MR_EPROTO, "%s: no summary", summary_path);
+    cJSON *s = NULL;
+    MR_TRY(mr_read_json_file(summary_path, 64u << 20, &s));
     memset(res, 0, sizeof *res);
     res->wall_s = cJSON_GetNumberValue(cJSON_GetObjectItem(s, "wall_s"));
     res->tokens = (long)cJSON_GetNumberValue(cJSON_GetObjectItem(s, "output_tokens"));

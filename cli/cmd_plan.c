@@ -54,14 +54,11 @@ static cJSON *layer_placement(const mr_eplb_layer *l, const int32_t *ranks)
 static int plan_placement(const char *summary_path, const int32_t *ranks, int n_ranks,
                           int redundant, const char *out_path)
 {
-    char *text = NULL;
-    size_t len = 0;
-    if (mr_read_small_file(summary_path, 256u << 20, &text, &len) != MR_OK) {
+    cJSON *summary = NULL;
+    if (mr_read_json_file(summary_path, 256u << 20, &summary) != MR_OK) {
         fprintf(stderr, "moerun plan: %s\n", mr_last_error());
         return 1;
     }
-    cJSON *summary = cJSON_Parse(text);
-    free(text);
     const cJSON *load = cJSON_GetObjectItemCaseSensitive(summary, "expert_load");
     if (!cJSON_IsObject(load) || !load->child) {
         fprintf(stderr, "moerun plan: %s has no \"expert_load\" (run the cluster with --summary "

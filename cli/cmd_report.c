@@ -114,12 +114,8 @@ static mr_status add_cdf(mr_svg_panel *p, const char *name, const double *v, int
 /* Measured imbalance per window and the epochs, from the summary. */
 static mr_status add_rebalance(mr_svg_panel *p, const char *summary_path)
 {
-    char *text = NULL;
-    size_t len = 0;
-    MR_TRY(mr_read_small_file(summary_path, 256u << 20, &text, &len));
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    if (!root) return mr_fail(MR_EINVAL, "%s: not valid JSON", summary_path);
+    cJSON *root = NULL;
+    MR_TRY(mr_read_json_file(summary_path, 256u << 20, &root));
     const cJSON *rb = cJSON_GetObjectItemCaseSensitive(root, "rebalance");
     const cJSON *windows = cJSON_GetObjectItemCaseSensitive(rb, "windows");
     int n = cJSON_GetArraySize(windows);

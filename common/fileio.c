@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 mr_status mr_read_small_file(const char *path, size_t cap, char **out, size_t *out_len)
 {
     mr_status status = MR_OK;
@@ -39,4 +41,21 @@ fail:
     free(text);
     fclose(fp);
     return status;
+}
+
+mr_status mr_read_json_file(const char *path, size_t cap, cJSON **out)
+{
+    *out = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    MR_TRY(mr_read_small_file(path, cap, &text, &len));
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    mr_status st = MR_OK;
+    if (!root)
+        st = mr_fail(MR_EINVAL, "%s: not valid JSON (at byte %zu)", path,
+                     end && end >= text ? (size_t)(end - text) : (size_t)0);
+    free(text);
+    *out = root;
+    return st;
 }

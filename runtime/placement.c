@@ -105,19 +105,9 @@ mr_status mr_placement_load(const char *path, const mr_config *cfg, const int *r
                             int n_ranks, mr_placement *out)
 {
     MR_TRY(mr_placement_round_robin(cfg, ranks, n_ranks, out));
-    char *text = NULL;
     cJSON *root = NULL;
-    size_t len = 0;
-    mr_status st = mr_read_small_file(path, 64u << 20, &text, &len);
-    if (st != MR_OK) goto done;
-    root = cJSON_Parse(text);
-    if (!root) {
-        st = mr_fail(MR_EINVAL, "%s: not valid JSON", path);
-        goto done;
-    }
-    st = apply_file(path, root, cfg, ranks, n_ranks, out);
-done:
-    free(text);
+    mr_status st = mr_read_json_file(path, 64u << 20, &root);
+    if (st == MR_OK) st = apply_file(path, root, cfg, ranks, n_ranks, out);
     cJSON_Delete(root);
     if (st != MR_OK) mr_placement_free(out);
     return st;
