@@ -1,8 +1,11 @@
 #include "role.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/blas_core.h"
 #include "common/log.h"
@@ -95,13 +98,65 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
     return MR_OK;
 }
 
+/* The slow part of start-up (reading and converting the checkpoint: minutes
+ * for a full-size model) runs on a thread of its own while the main thread
+ * keeps the transport serviced, so heartbeats keep flowing and no peer
+ * declares this rank dead (and fences it) for loading. Messages that arrive
+ * meanwhile are kept for the role's loop (r->deferred). The thread touches
+ * only r->model until it is joined. */
+typedef struct load_job {
+    mr_role *r;
+    mr_expert_filter filter;
+    void *filter_ctx;
+    bool routed_only;
+    atomic_bool done;
+    mr_status status;
+    char error[1024];
+} load_job;
+
+static void *load_thread(void *arg)
+{
+    load_job *j = arg;
+    mr_role *r = j->r;
+    if (r->opts.test_startup_delay_ms > 0) {
+        struct timespec ts = {r->opts.test_startup_delay_ms / 1000,
+                              (long)(r->opts.test_startup_delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    j->status = j->routed_only
+                    ? mr_model_load_routed(r->opts.model_dir, j->filter, j->filter_ctx, &r->model)
+                    : mr_model_load(r->opts.model_dir, j->filter, j->filter_ctx, &r->model);
+    if (j->status != MR_OK) snprintf(j->error, sizeof j->error, "%s", mr_last_error());
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+static mr_status load_serviced(mr_role *r, mr_expert_filter filter, void *filter_ctx,
+                               bool routed_only)
+{
+    load_job j = {.r = r, .filter = filter, .filter_ctx = filter_ctx, .routed_only = routed_only};
+    atomic_init(&j.done, false);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, load_thread, &j) != 0) {
+        load_thread(&j); /* no thread: load here (peers may time out on a slow load) */
+    } else {
+        while (!atomic_load(&j.done)) {
+            tp_wait(r->tp, 0.05);
+            tp_msg m;
+            while (tp_poll(r->tp, &m)) mr_msgq_push(&r->deferred, &m);
+        }
+        pthread_join(thread, NULL);
+    }
+    if (j.status != MR_OK) return mr_fail(j.status, "%s", j.error);
+    return MR_OK;
+}
+
 static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx,
                            bool routed_only)
 {
     double t0 = mr_now();
     MR_TRY(mr_backend_open(r->opts.backend, r->opts.bf16, &r->kernels));
-    MR_TRY(routed_only ? mr_model_load_routed(r->opts.model_dir, filter, filter_ctx, &r->model)
-                       : mr_model_load(r->opts.model_dir, filter, filter_ctx, &r->model));
+    MR_TRY(load_serviced(r, filter, filter_ctx, routed_only));
     if (routed_only && (!r->kernels->host_memory || mr_role_weight_type(r) != MR_WT_F32))
         MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, mr_role_weight_type(r),
                                      &r->model.weights, &r->backend_experts));

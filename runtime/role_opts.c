@@ -103,6 +103,8 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
         else if (!strcmp(f, "--inject-garbage")) MR_TRY(mr_parse_int(f, v, 0, 1000, &o->inject_garbage));
         else if (!strcmp(f, "--test-load-delay-ms"))
             MR_TRY(mr_parse_int(f, v, 0, 600000, &o->test_load_delay_ms));
+        else if (!strcmp(f, "--test-startup-delay-ms"))
+            MR_TRY(mr_parse_int(f, v, 0, 600000, &o->test_startup_delay_ms));
         else if (!strcmp(f, "--redundant-experts"))
             MR_TRY(mr_parse_int(f, v, 0, 4096, &o->redundant_experts));
         else if (!strcmp(f, "--max-wait-ms") || !strcmp(f, "--heartbeat-period") ||

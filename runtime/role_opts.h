@@ -38,6 +38,7 @@ typedef struct mr_role_opts {
     double rebalance_min_gain;    /* re-place only when predicted imbalance drops this much */
     double load_report_period_s;  /* expert ranks: LoadReport period */
     int test_load_delay_ms;       /* test hook: expert ranks' background expert loads sleep first */
+    int test_startup_delay_ms;    /* test hook: every compute rank's start-up model load sleeps first */
 } mr_role_opts;
 
 void mr_role_opts_defaults(mr_role_opts *o);

@@ -267,6 +267,29 @@ def startup_failure(r, results, took, limit_s=60):
     return failures
 
 
+def check_slow_startup(args, work):
+    """Every compute rank's model load takes 2.5 s (--test-startup-delay-ms,
+    as a large checkpoint's would) with a 1 s heartbeat timeout: the ranks
+    keep their transport serviced while loading, so nobody is declared dead
+    (and fenced) and every request completes."""
+    r, results, took = run_launcher(args, work, ["--prefill", "1", "--decode", "1", "--expert",
+                                                 "2", "--heartbeat-period", "0.2",
+                                                 "--heartbeat-timeout", "1",
+                                                 "--test-startup-delay-ms", "2500"], 120)
+    failures = []
+    if r.returncode != 0:
+        failures.append(f"launcher exit {r.returncode}, expected 0")
+    declared = [x for x in r.stderr.splitlines() if "declares rank" in x]
+    if declared:
+        failures.append(f"a loading rank was declared dead: {declared[0]}")
+    if not results or any(x["finish_reason"] == "error" for x in results):
+        failures.append(f"not every request completed: {results[:2]}")
+    if took < 2.5:
+        failures.append(f"took {took:.1f} s: the start-up delay hook did not run")
+    print(f"2.5 s loads under a 1 s heartbeat timeout: exit {r.returncode} after {took:.1f} s")
+    return failures
+
+
 def check_nccl_needs_cuda(args, work):
     """--ep-plane nccl with prefill ranks on the cpu backend: both prefill
     ranks fail at start-up naming the reason (NCCL needs --backend cuda),
@@ -326,7 +349,7 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--source", required=True)
     ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
-                                     "kill-expert-recover", "no-gpu", "nccl-needs-cuda",
+                                     "kill-expert-recover", "no-gpu", "nccl-needs-cuda", "slow-startup",
                                      "nccl-ep-on-gpus"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
@@ -334,6 +357,8 @@ def main():
             failures = check_bad_input(args, work)
         elif args.mode == "kill-expert-recover":
             failures = check_kill_recover(args, work)
+        elif args.mode == "slow-startup":
+            failures = check_slow_startup(args, work)
         elif args.mode == "nccl-needs-cuda":
             failures = check_nccl_needs_cuda(args, work)
         elif args.mode == "nccl-ep-on-gpus":
