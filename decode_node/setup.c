@@ -106,7 +106,7 @@ mr_status dec_setup(decode_state *d)
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
-    MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &d->engine));
+    MR_TRY(mr_role_create_engine(r, &eo, &d->engine));
     MR_TRY(announce_pool(d));
     MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));
     MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB of %s rows), %d expert ranks",

@@ -29,6 +29,11 @@ mr_status mr_parse_dtype(const char *flag, const char *value, mr_wtype *out)
     return MR_OK;
 }
 
+mr_status mr_backend_bind_thread(const mr_kernels *k)
+{
+    return k && !strcmp(k->name, "cuda") ? mr_kernels_cuda_bind_thread() : MR_OK;
+}
+
 bool mr_backend_name_valid(const char *name)
 {
     return !strcmp(name, "cpu") || !strcmp(name, "cuda") || !strcmp(name, "devsim");

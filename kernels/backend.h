@@ -32,6 +32,10 @@ bool mr_backend_name_valid(const char *name);
  * else → MR_EINVAL naming the flag and the value. */
 mr_status mr_parse_dtype(const char *flag, const char *value, mr_wtype *out);
 
+/* Lets the calling thread issue k's ops (cuda: the backend's device for this
+ * thread; nothing to do for cpu/devsim). One thread at a time still. */
+mr_status mr_backend_bind_thread(const mr_kernels *k);
+
 /* The node-local rank from the launcher's environment (0 when none). */
 int mr_backend_local_rank(void);
 

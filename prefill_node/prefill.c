@@ -356,7 +356,7 @@ static mr_status setup(prefill_state *p)
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &p->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
-    MR_TRY(mr_engine_create(cfg, &r->model.weights, &eo, &p->engine));
+    MR_TRY(mr_role_create_engine(r, &eo, &p->engine));
     MR_INFO("ready: %d prefill ranks (expert-parallel), budget %d tokens/iteration", p->n_prefill, B);
     return mr_role_send_ready(r, 0, 0);
 }

@@ -98,57 +98,92 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
     return MR_OK;
 }
 
-/* The slow part of start-up (reading and converting the checkpoint: minutes
- * for a full-size model) runs on a thread of its own while the main thread
- * keeps the transport serviced, so heartbeats keep flowing and no peer
- * declares this rank dead (and fences it) for loading. Messages that arrive
- * meanwhile are kept for the role's loop (r->deferred). The thread touches
- * only r->model until it is joined. */
-typedef struct load_job {
+/* Long start-up steps (reading and converting the checkpoint: minutes for a
+ * full-size model; converting and uploading weights) run on a thread of their
+ * own while the main thread keeps the transport serviced, so heartbeats keep
+ * flowing and no peer declares this rank dead (and fences it) for loading.
+ * Messages that arrive meanwhile are kept for the role's loop (r->deferred). */
+typedef struct serviced_job {
     mr_role *r;
-    mr_expert_filter filter;
-    void *filter_ctx;
-    bool routed_only;
+    mr_status (*fn)(void *ctx);
+    void *ctx;
     atomic_bool done;
     mr_status status;
     char error[1024];
-} load_job;
+} serviced_job;
 
-static void *load_thread(void *arg)
+static void *serviced_thread(void *arg)
 {
-    load_job *j = arg;
-    mr_role *r = j->r;
-    if (r->opts.test_startup_delay_ms > 0) {
-        struct timespec ts = {r->opts.test_startup_delay_ms / 1000,
-                              (long)(r->opts.test_startup_delay_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    j->status = j->routed_only
-                    ? mr_model_load_routed(r->opts.model_dir, j->filter, j->filter_ctx, &r->model)
-                    : mr_model_load(r->opts.model_dir, j->filter, j->filter_ctx, &r->model);
+    serviced_job *j = arg;
+    j->status = j->r->kernels ? mr_backend_bind_thread(j->r->kernels) : MR_OK;
+    if (j->status == MR_OK) j->status = j->fn(j->ctx);
     if (j->status != MR_OK) snprintf(j->error, sizeof j->error, "%s", mr_last_error());
     atomic_store(&j->done, true);
     return NULL;
 }
 
-static mr_status load_serviced(mr_role *r, mr_expert_filter filter, void *filter_ctx,
-                               bool routed_only)
+mr_status mr_role_serviced(mr_role *r, mr_status (*fn)(void *ctx), void *ctx)
 {
-    load_job j = {.r = r, .filter = filter, .filter_ctx = filter_ctx, .routed_only = routed_only};
+    serviced_job j = {.r = r, .fn = fn, .ctx = ctx};
     atomic_init(&j.done, false);
     pthread_t thread;
-    if (pthread_create(&thread, NULL, load_thread, &j) != 0) {
-        load_thread(&j); /* no thread: load here (peers may time out on a slow load) */
-    } else {
-        while (!atomic_load(&j.done)) {
-            tp_wait(r->tp, 0.05);
-            tp_msg m;
-            while (tp_poll(r->tp, &m)) mr_msgq_push(&r->deferred, &m);
-        }
-        pthread_join(thread, NULL);
+    if (pthread_create(&thread, NULL, serviced_thread, &j) != 0)
+        return fn(ctx); /* no thread: here (peers may time out on a slow step) */
+    while (!atomic_load(&j.done)) {
+        tp_wait(r->tp, 0.05);
+        tp_msg m;
+        while (tp_poll(r->tp, &m)) mr_msgq_push(&r->deferred, &m);
     }
+    pthread_join(thread, NULL);
+    /* the backend is the main thread's again */
+    if (r->kernels) MR_TRY(mr_backend_bind_thread(r->kernels));
     if (j.status != MR_OK) return mr_fail(j.status, "%s", j.error);
     return MR_OK;
+}
+
+typedef struct load_args {
+    mr_role *r;
+    mr_expert_filter filter;
+    void *filter_ctx;
+    bool routed_only;
+} load_args;
+
+/* The checkpoint (and, for an expert rank on a non-host backend or with
+ * bf16 weights, its copy there). */
+static mr_status load_step(void *arg)
+{
+    load_args *a = arg;
+    mr_role *r = a->r;
+    if (r->opts.test_startup_delay_ms > 0) {
+        struct timespec ts = {r->opts.test_startup_delay_ms / 1000,
+                              (long)(r->opts.test_startup_delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    MR_TRY(a->routed_only
+               ? mr_model_load_routed(r->opts.model_dir, a->filter, a->filter_ctx, &r->model)
+               : mr_model_load(r->opts.model_dir, a->filter, a->filter_ctx, &r->model));
+    if (a->routed_only && (!r->kernels->host_memory || mr_role_weight_type(r) != MR_WT_F32))
+        MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, mr_role_weight_type(r),
+                                     &r->model.weights, &r->backend_experts));
+    return MR_OK;
+}
+
+typedef struct engine_args {
+    mr_role *r;
+    const mr_engine_opts *opts;
+    mr_engine **out;
+} engine_args;
+
+static mr_status engine_step(void *arg)
+{
+    engine_args *a = arg;
+    return mr_engine_create(&a->r->model.cfg, &a->r->model.weights, a->opts, a->out);
+}
+
+mr_status mr_role_create_engine(mr_role *r, const mr_engine_opts *opts, mr_engine **out)
+{
+    engine_args a = {r, opts, out};
+    return mr_role_serviced(r, engine_step, &a);
 }
 
 static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx,
@@ -156,10 +191,8 @@ static mr_status load_model(mr_role *r, mr_expert_filter filter, void *filter_ct
 {
     double t0 = mr_now();
     MR_TRY(mr_backend_open(r->opts.backend, r->opts.bf16, &r->kernels));
-    MR_TRY(load_serviced(r, filter, filter_ctx, routed_only));
-    if (routed_only && (!r->kernels->host_memory || mr_role_weight_type(r) != MR_WT_F32))
-        MR_TRY(mr_weights_to_backend(&r->model.cfg, r->kernels, mr_role_weight_type(r),
-                                     &r->model.weights, &r->backend_experts));
+    load_args a = {r, filter, filter_ctx, routed_only};
+    MR_TRY(mr_role_serviced(r, load_step, &a));
     MR_INFO("model %s loaded in %.2f s (%.1f MB of fp32 weights held, %s backend, %s weights)",
             r->model.source, mr_now() - t0, (double)r->model.weights.n_bytes / 1e6,
             r->kernels->name, mr_wtype_name(mr_role_weight_type(r)));

@@ -57,6 +57,18 @@ mr_status mr_role_init(mr_role *r, const char *name, tp_role kind, int argc, cha
  * usable GPU fails here with the reason), load the model (filter may skip
  * routed experts) and start CPU accounting. */
 mr_status mr_role_load_model(mr_role *r, mr_expert_filter filter, void *filter_ctx);
+/* Run fn(ctx) on a thread of its own while this thread keeps the transport
+ * serviced (heartbeats flow; messages are kept in r->deferred for the role's
+ * loop): for long start-up steps (model load, weight conversion and upload,
+ * engine creation). fn may use r->kernels (bound to its thread); nothing else
+ * may use them meanwhile. Returns fn's status with its message. Runs fn here
+ * when no thread can be started. */
+mr_status mr_role_serviced(mr_role *r, mr_status (*fn)(void *ctx), void *ctx);
+
+/* mr_engine_create over the role's model, as a serviced step (the weight
+ * conversion and upload to a GPU take seconds for a full-size model). */
+mr_status mr_role_create_engine(mr_role *r, const mr_engine_opts *opts, mr_engine **out);
+
 /* How this rank stores matrices on its backend (--precision: fp32 | bf16). */
 mr_wtype mr_role_weight_type(const mr_role *r);
 /* The same for a rank that only runs routed experts: nothing else is loaded,

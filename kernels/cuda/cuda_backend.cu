@@ -389,6 +389,17 @@ extern "C" mr_status mr_cuda_device_describe(char *buf, size_t cap)
     return MR_OK;
 }
 
+extern "C" mr_status mr_kernels_cuda_bind_thread(void)
+{
+    pthread_mutex_lock(&state_lock);
+    const bool ready = state.ready;
+    const int device = state.device;
+    pthread_mutex_unlock(&state_lock);
+    if (!ready) return mr_fail(MR_EUNSUPPORTED, "cuda backend: not running");
+    CUDA_TRY(cudaSetDevice(device));
+    return MR_OK;
+}
+
 extern "C" mr_status mr_cuda_select_device(int local_rank)
 {
     int n = mr_cuda_device_count();

@@ -71,6 +71,12 @@ const char *mr_kernels_cuda_last_error(void);
 void mr_kernels_cuda_clear_status(void);
 mr_status mr_kernels_cuda_check(void);
 
+/* Makes the calling thread work on the backend's device (cudaSetDevice), so
+ * a thread other than the one that created the backend can issue its ops
+ * (still one thread at a time). MR_EUNSUPPORTED when the backend does not
+ * run. */
+mr_status mr_kernels_cuda_bind_thread(void);
+
 /* Number of CUDA devices (>= 0), or -1 with mr_fail() when cudaGetDeviceCount
  * fails (no driver, driver too old, ...). Does not create the backend. */
 int mr_cuda_device_count(void);

@@ -64,3 +64,8 @@ mr_status mr_cuda_select_device(int local_rank)
     (void)local_rank;
     return cuda_off("no usable GPU");
 }
+
+mr_status mr_kernels_cuda_bind_thread(void)
+{
+    return cuda_off("cuda backend");
+}
