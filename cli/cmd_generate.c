@@ -183,7 +183,8 @@ static mr_status run_generate(generate_args *a, int32_t **out_ids, int *n_out)
     if (!strcmp(k->name, "cuda")) {
         char dev[256] = "";
         mr_cuda_device_describe(dev, sizeof dev);
-        MR_INFO("backend %s on %s, %s GEMMs", k->name, dev, a->bf16 ? "bf16" : "fp32");
+        MR_INFO("backend %s on %s, %s weights, %s KV", k->name, dev, a->bf16 ? "bf16" : "fp32",
+                mr_wtype_name(a->kv_dtype));
     }
     mr_kv_seq_init(&seq, kv.pool);
     if ((st = mr_kv_seq_reserve(&seq, S + N)) != MR_OK) goto done;
