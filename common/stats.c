@@ -2,6 +2,7 @@
 #include "stats.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,4 +32,12 @@ double mr_percentile(const double *values, int n, double p)
     double result = v[lo] + (v[hi] - v[lo]) * (pos - lo);
     free(v);
     return result;
+}
+
+void mr_fmt_bytes(unsigned long long b, char *buf, size_t len)
+{
+    if (b >= (1ull << 30)) snprintf(buf, len, "%.2f GiB", (double)b / (1ull << 30));
+    else if (b >= (1ull << 20)) snprintf(buf, len, "%.2f MiB", (double)b / (1ull << 20));
+    else if (b >= (1ull << 10)) snprintf(buf, len, "%.1f KiB", (double)b / (1ull << 10));
+    else snprintf(buf, len, "%llu B", b);
 }

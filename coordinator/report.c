@@ -1,6 +1,8 @@
 /* coordinator/report.c — results, summary, table, status file. Contract in report.h. */
 #include "report.h"
 
+#include "common/stats.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -296,14 +298,6 @@ char *mr_report_summary_json(const mr_tracker *t, const mr_run_report *rep)
     return text;
 }
 
-static void fmt_bytes(uint64_t b, char *buf, size_t len)
-{
-    if (b >= (1ull << 30)) snprintf(buf, len, "%.2f GiB", (double)b / (1ull << 30));
-    else if (b >= (1ull << 20)) snprintf(buf, len, "%.2f MiB", (double)b / (1ull << 20));
-    else if (b >= (1ull << 10)) snprintf(buf, len, "%.1f KiB", (double)b / (1ull << 10));
-    else snprintf(buf, len, "%llu B", (unsigned long long)b);
-}
-
 void mr_report_print_table(const mr_tracker *t, const mr_run_report *rep, FILE *fp)
 {
     summary s;
@@ -339,7 +333,7 @@ void mr_report_print_table(const mr_tracker *t, const mr_run_report *rep, FILE *
         for (int d = 0; d < rep->n_ranks; d++) {
             if (!r->link_bytes[d] && !r->link_msgs[d]) continue;
             char b[32];
-            fmt_bytes(r->link_bytes[d], b, sizeof b);
+            mr_fmt_bytes(r->link_bytes[d], b, sizeof b);
             fprintf(fp, "  %-5d %-5d %12s %10llu\n", i, d, b,
                     (unsigned long long)r->link_msgs[d]);
         }

@@ -106,6 +106,12 @@ typedef struct mr_kernels {
     mr_status (*host_register)(void *p, size_t bytes);
     void (*host_unregister)(void *p);
 
+    /* Free and total bytes of backend memory, for sizing and for failing
+     * early with a clear message (cuda: cudaMemGetInfo; cpu: MemAvailable
+     * and MemTotal of /proc/meminfo; devsim: its simulated capacity,
+     * MOERUN_DEVSIM_MEMORY_MB, else the host's). 0/0 when unknown. */
+    void (*mem_info)(size_t *free_bytes, size_t *total_bytes);
+
     /* sync, then the first error the backend recorded since the last check
      * (cleared by this call), with its message set (mr_last_error); MR_OK on
      * cpu, whose ops cannot fail. Callers check once per forward pass. */

@@ -110,8 +110,9 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     if (!e->k->host_memory || e->wtype != MR_WT_F32) {
         mr_status st = mr_weights_to_backend(cfg, e->k, e->wtype, weights, &e->dev_w);
         if (st != MR_OK) {
+            const char *backend = e->k->name; /* the table outlives the engine */
             mr_engine_destroy(e);
-            return mr_fail_prefix(st, "engine: weights to the %s backend: ", e->k->name);
+            return mr_fail_prefix(st, "engine: weights to the %s backend: ", backend);
         }
         e->w = &e->dev_w;
     }

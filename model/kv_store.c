@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "weights.h"
 
 mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, int block_tokens,
                              int n_blocks, mr_wtype dtype, void *host_image, mr_kv_store *out)
@@ -13,6 +14,10 @@ mr_status mr_kv_store_create(const mr_kernels *k, int n_layers, int latent_dim, 
     out->k = k;
     size_t bytes = mr_kv_pool_bytes_for(n_layers, latent_dim, block_tokens, n_blocks, dtype);
     mr_status st = MR_OK;
+    if (!k->host_memory)
+        MR_TRY(mr_backend_check_fits(k, bytes, "the KV pool's blocks",
+                                     dtype == MR_WT_BF16 ? "lower --kv-blocks"
+                                                         : "lower --kv-blocks or --kv-dtype bf16"));
     if (host_image) {
         out->host = host_image;
         if (!k->host_memory) {

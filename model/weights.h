@@ -109,9 +109,19 @@ mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out
  * table, norms and the router bias stay fp32. For a host-memory backend
  * (cpu) it still copies, so the two structs never share buffers. `out`
  * records k as its backend; free it with mr_weights_free. On failure nothing
- * is left allocated. */
+ * is left allocated; weights that cannot fit in the backend's free memory
+ * fail before any allocation, naming the sizes (mr_backend_check_fits). */
 mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k, mr_wtype wtype,
                                 const mr_weights *host, mr_weights *out);
+
+/* Bytes mr_weights_to_backend would allocate for `host` stored as wtype. */
+uint64_t mr_weights_backend_bytes(const mr_config *cfg, const mr_weights *host, mr_wtype wtype);
+
+/* MR_OK when `bytes` fit in k's free memory (mr_kernels.mem_info; always
+ * when it reports nothing), else MR_ENOMEM "<backend> backend: <what> need
+ * X, Y free of Z (<hint>)": fail before allocating, with the sizes. */
+mr_status mr_backend_check_fits(const mr_kernels *k, uint64_t bytes, const char *what,
+                                const char *hint);
 
 /* The same expert/MLP as the kernels take it (pointers, shape, type). */
 mr_expert_w mr_mlp_view(const mr_mlp *m);

@@ -11,6 +11,7 @@
 #include "weights.h"
 
 #include "../common/bf16.h"
+#include "../common/stats.h"
 
 /* Called for each array slot with its length in elements (0 when cfg is
  * NULL and the length is not stored in the struct) and, for a matrix, its
@@ -143,10 +144,49 @@ static void upload_array(void **slot, size_t n, mr_mat *mat, void *ctx)
     u->n_bytes += bytes;
 }
 
+/* ---- sizing ------------------------------------------------------------------ */
+
+typedef struct size_ctx {
+    mr_wtype wtype;
+    uint64_t bytes;
+} size_ctx;
+
+static void size_array(void **slot, size_t n, mr_mat *mat, void *ctx)
+{
+    size_ctx *c = ctx;
+    if (*slot) c->bytes += (uint64_t)n * mr_wtype_size(mat ? c->wtype : MR_WT_F32);
+}
+
+uint64_t mr_weights_backend_bytes(const mr_config *cfg, const mr_weights *host, mr_wtype wtype)
+{
+    size_ctx c = {wtype, 0};
+    visit_arrays(cfg, (mr_weights *)host, size_array, &c); /* reads only */
+    return c.bytes;
+}
+
+mr_status mr_backend_check_fits(const mr_kernels *k, uint64_t bytes, const char *what,
+                                const char *hint)
+{
+    size_t free_b = 0, total_b = 0;
+    if (k->mem_info) k->mem_info(&free_b, &total_b);
+    if (total_b == 0 || bytes <= free_b) return MR_OK;
+    char need[32], avail[32], total[32];
+    mr_fmt_bytes(bytes, need, sizeof need);
+    mr_fmt_bytes(free_b, avail, sizeof avail);
+    mr_fmt_bytes(total_b, total, sizeof total);
+    return mr_fail(MR_ENOMEM, "%s backend: %s need %s, %s free of %s (%s)", k->name, what, need,
+                   avail, total, hint);
+}
+
 mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k, mr_wtype wtype,
                                 const mr_weights *host, mr_weights *out)
 {
     memset(out, 0, sizeof *out);
+    MR_TRY(mr_backend_check_fits(k, mr_weights_backend_bytes(cfg, host, wtype),
+                                 wtype == MR_WT_BF16 ? "the bf16 weights" : "the fp32 weights",
+                                 wtype == MR_WT_BF16 ? "more ranks split the experts"
+                                                     : "--precision bf16 halves the matrices; "
+                                                       "more ranks split the experts"));
     if (host->backend)
         return mr_fail(MR_EINVAL, "weights already live in %s backend memory", host->backend->name);
     mr_weights w = *host;

@@ -19,6 +19,9 @@ void mr_cpu_matmul_typed(const float *x, const void *w, mr_wtype wt, float *y, i
 void mr_cpu_expert_ffn(const mr_expert_w *e, const float *x, int n_tokens, float *out,
                        bool accumulate, float *scratch);
 
+/* mr_kernels.mem_info of the host (/proc/meminfo). */
+void mr_cpu_mem_info(size_t *free_bytes, size_t *total_bytes);
+
 /* SwiGLU, see mr_kernels.swiglu. */
 void mr_cpu_swiglu(const float *gate, const float *up, float *out, size_t n);
 

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -347,6 +348,20 @@ static void cpu_experts_grouped(const mr_expert_w *experts, int n_groups,
     }
 }
 
+void mr_cpu_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return;
+    char line[256];
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) *total_bytes = (size_t)kb * 1024u;
+        else if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *free_bytes = (size_t)kb * 1024u;
+    }
+    fclose(f);
+}
+
 /* mr_sampler's rule per row (model/sampler.c): argmax at temperature 0, else
  * mr_sample_pick with the row's draw. */
 static void cpu_sample_rows(const float *logits, int n_rows, int vocab, const mr_sample_row *rows,
@@ -399,6 +414,7 @@ static const mr_kernels cpu_kernels = {
     .scatter_rows = cpu_scatter_rows,
     .moe_combine = cpu_moe_combine,
     .add = cpu_add,
+    .mem_info = mr_cpu_mem_info,
     .argmax_rows = cpu_argmax_rows,
     .sample_rows = cpu_sample_rows,
     .matmul = mr_cpu_matmul_typed,

@@ -64,6 +64,17 @@ void *alloc_recorded(size_t bytes, bool pinned)
     return st == MR_OK ? p : NULL;
 }
 
+void cu_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: only this query failed */
+        f = t = 0;
+    }
+    *free_bytes = f;
+    *total_bytes = t;
+}
+
 void *cu_alloc(size_t bytes)
 {
     return alloc_recorded(bytes, false);
@@ -159,6 +170,7 @@ void table_fill(mr_kernels *t)
     t->name = "cuda";
     t->host_memory = false;
     t->alloc = cu_alloc;
+    t->mem_info = cu_mem_info;
     t->free = cu_free;
     t->copy = cu_copy;
     t->sync = cu_sync;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../../common/aligned.h"
+#include "../cpu/cpu_internal.h"
 
 /* ---- allocation registry: sorted by base address ------------------------ */
 
@@ -76,9 +77,39 @@ static void need_host(const char *op, const char *arg, const void *p, size_t byt
 #define F(n) ((size_t)(n) * sizeof(float))
 #define I(n) ((size_t)(n) * sizeof(int32_t))
 
+/* Simulated device capacity (MOERUN_DEVSIM_MEMORY_MB; 0 = the host's memory)
+ * and the bytes allocated now; guarded by lock. */
+static size_t used_bytes;
+
+static size_t capacity_bytes(void)
+{
+    const char *v = getenv("MOERUN_DEVSIM_MEMORY_MB");
+    char *end = NULL;
+    unsigned long long mb = v && *v ? strtoull(v, &end, 10) : 0;
+    return end && *end == '\0' ? (size_t)mb << 20 : 0;
+}
+
+static void ds_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    const size_t cap = capacity_bytes();
+    if (cap == 0) {
+        mr_cpu_mem_info(free_bytes, total_bytes);
+        return;
+    }
+    pthread_mutex_lock(&lock);
+    *total_bytes = cap;
+    *free_bytes = used_bytes < cap ? cap - used_bytes : 0;
+    pthread_mutex_unlock(&lock);
+}
+
 static void *ds_alloc(size_t bytes)
 {
     if (bytes == 0) bytes = 1;
+    const size_t cap = capacity_bytes();
+    pthread_mutex_lock(&lock);
+    const bool fits = cap == 0 || used_bytes + bytes <= cap;
+    pthread_mutex_unlock(&lock);
+    if (!fits) return NULL; /* as a full GPU: the caller names the failure */
     void *p = mr_aligned_alloc(bytes);
     if (!p) return NULL;
     pthread_mutex_lock(&lock);
@@ -97,6 +128,7 @@ static void *ds_alloc(size_t bytes)
     memmove(regions + i + 1, regions + i, (n_regions - i) * sizeof *regions);
     regions[i] = (region){(uintptr_t)p, bytes};
     n_regions++;
+    used_bytes += bytes;
     pthread_mutex_unlock(&lock);
     return p;
 }
@@ -108,6 +140,7 @@ static void ds_free(void *p)
     size_t i = upper_bound((uintptr_t)p);
     bool found = i > 0 && regions[i - 1].base == (uintptr_t)p;
     if (found) {
+        used_bytes -= regions[i - 1].bytes;
         memmove(regions + i - 1, regions + i, (n_regions - i) * sizeof *regions);
         n_regions--;
     }
@@ -441,6 +474,7 @@ static const mr_kernels devsim_kernels = {
     .scatter_rows = ds_scatter_rows,
     .moe_combine = ds_moe_combine,
     .add = ds_add,
+    .mem_info = ds_mem_info,
     .argmax_rows = ds_argmax_rows,
     .sample_rows = ds_sample_rows,
     .matmul = ds_matmul,

@@ -290,6 +290,25 @@ def check_slow_startup(args, work):
     return failures
 
 
+def check_kv_pool_too_big(args, work):
+    """A KV pool larger than the (simulated, devsim) GPU: the pool's ranks
+    fail at start-up naming the sizes and what to change, every request ends
+    with an error, the launcher exits 1 (no hang, nothing half-allocated)."""
+    os.environ["MOERUN_DEVSIM_MEMORY_MB"] = "16"
+    try:
+        r, results, took = run_launcher(args, work, ["--backend", "devsim", "--kv-blocks",
+                                                     "20000"], 120)
+    finally:
+        del os.environ["MOERUN_DEVSIM_MEMORY_MB"]
+    failures = startup_failure(r, results, took)
+    named = [x for x in r.stderr.splitlines()
+             if "decode" in x and "the KV pool's blocks need 146.48 MiB, 16.00 MiB free" in x
+             and "lower --kv-blocks or --kv-dtype bf16" in x]
+    if not named:
+        failures.append("the decode rank did not name the KV pool's size and the way out")
+    return failures
+
+
 def check_nccl_needs_cuda(args, work):
     """--ep-plane nccl with prefill ranks on the cpu backend: both prefill
     ranks fail at start-up naming the reason (NCCL needs --backend cuda),
@@ -350,6 +369,7 @@ def main():
     ap.add_argument("--source", required=True)
     ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
                                      "kill-expert-recover", "no-gpu", "nccl-needs-cuda", "slow-startup",
+                                     "kv-pool-too-big",
                                      "nccl-ep-on-gpus"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
@@ -357,6 +377,8 @@ def main():
             failures = check_bad_input(args, work)
         elif args.mode == "kill-expert-recover":
             failures = check_kill_recover(args, work)
+        elif args.mode == "kv-pool-too-big":
+            failures = check_kv_pool_too_big(args, work)
         elif args.mode == "slow-startup":
             failures = check_slow_startup(args, work)
         elif args.mode == "nccl-needs-cuda":

@@ -34,6 +34,9 @@ expect_fail bad_attn                 'attn: expected absorb or naive' generate -
 expect_fail bad_precision            "precision: expected fp32 or bf16, got 'fp16'" generate --prompt-ids 1 --max-new-tokens 3 --precision fp16
 expect_fail bad_kv_dtype             "kv-dtype: expected fp32 or bf16, got 'fp8'" generate --prompt-ids 1 --max-new-tokens 3 --kv-dtype fp8
 expect_fail bad_backend              "backend: expected cpu, cuda or devsim, got 'tpu'" generate --prompt-ids 1 --max-new-tokens 3 --backend tpu
+# a GPU (devsim with 4 MiB) too small for the fp32 weights: the sizes and the way out, before
+# anything is allocated
+MOERUN_DEVSIM_MEMORY_MB=4 expect_fail weights_do_not_fit 'the fp32 weights need 4.17 MiB, 4.00 MiB free of 4.00 MiB \(--precision bf16 halves' generate --prompt-ids 1 --max-new-tokens 3 --backend devsim
 expect_fail negative_temperature     'temperature'                generate --prompt-ids 1 --max-new-tokens 3 --temperature -1
 expect_fail top_p_zero               'top-p'                      generate --prompt-ids 1 --max-new-tokens 3 --top-p 0
 expect_fail unknown_command          "unknown command 'frob'"     frob
