@@ -234,6 +234,10 @@ def check_kill_recover(args, work):
     return failures
 
 
+class Skip(str):
+    """A check's answer when it has nothing to test on this machine (exit 77)."""
+
+
 def gpu_usable(args):
     probe = subprocess.run([os.path.join(args.build, "moerun"), "generate", "--prompt-ids", "1",
                             "--max-new-tokens", "1", "--backend", "cuda"],
@@ -325,13 +329,15 @@ def check_nccl_needs_cuda(args, work):
 
 def check_nccl_ep_on_gpus(args, work):
     """--backend cuda --ep-plane nccl with 2 prefill ranks. Without a usable
-    GPU: skip (None). With one GPU both prefill ranks share it, which NCCL
+    GPU: skip (a failure with MOERUN_REQUIRE_GPU=1). With one GPU both prefill ranks share it, which NCCL
     refuses: each must say so ("prefill ranks need one GPU each") and the
     launcher must exit 1 promptly. With two or more GPUs every request must
     complete (the rows travel over NCCL; tokens against generate are checked
     by check_cluster.py --ep-plane nccl there)."""
     if not gpu_usable(args):
-        return None
+        if os.environ.get("MOERUN_REQUIRE_GPU") == "1":
+            return ["MOERUN_REQUIRE_GPU=1 but no usable GPU"]
+        return Skip("no usable GPU")
     r, results, took = run_launcher(args, work, ["--prefill", "2", "--decode", "1", "--expert",
                                                  "1", "--backend", "cuda", "--ep-plane", "nccl"],
                                     300)
@@ -352,7 +358,7 @@ def check_no_gpu(args, work):
     fails at start-up naming the reason, every request ends, and the launcher
     exits 1 within seconds (no hang). Skips (77) where a GPU works."""
     if gpu_usable(args):
-        return None  # a GPU is here: nothing to test
+        return Skip("a usable GPU is present")
     r, results, took = run_launcher(args, work, ["--prefill", "1", "--decode", "1", "--expert",
                                                  "1", "--backend", "cuda"], 120)
     failures = startup_failure(r, results, took)
@@ -363,41 +369,30 @@ def check_no_gpu(args, work):
     return failures
 
 
+CHECKS = {
+    "bad-input": check_bad_input,
+    "kill-expert": lambda args, work: check_kill(args, work, "expert"),
+    "kill-decode": lambda args, work: check_kill(args, work, "decode"),
+    "kill-expert-recover": check_kill_recover,
+    "no-gpu": check_no_gpu,
+    "nccl-needs-cuda": check_nccl_needs_cuda,
+    "slow-startup": check_slow_startup,
+    "kv-pool-too-big": check_kv_pool_too_big,
+    "nccl-ep-on-gpus": check_nccl_ep_on_gpus,
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True)
     ap.add_argument("--source", required=True)
-    ap.add_argument("mode", choices=["bad-input", "kill-expert", "kill-decode",
-                                     "kill-expert-recover", "no-gpu", "nccl-needs-cuda", "slow-startup",
-                                     "kv-pool-too-big",
-                                     "nccl-ep-on-gpus"])
+    ap.add_argument("mode", choices=list(CHECKS))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="moerun-faults-") as work:
-        if args.mode == "bad-input":
-            failures = check_bad_input(args, work)
-        elif args.mode == "kill-expert-recover":
-            failures = check_kill_recover(args, work)
-        elif args.mode == "kv-pool-too-big":
-            failures = check_kv_pool_too_big(args, work)
-        elif args.mode == "slow-startup":
-            failures = check_slow_startup(args, work)
-        elif args.mode == "nccl-needs-cuda":
-            failures = check_nccl_needs_cuda(args, work)
-        elif args.mode == "nccl-ep-on-gpus":
-            failures = check_nccl_ep_on_gpus(args, work)
-            if failures is None:
-                if os.environ.get("MOERUN_REQUIRE_GPU") == "1":
-                    print("FAIL: MOERUN_REQUIRE_GPU=1 but no usable GPU")
-                    return 1
-                print("SKIP: no usable GPU")
-                return 77
-        elif args.mode == "no-gpu":
-            failures = check_no_gpu(args, work)
-            if failures is None:
-                print("SKIP: a usable GPU is present")
-                return 77
-        else:
-            failures = check_kill(args, work, args.mode.split("-")[1])
+        failures = CHECKS[args.mode](args, work)
+    if isinstance(failures, Skip):
+        print("SKIP:", failures)
+        return 77
     for f in failures:
         print("FAIL:", f)
     print("PASS" if not failures else f"{len(failures)} failure(s)")
