@@ -27,8 +27,10 @@
 
 #include "../model/config.h"
 
-/* Element type of a weight matrix in backend memory. Activations, norms,
- * biases and the KV cache are always fp32. A GEMM with a BF16 weight takes
+/* Element type of stored data in backend memory: weight matrices
+ * (--precision) and the paged latent KV rows (--kv-dtype, through
+ * gather_rows / scatter_rows / mla_decode_paged). Activations, norms and
+ * biases are always fp32. A GEMM with a BF16 weight takes
  * its activation input rounded to bfloat16 (nearest even), as tensor cores
  * do, and multiplies and accumulates in fp32: the CPU backend emulates
  * exactly that (so it is the reference for the GPU's BF16 GEMMs), cuda runs

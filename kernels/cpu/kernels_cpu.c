@@ -380,16 +380,10 @@ static void cpu_sample_rows(const float *logits, int n_rows, int vocab, const mr
     free(scratch);
 }
 
-/* The rule of mr_argmax (model/sampler.c): strictly greater wins. */
+/* mr_argmax (model/sampler.c) per row: strictly greater wins. */
 static void cpu_argmax_rows(const float *x, int n_rows, int n, int32_t *out)
 {
-    for (int r = 0; r < n_rows; r++) {
-        const float *row = x + (size_t)r * n;
-        int32_t best = 0;
-        for (int i = 1; i < n; i++)
-            if (row[i] > row[best]) best = i;
-        out[r] = best;
-    }
+    for (int r = 0; r < n_rows; r++) out[r] = mr_argmax(x + (size_t)r * n, n);
 }
 
 static void cpu_add(float *y, const float *x, size_t n)
