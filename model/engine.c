@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/aligned.h"
-#include "../common/bf16.h"
 
 struct mr_engine {
     const mr_config *cfg;
@@ -127,8 +126,7 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     const int C = cfg->kv_lora_rank, vd = cfg->v_head_dim;
     for (int l = 0; l < cfg->num_hidden_layers && e->attn == MR_ATTN_ABSORB; l++) {
         const float *kv_b = weights->layers[l].kv_b.w; /* the host fp32 weights */
-        const size_t n = (size_t)H * C * nope;
-        float *t = mr_aligned_alloc(sizeof(float) * n);
+        float *t = mr_aligned_alloc(sizeof(float) * (size_t)H * C * nope);
         if (!t) goto nomem;
         for (int h = 0; h < H; h++)
             for (int d = 0; d < nope; d++)
@@ -139,21 +137,12 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
             continue;
         }
         /* stored like kv_b itself (rounding commutes with the transpose) */
-        const size_t bytes = n * mr_wtype_size(e->wtype);
-        uint16_t *b16 = NULL;
-        if (e->wtype == MR_WT_BF16) {
-            b16 = malloc(bytes);
-            if (!b16) {
-                free(t);
-                goto nomem;
-            }
-            for (size_t i = 0; i < n; i++) b16[i] = mr_bf16_round(t[i]);
-        }
-        e->w_uk_t[l] = e->k->alloc(bytes);
-        if (e->w_uk_t[l]) e->k->copy(e->w_uk_t[l], b16 ? (void *)b16 : (void *)t, bytes, MR_COPY_H2D);
-        free(b16);
+        const mr_mat host_t = {.w = t, .rows = H * C, .cols = nope, .type = MR_WT_F32};
+        mr_mat dev_t;
+        const mr_status st = mr_mat_to_backend(e->k, e->wtype, &host_t, &dev_t);
         free(t);
-        if (!e->w_uk_t[l]) goto nomem;
+        if (st != MR_OK) goto nomem;
+        e->w_uk_t[l] = dev_t.w;
     }
     *out = e;
     return MR_OK;

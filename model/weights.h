@@ -114,6 +114,12 @@ mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out
 mr_status mr_weights_to_backend(const mr_config *cfg, const mr_kernels *k, mr_wtype wtype,
                                 const mr_weights *host, mr_weights *out);
 
+/* One fp32 host matrix as a backend copy stored as wtype (what
+ * mr_weights_to_backend does for each matrix; nothing left allocated on
+ * failure). For matrices the engine derives (the absorbed W_ukᵀ). */
+mr_status mr_mat_to_backend(const mr_kernels *k, mr_wtype wtype, const mr_mat *host,
+                            mr_mat *dev);
+
 /* Bytes mr_weights_to_backend would allocate for `host` stored as wtype. */
 uint64_t mr_weights_backend_bytes(const mr_config *cfg, const mr_weights *host, mr_wtype wtype);
 

@@ -239,6 +239,17 @@ mr_status mr_mlp_to_backend(const mr_kernels *k, mr_wtype wtype, const mr_mlp *h
     return u.status;
 }
 
+mr_status mr_mat_to_backend(const mr_kernels *k, mr_wtype wtype, const mr_mat *host, mr_mat *dev)
+{
+    *dev = *host;
+    upload_ctx u = {.k = k, .wtype = wtype, .status = MR_OK};
+    visit_mat(dev, upload_array, &u);
+    free(u.staging);
+    if (u.status == MR_OK) u.status = k->check();
+    if (u.status != MR_OK) visit_mat(dev, free_array, (void *)k);
+    return u.status;
+}
+
 mr_expert_w mr_mlp_view(const mr_mlp *m)
 {
     return (mr_expert_w){.gate = m->gate.w, .up = m->up.w, .down = m->down.w,
