@@ -14,6 +14,7 @@
 #include "runtime/placement.h"
 #include "prepare.h"
 #include "runtime/role.h"
+#include "runtime/route_pairs.h"
 
 typedef struct expert_state {
     mr_role role;
@@ -24,6 +25,8 @@ typedef struct expert_state {
     tp_msg *batch;           /* dispatches waiting to be served */
     int n_batch, cap_batch;
     ex_prepare prepare;      /* a re-placement PREPARE loading in the background */
+    mr_kbuf rows_in, rows_out; /* backend memory: the rows of the layer being served */
+    mr_route_pairs pairs;    /* --route-plane nccl: NCCL pairs with decode ranks */
 } expert_state;
 
 static bool holds(void *ctx, int layer, int expert)
@@ -123,88 +126,166 @@ static void send_load_report(expert_state *x)
     x->last_report = mr_now();
 }
 
-/* Answer every dispatch of `layer` in the batch with one expert pass. */
+/* One dispatch of the layer being served: its rows sit at row `at` of the
+ * layer's backend buffers. */
+typedef struct served {
+    int i;           /* index in x->batch */
+    mr_bulk_view v;
+    int at;
+    bool nccl;       /* MSG_DISPATCH_IDS: rows arrive (and leave) over the pair */
+    bool lost;       /* its rows never arrived: answered empty (the decode rank fails it) */
+} served;
+
+/* The decode ranks of the NCCL-carried dispatches in sv not lost yet. */
+static int nccl_ranks(const expert_state *x, const served *sv, int n, int *out)
+{
+    int m = 0;
+    for (int j = 0; j < n; j++)
+        if (sv[j].nccl && !sv[j].lost) out[m++] = x->batch[sv[j].i].src;
+    return m;
+}
+
+/* Receive (send = false) or send the rows of every NCCL-carried dispatch,
+ * each over its pair, and wait for all. A pair that fails marks its
+ * dispatches lost. */
+static void move_pair_rows(expert_state *x, served *sv, int n, float *rows, bool send)
+{
+    const int D = x->role.model.cfg.hidden_size;
+    int *ranks = malloc(sizeof(int) * (size_t)(n + 1));
+    if (!ranks) {
+        for (int j = 0; j < n; j++) sv[j].lost |= sv[j].nccl;
+        return;
+    }
+    const double timeout = 2.0 * x->role.opts.heartbeat_timeout_s;
+    int m = nccl_ranks(x, sv, n, ranks);
+    if (m > 0 && !send && mr_route_pairs_wait(&x->role, &x->pairs, ranks, m, timeout) != MR_OK)
+        MR_WARN("layer rows: %s", mr_last_error()); /* not ready: the post below fails */
+    for (int j = 0; j < n; j++) {
+        if (!sv[j].nccl || sv[j].lost) continue;
+        const int src = x->batch[sv[j].i].src;
+        np_plane *pl = mr_route_pair(&x->pairs, src);
+        np_xfer xf = {.peer = 0, .send = send, .buf = rows + (size_t)sv[j].at * D,
+                      .bytes = sizeof(float) * (size_t)sv[j].v.hdr.n_rows * D};
+        if (!pl || np_post(pl, &xf, 1) != MR_OK) {
+            MR_WARN("layer %d rows %s decode rank %d: %s", sv[j].v.hdr.layer,
+                    send ? "to" : "from", src, pl ? mr_last_error() : "no NCCL pair");
+            sv[j].lost = true;
+        }
+    }
+    m = nccl_ranks(x, sv, n, ranks);
+    for (int j = 0; m > 0 && j < m; j++) { /* wait pair by pair: a failure names its rank */
+        if (mr_route_pairs_wait(&x->role, &x->pairs, &ranks[j], 1, timeout) == MR_OK) continue;
+        MR_WARN("%s", mr_last_error());
+        for (int q = 0; q < n; q++)
+            if (sv[q].nccl && x->batch[sv[q].i].src == ranks[j]) sv[q].lost = true;
+    }
+    free(ranks);
+}
+
+/* The answer to one dispatch: MSG_COMBINE with its rows copied out of the
+ * backend (UCX), or MSG_COMBINE_IDS (slots only) whose rows follow over the
+ * pair. Zero rows when the pass failed or its rows were lost. */
+static uint8_t *answer_of(expert_state *x, const served *s, const float *out, bool ok,
+                          size_t *size)
+{
+    const int D = x->role.model.cfg.hidden_size;
+    const int kind = s->nccl ? MSG_COMBINE_IDS : MSG_COMBINE;
+    const int n = ok && !s->lost ? s->v.hdr.n_rows : 0;
+    *size = mr_bulk_size(kind, n, D);
+    uint8_t *reply = malloc(*size);
+    if (!reply) return NULL;
+    int32_t *slots;
+    float *rows;
+    mr_bulk_init(reply, kind, s->v.hdr.layer, n, D, s->v.hdr.seq, &slots, NULL, &rows);
+    if (n > 0) memcpy(slots, s->v.slots, sizeof(int32_t) * (size_t)n);
+    if (n > 0 && rows)
+        x->role.kernels->copy(rows, out + (size_t)s->at * D, sizeof(float) * (size_t)n * D,
+                              MR_COPY_D2H);
+    return reply;
+}
+
+/* Answer every dispatch of `layer` in the batch with one expert pass: the
+ * rows of every dispatch go into one backend buffer (UCX-carried ones
+ * copied in, NCCL-carried ones received in place), one mr_experts_run, the
+ * answers go back the way their dispatch came. */
 static void serve_layer(expert_state *x, int layer)
 {
     const mr_config *cfg = &x->role.model.cfg;
+    const mr_kernels *k = x->role.kernels;
     const int D = cfg->hidden_size;
-    int total = 0;
-    for (int i = 0; i < x->n_batch; i++) {
-        mr_bulk_hdr h;
-        memcpy(&h, x->batch[i].data, sizeof h);
-        if (h.layer == layer) total += h.n_rows;
+    served *sv = calloc((size_t)x->n_batch + 1, sizeof *sv);
+    uint8_t **replies = calloc((size_t)x->n_batch + 1, sizeof *replies);
+    int32_t *ints = NULL;
+    int n = 0, total = 0;
+    for (int i = 0; sv && i < x->n_batch; i++) {
+        const tp_msg *m = &x->batch[i];
+        mr_bulk_view v;
+        mr_bulk_view_of(m->data, m->len, m->type, D, cfg->num_hidden_layers, cfg->n_routed_experts,
+                        m->src, &v); /* validated on receipt */
+        if (v.hdr.layer != layer) continue;
+        sv[n++] = (served){.i = i, .v = v, .at = total, .nccl = m->type == MSG_DISPATCH_IDS};
+        total += v.hdr.n_rows;
     }
-    const float **rows = malloc(sizeof(float *) * (size_t)(total + 1));
-    float **outs = malloc(sizeof(float *) * (size_t)(total + 1));
-    int32_t *experts = malloc(sizeof(int32_t) * (size_t)(total + 1));
-    uint8_t **replies = calloc((size_t)x->n_batch, sizeof(uint8_t *));
-    if (!rows || !outs || !experts || !replies) {
-        MR_ERROR("expert: out of memory for %d rows", total);
+    ints = malloc(sizeof(int32_t) * 2 * (size_t)(total + 1));
+    mr_status st = sv && replies && ints ? MR_OK : mr_fail(MR_ENOMEM, "out of memory");
+    float *in = mr_kbuf_reserve(k, &x->rows_in, sizeof(float) * (size_t)(total ? total : 1) * D, &st);
+    float *out = mr_kbuf_reserve(k, &x->rows_out, sizeof(float) * (size_t)(total ? total : 1) * D, &st);
+    if (st != MR_OK) {
+        MR_ERROR("expert: layer %d, %d rows: %s", layer, total, mr_last_error());
         goto done;
     }
-    int n = 0;
-    for (int i = 0; i < x->n_batch; i++) {
-        mr_bulk_view v;
-        mr_bulk_view_of(x->batch[i].data, x->batch[i].len, MSG_DISPATCH, D, cfg->num_hidden_layers,
-                        cfg->n_routed_experts, x->batch[i].src, &v); /* validated on receipt */
-        if (v.hdr.layer != layer) continue;
-        replies[i] = malloc(mr_bulk_size(MSG_COMBINE, v.hdr.n_rows, D));
-        if (!replies[i]) goto done;
-        int32_t *slots;
-        float *out_rows;
-        mr_bulk_init(replies[i], MSG_COMBINE, layer, v.hdr.n_rows, D, v.hdr.seq, &slots, NULL,
-                     &out_rows);
-        for (int j = 0; j < v.hdr.n_rows; j++, n++) {
-            slots[j] = v.slots[j];
-            rows[n] = v.rows + (size_t)j * D;
-            outs[n] = out_rows + (size_t)j * D;
-            experts[n] = v.experts[j];
-            x->load[(size_t)layer * cfg->n_routed_experts + v.experts[j]]++;
+    int32_t *row = ints, *experts = ints + total + 1;
+    for (int j = 0; j < n; j++) {
+        const mr_bulk_view *v = &sv[j].v;
+        for (int q = 0; q < v->hdr.n_rows; q++) {
+            row[sv[j].at + q] = sv[j].at + q;
+            experts[sv[j].at + q] = v->experts[q];
+            x->load[(size_t)layer * cfg->n_routed_experts + v->experts[q]]++;
         }
+        if (!sv[j].nccl)
+            k->copy(in + (size_t)sv[j].at * D, v->rows, sizeof(float) * (size_t)v->hdr.n_rows * D,
+                    MR_COPY_H2D);
     }
     double t0 = mr_now();
-    mr_status st = mr_experts_forward(cfg, mr_role_expert_weights(&x->role), x->role.kernels,
-                                      &x->role.experts_ws, layer, n, rows,
-                                      experts, outs);
+    move_pair_rows(x, sv, n, in, false);
+    x->role.transfer_s += mr_now() - t0;
+    t0 = mr_now();
+    st = mr_experts_run(cfg, mr_role_expert_weights(&x->role), k, &x->role.experts_ws, layer, total,
+                        in, row, experts, out, row);
+    if (st == MR_OK) st = k->check(); /* the pairs' sends read `out` on their own streams */
     x->role.compute_s += mr_now() - t0;
-    x->role.tokens_processed += (uint64_t)n;
+    x->role.tokens_processed += (uint64_t)total;
     x->load_dirty = true;
-    for (int i = 0; i < x->n_batch; i++) {
-        if (!replies[i]) continue;
-        mr_bulk_hdr h;
-        memcpy(&h, replies[i], sizeof h);
-        size_t size = mr_bulk_size(MSG_COMBINE, h.n_rows, D);
-        if (st != MR_OK) { /* an empty answer: the decode rank reports the mismatch */
-            MR_WARN("layer %d dispatch from rank %d: %s", layer, x->batch[i].src, mr_last_error());
-            mr_bulk_hdr empty = h;
-            empty.n_rows = 0;
-            memcpy(replies[i], &empty, sizeof empty);
-            size = mr_bulk_size(MSG_COMBINE, 0, D);
-        }
+    if (st != MR_OK) MR_WARN("layer %d: %s", layer, mr_last_error());
+    for (int j = 0; j < n; j++) {
+        const int dst = x->batch[sv[j].i].src;
+        size_t size = 0;
+        replies[j] = answer_of(x, &sv[j], out, st == MR_OK, &size);
         double ts = mr_now();
-        /* zero-copy: replies[i] stays ours until the flush below */
-        if (tp_send_nocopy(x->role.tp, x->batch[i].src, MSG_COMBINE, replies[i], size) != MR_OK)
-            MR_WARN("answer to rank %d lost: %s", x->batch[i].src, mr_last_error());
+        /* zero-copy: replies[j] stays ours until the flush below */
+        if (!replies[j] || tp_send_nocopy(x->role.tp, dst, sv[j].nccl ? MSG_COMBINE_IDS : MSG_COMBINE,
+                                          replies[j], size) != MR_OK)
+            MR_WARN("answer to rank %d lost: %s", dst, replies[j] ? mr_last_error() : "out of memory");
         x->role.transfer_s += mr_now() - ts;
+        if (st != MR_OK) sv[j].lost = true; /* answered empty: no rows follow */
     }
+    t0 = mr_now();
+    move_pair_rows(x, sv, n, out, true);
     /* the answers must have left before their buffers are freed */
-    for (int i = 0; replies && i < x->n_batch; i++) {
-        if (!replies[i]) continue;
+    for (int j = 0; j < n; j++) {
+        const int dst = x->batch[sv[j].i].src;
         bool first = true; /* one flush per destination */
-        for (int j = 0; j < i && first; j++) first = !(replies[j] && x->batch[j].src == x->batch[i].src);
-        if (!first) continue;
-        double ts = mr_now();
-        mr_status fst = tp_flush(x->role.tp, x->batch[i].src, 2.0 * x->role.opts.heartbeat_timeout_s);
-        if (fst == MR_ETIMEDOUT)
-            tp_declare_dead(x->role.tp, x->batch[i].src, "combine send did not complete");
-        x->role.transfer_s += mr_now() - ts;
+        for (int q = 0; q < j && first; q++) first = x->batch[sv[q].i].src != dst;
+        if (!first || !replies[j]) continue;
+        if (tp_flush(x->role.tp, dst, 2.0 * x->role.opts.heartbeat_timeout_s) == MR_ETIMEDOUT)
+            tp_declare_dead(x->role.tp, dst, "combine send did not complete");
     }
+    x->role.transfer_s += mr_now() - t0;
 done:
-    for (int i = 0; replies && i < x->n_batch; i++) free(replies[i]);
+    for (int j = 0; replies && j < n; j++) free(replies[j]);
     free(replies);
-    free(rows);
-    free(outs);
-    free(experts);
+    free(sv);
+    free(ints);
 }
 
 static void serve_batch(expert_state *x)
@@ -231,11 +312,20 @@ static void handle_message(expert_state *x, tp_msg *m)
     const mr_config *cfg = &x->role.model.cfg;
     if (m->type == TP_MSG_PEER_DEAD) {
         MR_WARN("rank %d is dead", m->src);
+        mr_route_pairs_drop(&x->pairs, m->src, "the rank died");
         if (m->src == x->role.coordinator) x->role.shutdown = true;
-    } else if (m->type == MSG_DISPATCH) {
+    } else if (m->type == MSG_ROUTE_NCCL_ID) {
+        mr_route_pairs_answer(&x->role, &x->pairs, m);
+    } else if (m->type == MSG_DISPATCH || m->type == MSG_DISPATCH_IDS) {
         mr_bulk_view v;
-        if (mr_bulk_view_of(m->data, m->len, MSG_DISPATCH, cfg->hidden_size, cfg->num_hidden_layers,
+        if (mr_bulk_view_of(m->data, m->len, m->type, cfg->hidden_size, cfg->num_hidden_layers,
                             cfg->n_routed_experts, m->src, &v) != MR_OK) {
+            mr_role_reject(&x->role);
+            return;
+        }
+        if (m->type == MSG_DISPATCH_IDS && !mr_route_pair(&x->pairs, m->src)) {
+            mr_fail(MR_EPROTO, "dispatch over NCCL from rank %d, which has no NCCL pair here",
+                    m->src);
             mr_role_reject(&x->role);
             return;
         }
@@ -317,6 +407,11 @@ int main(int argc, char **argv)
     if (x.prepare.running) finish_prepare(&x, false);
     for (int i = 0; i < x.n_batch; i++) tp_msg_free(&x.batch[i]);
     free(x.batch);
+    mr_route_pairs_free(&x.pairs);
+    if (x.role.kernels) {
+        mr_kbuf_free(x.role.kernels, &x.rows_in);
+        mr_kbuf_free(x.role.kernels, &x.rows_out);
+    }
     free(x.load);
     mr_placement_free(&x.placement);
     return mr_role_finish(&x.role, st);

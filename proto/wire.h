@@ -8,7 +8,8 @@
  *
  * Bulk tensors: an mr_bulk_hdr followed by n_rows int32 slots (not for
  * MSG_EP_ROWS), for dispatch kinds n_rows int32 expert ids, then n_rows ×
- * dim floats (not for MSG_EP_ROUTE: its rows travel separately). mr_bulk_view()
+ * dim floats (not for MSG_EP_ROUTE / MSG_DISPATCH_IDS / MSG_COMBINE_IDS:
+ * their rows travel separately, over a data plane). mr_bulk_view()
  * validates a received buffer completely (magic, kind, dims, exact length,
  * expert ids in range) before returning pointers into it; floats are read
  * through memcpy-safe aligned offsets (header 32 B, int arrays keep 4-byte
@@ -31,7 +32,26 @@ enum {
     MSG_EP_ROUTE = 19,     /* prefill → prefill: which rows, for which experts (no rows) */
     MSG_EP_ROWS = 20,      /* prefill → prefill: rows only (the UCX EP data plane) */
     MSG_EP_NCCL_ID = 21,   /* prefill member 0 → the others: the NCCL plane's id (raw bytes) */
+    /* --route-plane nccl (decode ↔ expert pairs; docs/PROTOCOL.md) */
+    MSG_ROUTE_NCCL_ID = 22,   /* decode → expert: pair id + the decode's GPU (mr_route_pair_hello) */
+    MSG_ROUTE_NCCL_ACK = 23,  /* expert → decode: pair accepted, or refused and why */
+    MSG_DISPATCH_IDS = 24,    /* decode → expert: a dispatch whose rows follow over the pair */
+    MSG_COMBINE_IDS = 25,     /* expert → decode: its answer's slots; rows follow over the pair */
 };
+
+/* MSG_ROUTE_NCCL_ID body: the pair's NCCL id (NP_ID_BYTES) and where the
+ * decode rank's GPU is ("hostname/PCI bus id", NUL-terminated), so the
+ * expert rank can refuse a pair on its own GPU. MSG_ROUTE_NCCL_ACK body:
+ * accepted (1/0) then a NUL-terminated reason when refused. */
+#define MR_ROUTE_IDENTITY_MAX 192
+typedef struct mr_route_pair_hello {
+    unsigned char nccl_id[128];
+    char identity[MR_ROUTE_IDENTITY_MAX];
+} mr_route_pair_hello;
+typedef struct mr_route_pair_ack {
+    uint8_t accepted;
+    char reason[255];
+} mr_route_pair_ack;
 
 /* mr_bulk_hdr.reserved of an MSG_EP_ROWS message: which exchange it is. */
 enum { MR_EP_PHASE_DISPATCH = 1, MR_EP_PHASE_COMBINE = 2 };
@@ -67,9 +87,12 @@ typedef struct mr_bulk_view {
 static inline int mr_bulk_has_slots(int kind) { return kind != MSG_EP_ROWS; }
 static inline int mr_bulk_has_experts(int kind)
 {
-    return kind == MSG_DISPATCH || kind == MSG_EP_ROUTE;
+    return kind == MSG_DISPATCH || kind == MSG_EP_ROUTE || kind == MSG_DISPATCH_IDS;
 }
-static inline int mr_bulk_has_rows(int kind) { return kind != MSG_EP_ROUTE; }
+static inline int mr_bulk_has_rows(int kind)
+{
+    return kind != MSG_EP_ROUTE && kind != MSG_DISPATCH_IDS && kind != MSG_COMBINE_IDS;
+}
 
 /* Bytes of a bulk message of n_rows entries (rows of dim floats where the
  * kind carries rows). */
@@ -80,7 +103,7 @@ size_t mr_bulk_size(int kind, int n_rows, int dim);
 void mr_bulk_init(void *buf, int kind, int layer, int n_rows, int dim, uint64_t seq,
                   int32_t **slots, int32_t **experts, float **rows);
 
-/* A dispatch-kind message (MSG_DISPATCH / MSG_EP_ROUTE) of the routed
+/* A dispatch-kind message (MSG_DISPATCH / MSG_EP_ROUTE / MSG_DISPATCH_IDS) of the routed
  * slots whose destination is dst: for each slot s with route[s] == dst, in
  * slot order, its slot id, expert_ids[s] and (MSG_DISPATCH) the hidden row
  * h[s / top_k] (h is (n_slots / top_k, dim); unused for MSG_EP_ROUTE).

@@ -45,6 +45,9 @@ const char *mr_role_opts_usage(void)
            "  --ep-plane ucx|nccl      prefill wide-EP rows: staged through host memory over\n"
            "                           UCX (default), or NCCL between GPUs (--backend cuda,\n"
            "                           one GPU per prefill rank)\n"
+           "  --route-plane ucx|nccl   decode -> expert rows: UCX via host memory (default),\n"
+           "                           or NCCL between each decode/expert pair on distinct\n"
+           "                           GPUs (--backend cuda; pairs sharing a GPU use UCX)\n"
            "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
            "  --block-tokens N         tokens per KV block (default 16)\n"
            "  --max-batch-tokens N     prefill token budget per iteration (default 256)\n"
@@ -59,6 +62,15 @@ const char *mr_role_opts_usage(void)
            "  --rebalance-min-gain X   re-place when max/mean rank load drops by X (default 0.05)\n"
            "  --load-report-period S   expert ranks report per-expert load every S s (default 1)\n"
            "  --test-load-delay-ms N   test hook: expert ranks' background expert loads wait N ms\n";
+}
+
+/* --ep-plane / --route-plane: ucx or nccl. */
+static mr_status parse_plane(const char *flag, const char *v, bool *nccl)
+{
+    if (!strcmp(v, "ucx")) *nccl = false;
+    else if (!strcmp(v, "nccl")) *nccl = true;
+    else return mr_fail(MR_EINVAL, "%s: expected ucx or nccl, got '%s'", flag, v);
+    return MR_OK;
 }
 
 mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
@@ -90,11 +102,8 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
             o->bf16 = t == MR_WT_BF16;
         }
         else if (!strcmp(f, "--kv-dtype")) MR_TRY(mr_parse_dtype(f, v, &o->kv_dtype));
-        else if (!strcmp(f, "--ep-plane")) {
-            if (!strcmp(v, "ucx")) o->ep_nccl = false;
-            else if (!strcmp(v, "nccl")) o->ep_nccl = true;
-            else return mr_fail(MR_EINVAL, "--ep-plane: expected ucx or nccl, got '%s'", v);
-        }
+        else if (!strcmp(f, "--ep-plane")) MR_TRY(parse_plane(f, v, &o->ep_nccl));
+        else if (!strcmp(f, "--route-plane")) MR_TRY(parse_plane(f, v, &o->route_nccl));
         else if (!strcmp(f, "--kv-blocks")) MR_TRY(mr_parse_int(f, v, 1, 1 << 24, &o->kv_blocks));
         else if (!strcmp(f, "--block-tokens")) MR_TRY(mr_parse_int(f, v, 1, 4096, &o->block_tokens));
         else if (!strcmp(f, "--max-batch-tokens"))
@@ -139,6 +148,7 @@ cJSON *mr_role_opts_json(const mr_role_opts *o)
     cJSON_AddStringToObject(j, "weights", o->bf16 ? "bf16" : "fp32");
     cJSON_AddStringToObject(j, "kv_dtype", mr_wtype_name(o->kv_dtype));
     cJSON_AddStringToObject(j, "ep_plane", o->ep_nccl ? "nccl" : "ucx");
+    cJSON_AddStringToObject(j, "route_plane", o->route_nccl ? "nccl" : "ucx");
     cJSON_AddStringToObject(j, "attn", o->attn == MR_ATTN_NAIVE ? "naive" : "absorb");
     cJSON_AddNumberToObject(j, "kv_blocks", o->kv_blocks);
     cJSON_AddNumberToObject(j, "block_tokens", o->block_tokens);

@@ -18,6 +18,8 @@ struct np_plane {
     cudaStream_t stream;
     int device, n_members, member;
     bool broken;               /* aborted after a failure: every call fails fast */
+    bool pending;              /* a posted group not yet reported done (np_test) */
+    bool ready;                /* communicator creation finished (np_ready) */
     char why[256];
     void (*progress)(void *);  /* called while waiting (np_set_progress) */
     void *progress_ctx;
@@ -88,8 +90,8 @@ static mr_status wait_comm(np_plane *p, double deadline, const char *what)
     }
 }
 
-mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
-                    np_plane **out)
+mr_status np_create_start(const np_id *id, int n_members, int member, int device,
+                          np_plane **out)
 {
     *out = NULL;
     if (n_members < 1 || member < 0 || member >= n_members)
@@ -110,7 +112,6 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
         config.blocking = 0;
         ncclResult_t r = ncclCommInitRankConfig(&p->comm, n_members, uid, member, &config);
         if (r != ncclSuccess && r != ncclInProgress) st = fail_nccl(r, "ncclCommInitRankConfig");
-        else st = wait_comm(p, mr_now() + timeout_s, "communicator creation");
     }
     if (st != MR_OK) {
         plane_break(p);
@@ -121,15 +122,65 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
     return MR_OK;
 }
 
-mr_status np_exchange(np_plane *p, const np_xfer *x, int n, double timeout_s)
+mr_status np_ready(np_plane *p, bool *ready)
+{
+    *ready = false;
+    if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
+    if (p->ready) {
+        *ready = true;
+        return MR_OK;
+    }
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(p->comm, &state);
+    mr_status st = MR_OK;
+    if (r != ncclSuccess) st = fail_nccl(r, "ncclCommGetAsyncError");
+    else if (state != ncclSuccess && state != ncclInProgress)
+        st = fail_nccl(state, "communicator creation");
+    if (st != MR_OK) {
+        plane_break(p);
+        return mr_fail_prefix(st, "member %d of %d on GPU %d: ", p->member, p->n_members,
+                              p->device);
+    }
+    p->ready = *ready = state == ncclSuccess;
+    return MR_OK;
+}
+
+mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
+                    np_plane **out)
+{
+    MR_TRY(np_create_start(id, n_members, member, device, out));
+    np_plane *p = *out;
+    const double deadline = mr_now() + timeout_s;
+    mr_status st = MR_OK;
+    for (;;) {
+        bool ready = false;
+        st = np_ready(p, &ready);
+        if (st != MR_OK || ready) break;
+        if (mr_now() > deadline) {
+            st = mr_fail(MR_EPEER, "NCCL communicator creation: member %d of %d on GPU %d not "
+                         "done within %.1f s (a member missing?)", member, n_members, device,
+                         timeout_s);
+            break;
+        }
+        nap();
+    }
+    if (st != MR_OK) {
+        plane_break(p);
+        np_destroy(p);
+        *out = NULL;
+    }
+    return st;
+}
+
+mr_status np_post(np_plane *p, const np_xfer *x, int n)
 {
     if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
+    if (p->pending) return mr_fail(MR_EINVAL, "NCCL plane: a group is still pending");
+    if (!p->ready) return mr_fail(MR_EINVAL, "NCCL plane: the communicator is still being created");
     for (int i = 0; i < n; i++)
         if (x[i].peer < 0 || x[i].peer >= p->n_members || (x[i].bytes && !x[i].buf))
             return mr_fail(MR_EINVAL, "NCCL exchange: transfer %d: peer %d of %d, %zu bytes at %p",
                            i, x[i].peer, p->n_members, x[i].bytes, x[i].buf);
-    const double deadline = mr_now() + timeout_s;
-    mr_status st = MR_OK;
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n && r == ncclSuccess; i++) {
         if (x[i].bytes == 0) continue;
@@ -138,38 +189,75 @@ mr_status np_exchange(np_plane *p, const np_xfer *x, int n, double timeout_s)
     }
     ncclResult_t end = ncclGroupEnd();
     if (r == ncclSuccess) r = end;
-    if (r != ncclSuccess && r != ncclInProgress) st = fail_nccl(r, "group");
-    if (st == MR_OK) st = wait_comm(p, deadline, "group launch");
-    /* the transfers themselves: the stream drains, or an async error / deadline */
-    while (st == MR_OK) {
+    if (r != ncclSuccess && r != ncclInProgress) {
+        mr_status st = fail_nccl(r, "group");
+        plane_break(p);
+        return st;
+    }
+    p->pending = true;
+    return MR_OK;
+}
+
+mr_status np_test(np_plane *p, bool *done)
+{
+    *done = false;
+    if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
+    if (!p->pending) {
+        *done = true;
+        return MR_OK;
+    }
+    /* a non-blocking group may still be launching (ncclInProgress) */
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(p->comm, &state);
+    mr_status st = MR_OK;
+    if (r != ncclSuccess) st = fail_nccl(r, "ncclCommGetAsyncError");
+    else if (state != ncclSuccess && state != ncclInProgress) st = fail_nccl(state, "exchange");
+    if (st == MR_OK && state == ncclSuccess) {
         cudaError_t e = cudaStreamQuery(p->stream);
-        if (e == cudaSuccess) break;
-        if (e != cudaErrorNotReady) {
+        if (e == cudaSuccess) {
+            p->pending = false;
+            *done = true;
+        } else if (e != cudaErrorNotReady) {
             st = fail_cuda(e, "cudaStreamQuery");
-            break;
         }
-        ncclResult_t state = ncclSuccess;
-        ncclCommGetAsyncError(p->comm, &state);
-        if (state != ncclSuccess && state != ncclInProgress) {
-            st = fail_nccl(state, "exchange");
-            break;
-        }
-        if (mr_now() > deadline) {
-            st = mr_fail(MR_EPEER, "NCCL exchange: no completion within %.1f s (%d transfers; "
-                         "a peer is gone or did not post its side)", timeout_s, n);
-            break;
-        }
-        if (p->progress) p->progress(p->progress_ctx);
-        nap();
     }
     if (st != MR_OK) plane_break(p);
     return st;
 }
 
+void np_abort(np_plane *p, const char *why)
+{
+    if (!p || p->broken) return;
+    mr_fail(MR_EPEER, "%s", why);
+    plane_break(p);
+}
+
+mr_status np_exchange(np_plane *p, const np_xfer *x, int n, double timeout_s)
+{
+    const double deadline = mr_now() + timeout_s;
+    MR_TRY(np_post(p, x, n));
+    for (;;) {
+        bool done = false;
+        MR_TRY(np_test(p, &done));
+        if (done) return MR_OK;
+        if (mr_now() > deadline) {
+            mr_status st = mr_fail(MR_EPEER, "NCCL exchange: no completion within %.1f s (%d "
+                                   "transfers; a peer is gone or did not post its side)",
+                                   timeout_s, n);
+            plane_break(p);
+            return st;
+        }
+        if (p->progress) p->progress(p->progress_ctx);
+        nap();
+    }
+}
+
 void np_destroy(np_plane *p)
 {
     if (!p) return;
-    if (p->comm) {
+    if (p->comm && (!p->ready || p->pending)) {
+        ncclCommAbort(p->comm); /* never finished joining, or transfers still posted */
+    } else if (p->comm) {
         /* clean shutdown: flush, then destroy; abort if that does not finish */
         ncclResult_t r = ncclCommFinalize(p->comm);
         if (r == ncclSuccess || r == ncclInProgress) {

@@ -60,9 +60,35 @@ mr_status np_make_id(np_id *out);
 mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
                     np_plane **out);
 
+/* The same without waiting: the communicator is created in the background
+ * (NCCL's non-blocking init), so a rank can join several planes at once in
+ * any order; np_ready polls it (*ready = true once every member joined; an
+ * error fails and aborts the plane). np_post needs a ready plane. The
+ * caller owns the deadline (np_abort). */
+mr_status np_create_start(const np_id *id, int n_members, int member, int device,
+                          np_plane **out);
+mr_status np_ready(np_plane *plane, bool *ready);
+
 /* Issue every transfer as one group and wait until all completed, or fail
- * (and abort the plane) on an NCCL error or when timeout_s passes. */
+ * (and abort the plane) on an NCCL error or when timeout_s passes.
+ * = np_post, then np_test until done. */
 mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeout_s);
+
+/* The same in two halves, for a caller that waits on several planes (or on
+ * a plane and its control transport) at once. np_post issues the group and
+ * returns; the transfers are pending until np_test reports them done. A
+ * plane holds one pending group at a time (posting again before it is done
+ * is MR_EINVAL). Buffers must stay valid until done. */
+mr_status np_post(np_plane *plane, const np_xfer *xfers, int n);
+
+/* Non-blocking: *done = true when the pending group (if any) completed.
+ * An NCCL or CUDA error fails (and aborts the plane). No deadline here: the
+ * caller owns the clock and calls np_abort when its deadline passes. */
+mr_status np_test(np_plane *plane, bool *done);
+
+/* Abort the communicator now (a peer died, or a deadline passed): pending
+ * transfers are abandoned and every later call fails fast naming `why`. */
+void np_abort(np_plane *plane, const char *why);
 
 /* fn(ctx) is called regularly while np_exchange waits (e.g. to keep the
  * control transport's heartbeats flowing during a long exchange). */

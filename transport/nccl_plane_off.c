@@ -29,6 +29,24 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
     return off();
 }
 
+mr_status np_create_start(const np_id *id, int n_members, int member, int device,
+                          np_plane **out)
+{
+    (void)id;
+    (void)n_members;
+    (void)member;
+    (void)device;
+    *out = 0;
+    return off();
+}
+
+mr_status np_ready(np_plane *plane, bool *ready)
+{
+    (void)plane;
+    *ready = false;
+    return off();
+}
+
 mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeout_s)
 {
     (void)plane;
@@ -36,6 +54,27 @@ mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeo
     (void)n;
     (void)timeout_s;
     return off();
+}
+
+mr_status np_post(np_plane *plane, const np_xfer *xfers, int n)
+{
+    (void)plane;
+    (void)xfers;
+    (void)n;
+    return off();
+}
+
+mr_status np_test(np_plane *plane, bool *done)
+{
+    (void)plane;
+    *done = false;
+    return off();
+}
+
+void np_abort(np_plane *plane, const char *why)
+{
+    (void)plane;
+    (void)why;
 }
 
 void np_destroy(np_plane *plane)

@@ -4,6 +4,7 @@
  * cuda_gemm.cu, cuda_elementwise.cu, cuda_gate.cu and cuda_mla.cu.
  * Contract: kernels_cuda.h. */
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -398,6 +399,21 @@ extern "C" mr_status mr_cuda_device_describe(char *buf, size_t cap)
              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), prop.l2CacheSize >> 20,
              driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    return MR_OK;
+}
+
+extern "C" mr_status mr_cuda_backend_device(int *device, char *identity, size_t cap)
+{
+    pthread_mutex_lock(&state_lock);
+    const bool ready = state.ready;
+    const int dev = state.device;
+    pthread_mutex_unlock(&state_lock);
+    if (!ready) return mr_fail(MR_EUNSUPPORTED, "cuda backend: not running");
+    char host[256] = "?", bus[64] = "?";
+    gethostname(host, sizeof host - 1);
+    CUDA_TRY(cudaDeviceGetPCIBusId(bus, (int)sizeof bus, dev));
+    *device = dev;
+    snprintf(identity, cap, "%s/%s", host, bus);
     return MR_OK;
 }
 

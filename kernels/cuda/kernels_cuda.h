@@ -86,6 +86,12 @@ int mr_cuda_device_count(void);
  * the reason when there is no usable GPU, or when the backend already runs. */
 mr_status mr_cuda_select_device(int local_rank);
 
+/* The running backend's device: its index and "hostname/PCI bus id"
+ * (identity, cap bytes), so two ranks can tell whether they share one GPU
+ * (NCCL refuses two members on one device). MR_EUNSUPPORTED when the
+ * backend does not run. */
+mr_status mr_cuda_backend_device(int *device, char *identity, size_t cap);
+
 /* One line describing the current device ("NVIDIA H100 80GB HBM3, sm_90,
  * 132 SMs, 79.1 GiB, driver 13.0, runtime 13.0") into buf (cap bytes). */
 mr_status mr_cuda_device_describe(char *buf, size_t cap);

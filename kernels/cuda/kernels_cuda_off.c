@@ -59,6 +59,13 @@ mr_status mr_cuda_device_describe(char *buf, size_t cap)
     return cuda_off("mr_cuda_device_describe");
 }
 
+mr_status mr_cuda_backend_device(int *device, char *identity, size_t cap)
+{
+    *device = -1;
+    if (cap > 0) identity[0] = 0;
+    return cuda_off("cuda backend");
+}
+
 mr_status mr_cuda_select_device(int local_rank)
 {
     (void)local_rank;

@@ -89,6 +89,40 @@ int main(void)
           "the aborted plane refuses further exchanges");
 
     np_destroy(plane);
+
+    /* 4: the two halves (np_post / np_test / np_abort) on a fresh plane */
+    st = np_make_id(&id);
+    if (st == MR_OK) st = np_create(&id, 1, 0, 0, 60.0, &plane);
+    check(st == MR_OK, "second one-member plane created");
+    if (st == MR_OK) {
+        k->copy(dst[2], src[0], 1, MR_COPY_D2D); /* dirty the destination */
+        k->sync();
+        st = np_post(plane, x, 6);
+        bool done = false;
+        double deadline = mr_now() + 30.0;
+        while (st == MR_OK && !done && mr_now() < deadline) st = np_test(plane, &done);
+        check(st == MR_OK && done, "posted group of 3 self pairs reports done through np_test");
+        if (st == MR_OK && done) {
+            unsigned char *a = malloc(sizes[2]), *b = malloc(sizes[2]);
+            k->copy(a, src[2], sizes[2], MR_COPY_D2H);
+            k->copy(b, dst[2], sizes[2], MR_COPY_D2H);
+            check(memcmp(a, b, sizes[2]) == 0, "posted transfers arrive intact");
+            free(a);
+            free(b);
+        }
+        st = np_test(plane, &done);
+        check(st == MR_OK && done, "np_test with nothing pending is done");
+        st = np_post(plane, &lonely, 1); /* never matched: stays pending */
+        check(st == MR_OK, "an unmatched receive posts");
+        check(np_post(plane, &lonely, 1) == MR_EINVAL, "posting while a group is pending is MR_EINVAL");
+        st = np_test(plane, &done);
+        check(st == MR_OK && !done, "the unmatched receive is not done");
+        np_abort(plane, "test: peer declared dead");
+        st = np_test(plane, &done);
+        check(st == MR_EPEER && strstr(mr_last_error(), "peer declared dead") != NULL,
+              "after np_abort the plane fails fast naming why");
+        np_destroy(plane);
+    }
     for (int i = 0; i < 3; i++) {
         k->free(src[i]);
         k->free(dst[i]);
