@@ -10,6 +10,7 @@
 #include "model/sampler.h"
 #include "runtime/placement.h"
 #include "runtime/role.h"
+#include "runtime/route_pairs.h"
 
 typedef enum {
     REQ_WAITING_KV,   /* admitted, waiting for free KV blocks (FIFO) */
@@ -58,8 +59,16 @@ typedef struct decode_state {
 
     /* remote MoE scratch */
     int32_t *route;            /* (slots) destination rank */
+    int32_t *slot_scratch;     /* (2 * slots) host */
     int *rows_per_rank;        /* (ranks) */
     uint8_t **send_bufs;       /* (ranks) */
+    mr_kbuf h_host, out_host;  /* staging for UCX destinations (non-host backends) */
+    /* --route-plane nccl: pairs with expert ranks (runtime/route_pairs.h) */
+    mr_route_pairs pairs;
+    mr_kbuf *pair_idx;         /* (ranks) backend: [tokens | slots] of the rows sent */
+    mr_kbuf *pair_send, *pair_recv; /* (ranks) backend: the rows each way */
+    bool *pair_posted;         /* (ranks) a group is posted on that pair this layer */
+    int *pair_ranks;           /* (ranks) scratch */
 } decode_state;
 
 mr_status dec_setup(decode_state *d);

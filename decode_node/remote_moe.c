@@ -1,8 +1,20 @@
 /* decode_node/remote_moe.c — routed experts of one MoE layer on the expert
  * ranks: route every (token, k) slot to a live replica of its expert, send
- * one MSG_DISPATCH per destination rank, collect the MSG_COMBINE answers and
- * place each output row at its slot (the engine combines them in router
- * order). Messages that arrive meanwhile are set aside for the main loop. */
+ * one dispatch per destination rank, collect the answers and place each
+ * output row at its slot (the engine combines them in router order).
+ * Messages that arrive meanwhile are set aside for the main loop.
+ *
+ * Two ways rows travel (runtime/route_pairs.h):
+ *   UCX  — MSG_DISPATCH / MSG_COMBINE carry slots, expert ids and rows in
+ *          host memory (staged from/to the backend on a GPU);
+ *   NCCL — with a pair to that rank (--route-plane nccl, distinct GPUs):
+ *          MSG_DISPATCH_IDS / MSG_COMBINE_IDS carry slots and expert ids
+ *          only; the rows are gathered on the GPU and move as one
+ *          ncclSend + ncclRecv group on the pair, then are scattered into
+ *          place on the GPU.
+ * On a backend whose memory is not host memory the engine hands h and
+ * expert_out over in backend memory (mr_moe_exec.backend_io) and this file
+ * does the staging the UCX destinations need. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,35 +23,47 @@
 #include "common/timer.h"
 #include "decode_internal.h"
 
-/* Check and place one combine answer. */
+/* The slots sent to rank r, in slot order (what its answer must echo). */
+static int slots_of(const decode_state *d, int r, int n_slots, int32_t *out)
+{
+    int n = 0;
+    for (int s = 0; s < n_slots; s++)
+        if (d->route[s] == r) out[n++] = s;
+    return n;
+}
+
+/* Check one answer; a UCX answer's rows go to expert_out_host at their
+ * slots (an NCCL answer's rows arrive over the pair). */
 static mr_status take_combine(decode_state *d, const tp_msg *m, int layer, int n_slots,
-                              float *expert_out)
+                              float *expert_out_host)
 {
     const mr_config *cfg = &d->role.model.cfg;
     const int D = cfg->hidden_size;
+    const bool nccl = m->type == MSG_COMBINE_IDS;
     mr_bulk_view v;
-    MR_TRY(mr_bulk_view_of(m->data, m->len, MSG_COMBINE, D, cfg->num_hidden_layers,
+    MR_TRY(mr_bulk_view_of(m->data, m->len, m->type, D, cfg->num_hidden_layers,
                            cfg->n_routed_experts, m->src, &v));
     if (v.hdr.layer != layer || v.hdr.seq != d->step || v.hdr.n_rows != d->rows_per_rank[m->src])
         return mr_fail(MR_EPROTO, "expert rank %d answered layer %d step %llu with %d rows; "
                        "expected layer %d step %llu, %d rows", m->src, v.hdr.layer,
                        (unsigned long long)v.hdr.seq, v.hdr.n_rows, layer,
                        (unsigned long long)d->step, d->rows_per_rank[m->src]);
+    int32_t *sent = d->slot_scratch;
+    if (nccl) slots_of(d, m->src, n_slots, sent);
     for (int i = 0; i < v.hdr.n_rows; i++) {
         int slot = v.slots[i];
-        if (slot < 0 || slot >= n_slots || d->route[slot] != m->src)
-            return mr_fail(MR_EPROTO, "expert rank %d answered slot %d it was not sent", m->src,
-                           slot);
-        memcpy(expert_out + (size_t)slot * D, v.rows + (size_t)i * D, sizeof(float) * D);
+        if (slot < 0 || slot >= n_slots || d->route[slot] != m->src || (nccl && slot != sent[i]))
+            return mr_fail(MR_EPROTO, "expert rank %d answered slot %d it was not sent%s", m->src,
+                           slot, nccl ? " (or out of order)" : "");
+        if (!nccl)
+            memcpy(expert_out_host + (size_t)slot * D, v.rows + (size_t)i * D, sizeof(float) * D);
     }
     return MR_OK;
 }
 
-static mr_status send_dispatches(decode_state *d, int layer, const float *h, int n_slots,
-                                 const int32_t *expert_ids, int *n_pending)
+static mr_status route_slots(decode_state *d, int layer, int n_slots, const int32_t *expert_ids)
 {
-    const mr_config *cfg = &d->role.model.cfg;
-    const int D = cfg->hidden_size, K = cfg->num_experts_per_tok, n_ranks = tp_size(d->role.tp);
+    const int n_ranks = tp_size(d->role.tp);
     memset(d->rows_per_rank, 0, sizeof(int) * (size_t)n_ranks);
     for (int slot = 0; slot < n_slots; slot++) {
         int r = mr_placement_route(&d->placement, layer, expert_ids[slot], slot, d->alive);
@@ -51,16 +75,57 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, int
         d->route[slot] = r;
         d->rows_per_rank[r]++;
     }
+    return MR_OK;
+}
+
+/* Rows to rank r over its NCCL pair: gather them on the backend (token
+ * s / K of each slot s sent), post send + receive as one group. The slot
+ * list stays in the pair's index buffer for the scatter afterwards. */
+static mr_status post_pair(decode_state *d, int r, const float *h, int n_slots)
+{
+    const mr_kernels *k = d->role.kernels;
+    const int D = d->role.model.cfg.hidden_size, K = d->role.model.cfg.num_experts_per_tok;
+    int32_t *host = d->slot_scratch;
+    const int n = slots_of(d, r, n_slots, host + n_slots); /* slots at [n_slots, ...) */
+    for (int j = 0; j < n; j++) host[j] = host[n_slots + j] / K;
+    memmove(host + n, host + n_slots, sizeof(int32_t) * (size_t)n); /* [tokens | slots] */
+    mr_status st = MR_OK;
+    const size_t bytes = sizeof(float) * (size_t)n * D;
+    int32_t *idx = mr_kbuf_reserve(k, &d->pair_idx[r], sizeof(int32_t) * 2 * (size_t)n, &st);
+    float *send = mr_kbuf_reserve(k, &d->pair_send[r], bytes, &st);
+    float *recv = mr_kbuf_reserve(k, &d->pair_recv[r], bytes, &st);
+    if (st != MR_OK) return st;
+    k->copy(idx, host, sizeof(int32_t) * 2 * (size_t)n, MR_COPY_H2D);
+    k->gather_rows(h, MR_WT_F32, D, idx, 0, n, D, send);
+    MR_TRY(k->check()); /* NCCL reads `send` on the pair's own stream */
+    np_xfer x[2] = {{.peer = 1, .send = true, .buf = send, .bytes = bytes},
+                    {.peer = 1, .send = false, .buf = recv, .bytes = bytes}};
+    return np_post(mr_route_pair(&d->pairs, r), x, 2);
+}
+
+/* One dispatch per destination rank with rows. h is host memory for the
+ * UCX destinations (h_host) and backend memory for the NCCL ones (h). */
+static mr_status send_dispatches(decode_state *d, int layer, const float *h, const float *h_host,
+                                 int n_slots, const int32_t *expert_ids, int *n_pending)
+{
+    const mr_config *cfg = &d->role.model.cfg;
+    const int D = cfg->hidden_size, K = cfg->num_experts_per_tok, n_ranks = tp_size(d->role.tp);
     *n_pending = 0;
     for (int r = 0; r < n_ranks; r++) {
         if (d->rows_per_rank[r] == 0) continue;
+        const bool nccl = mr_route_pair(&d->pairs, r) != NULL;
+        const int kind = nccl ? MSG_DISPATCH_IDS : MSG_DISPATCH;
         size_t size = 0;
-        uint8_t *buf = mr_bulk_pack_routed(MSG_DISPATCH, layer, d->step, h, D, K, expert_ids,
-                                           d->route, n_slots, r, &size);
+        uint8_t *buf = mr_bulk_pack_routed(kind, layer, d->step, nccl ? NULL : h_host, D, K,
+                                           expert_ids, d->route, n_slots, r, &size);
         if (!buf) return mr_fail(MR_ENOMEM, "dispatch: out of memory");
         /* zero-copy: buf stays ours until release_dispatches() flushed it */
         d->send_bufs[r] = buf;
-        mr_status st = tp_send_nocopy(d->role.tp, r, MSG_DISPATCH, buf, size);
+        mr_status st = tp_send_nocopy(d->role.tp, r, (uint16_t)kind, buf, size);
+        if (st == MR_OK && nccl) {
+            st = post_pair(d, r, h, n_slots);
+            d->pair_posted[r] = st == MR_OK;
+        }
         if (st != MR_OK) return mr_fail_prefix(st, "dispatch to expert rank %d: ", r);
         (*n_pending)++;
     }
@@ -69,11 +134,21 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, int
 
 /* The layer's dispatch buffers may be freed once their sends completed: the
  * answers came back, so the flush only collects local completions (a dead
- * peer's flush fails fast, its buffer is free as well). */
+ * peer's flush fails fast, its buffer is free as well). A pair whose group
+ * is still posted after a failed layer is dropped: its buffers would be
+ * written behind our back, and its order with the expert rank is lost (that
+ * rank's rows go over UCX from now on). */
 static void release_dispatches(decode_state *d)
 {
     const int n_ranks = tp_size(d->role.tp);
     for (int r = 0; r < n_ranks; r++) {
+        if (d->pair_posted && d->pair_posted[r]) {
+            bool done = false;
+            np_plane *pl = mr_route_pair(&d->pairs, r);
+            if (pl && (np_test(pl, &done) != MR_OK || !done))
+                mr_route_pairs_drop(&d->pairs, r, "a layer failed with its rows in flight");
+            d->pair_posted[r] = false;
+        }
         if (!d->send_bufs[r]) continue;
         mr_status st = tp_flush(d->role.tp, r, 2.0 * d->role.opts.heartbeat_timeout_s);
         if (st == MR_ETIMEDOUT) {
@@ -86,16 +161,52 @@ static void release_dispatches(decode_state *d)
     }
 }
 
+/* Wait for every NCCL pair's group, then scatter its rows to their slots. */
+static mr_status finish_pairs(decode_state *d, float *expert_out)
+{
+    const mr_kernels *k = d->role.kernels;
+    const int D = d->role.model.cfg.hidden_size, n_ranks = tp_size(d->role.tp);
+    int *ranks = d->pair_ranks, m = 0;
+    for (int r = 0; r < n_ranks; r++)
+        if (d->pair_posted[r]) ranks[m++] = r;
+    if (m == 0) return MR_OK;
+    MR_TRY(mr_route_pairs_wait(&d->role, &d->pairs, ranks, m,
+                               2.0 * d->role.opts.heartbeat_timeout_s));
+    for (int i = 0; i < m; i++) {
+        const int r = ranks[i], n = d->rows_per_rank[r];
+        const int32_t *slots = (const int32_t *)d->pair_idx[r].p + n;
+        k->scatter_rows(d->pair_recv[r].p, n, D, slots, 0, expert_out, MR_WT_F32, D);
+        d->pair_posted[r] = false;
+    }
+    return MR_OK;
+}
+
 mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
                          const int32_t *expert_ids, const float *weights, float *expert_out)
 {
     decode_state *d = ctx;
     (void)weights; /* the engine applies them in its fixed combine */
+    const mr_kernels *k = d->role.kernels;
+    const int D = d->role.model.cfg.hidden_size;
     const int n_slots = n_tokens * d->role.model.cfg.num_experts_per_tok;
     const int n_ranks = tp_size(d->role.tp);
     double t0 = mr_now();
     int pending = 0;
-    mr_status st = send_dispatches(d, layer, h, n_slots, expert_ids, &pending);
+    mr_status st = route_slots(d, layer, n_slots, expert_ids);
+
+    /* host views of h and expert_out for the UCX destinations */
+    bool any_ucx = false;
+    for (int r = 0; r < n_ranks; r++)
+        any_ucx |= d->rows_per_rank[r] > 0 && !mr_route_pair(&d->pairs, r);
+    const float *h_host = h;
+    float *out_host = expert_out;
+    if (st == MR_OK && d->moe.backend_io && any_ucx) {
+        float *hh = mr_kbuf_reserve_host(k, &d->h_host, sizeof(float) * (size_t)n_tokens * D, &st);
+        out_host = mr_kbuf_reserve_host(k, &d->out_host, sizeof(float) * (size_t)n_slots * D, &st);
+        if (st == MR_OK) k->copy(hh, h, sizeof(float) * (size_t)n_tokens * D, MR_COPY_D2H);
+        h_host = hh;
+    }
+    if (st == MR_OK) st = send_dispatches(d, layer, h, h_host, n_slots, expert_ids, &pending);
     bool *answered = calloc((size_t)n_ranks, sizeof(bool));
     if (!answered && st == MR_OK) st = mr_fail(MR_ENOMEM, "out of memory");
     const double deadline = t0 + 2.0 * d->role.opts.heartbeat_timeout_s;
@@ -110,10 +221,12 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
             tp_wait(d->role.tp, 0.05);
             continue;
         }
-        bool awaited = m.src >= 0 && m.src < n_ranks && d->rows_per_rank[m.src] > 0 &&
-                       !answered[m.src];
-        if (m.type == MSG_COMBINE && awaited) {
-            st = take_combine(d, &m, layer, n_slots, expert_out);
+        const bool awaited = m.src >= 0 && m.src < n_ranks && d->rows_per_rank[m.src] > 0 &&
+                             !answered[m.src];
+        const bool nccl = awaited && mr_route_pair(&d->pairs, m.src) != NULL;
+        const bool answer = m.type == (nccl ? MSG_COMBINE_IDS : MSG_COMBINE);
+        if (answer && awaited) {
+            st = take_combine(d, &m, layer, n_slots, out_host);
             answered[m.src] = true;
             pending--;
             tp_msg_free(&m);
@@ -121,7 +234,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
             d->alive[m.src] = false;
             if (awaited) st = mr_fail(MR_EPEER, "lost expert rank %d (layer %d)", m.src, layer);
             mr_msgq_push(&d->role.deferred, &m); /* the main loop handles it too */
-        } else if (m.type == MSG_COMBINE) {
+        } else if (m.type == MSG_COMBINE || m.type == MSG_COMBINE_IDS) {
             MR_DEBUG("stale combine from rank %d dropped", m.src);
             tp_msg_free(&m);
         } else {
@@ -129,6 +242,11 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
         }
     }
     free(answered);
+    /* the UCX answers' rows first (whole slots image), then the pairs' rows
+     * scattered over it */
+    if (st == MR_OK && d->moe.backend_io && any_ucx)
+        k->copy(expert_out, out_host, sizeof(float) * (size_t)n_slots * D, MR_COPY_H2D);
+    if (st == MR_OK && d->pairs.n_nccl > 0) st = finish_pairs(d, expert_out);
     if (st != MR_OK) { /* keep this layer's error, not a flush's */
         char why[1024];
         snprintf(why, sizeof why, "%s", mr_last_error());

@@ -83,11 +83,18 @@ mr_status dec_setup(decode_state *d)
     d->batch_seqs = malloc(sizeof(mr_kv_seq *) * (size_t)max_b);
     d->logits = malloc(sizeof(float) * (size_t)max_b * cfg->vocab_size);
     d->route = malloc(sizeof(int32_t) * (size_t)max_b * K);
+    d->slot_scratch = malloc(sizeof(int32_t) * 2 * (size_t)max_b * K);
     d->rows_per_rank = calloc((size_t)n_ranks, sizeof(int));
     d->send_bufs = calloc((size_t)n_ranks, sizeof(uint8_t *));
+    d->pair_idx = calloc((size_t)n_ranks, sizeof(mr_kbuf));
+    d->pair_send = calloc((size_t)n_ranks, sizeof(mr_kbuf));
+    d->pair_recv = calloc((size_t)n_ranks, sizeof(mr_kbuf));
+    d->pair_posted = calloc((size_t)n_ranks, sizeof(bool));
+    d->pair_ranks = calloc((size_t)n_ranks, sizeof(int));
     if (!d->alive || !d->batch_reqs || !d->batch_ids || !d->batch_pos || !d->batch_next || !d->batch_draws ||
-        !d->batch_seqs ||
-        !d->logits || !d->route || !d->rows_per_rank || !d->send_bufs)
+        !d->batch_seqs || !d->logits || !d->route || !d->slot_scratch || !d->rows_per_rank ||
+        !d->send_bufs || !d->pair_idx || !d->pair_send || !d->pair_recv || !d->pair_posted ||
+        !d->pair_ranks)
         return mr_fail(MR_ENOMEM, "decode: out of memory for batch buffers");
     for (int i = 0; i < n_ranks; i++) d->alive[i] = true;
 
@@ -103,10 +110,12 @@ mr_status dec_setup(decode_state *d)
     d->pool = d->kv.pool;
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
+    d->moe.backend_io = !r->kernels->host_memory; /* remote_moe.c stages for UCX itself */
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_role_create_engine(r, &eo, &d->engine));
+    if (r->opts.route_nccl) MR_TRY(mr_route_pairs_offer(r, &d->pairs));
     MR_TRY(announce_pool(d));
     MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));
     MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB of %s rows), %d expert ranks",
@@ -134,6 +143,23 @@ void dec_teardown(decode_state *d)
     int n_ranks = d->role.tp ? tp_size(d->role.tp) : 0;
     for (int i = 0; d->send_bufs && i < n_ranks; i++) free(d->send_bufs[i]);
     free(d->send_bufs);
+    mr_route_pairs_free(&d->pairs); /* before the buffers its transfers used */
+    for (int i = 0; d->pair_idx && d->pair_send && d->pair_recv && d->role.kernels && i < n_ranks;
+         i++) {
+        mr_kbuf_free(d->role.kernels, &d->pair_idx[i]);
+        mr_kbuf_free(d->role.kernels, &d->pair_send[i]);
+        mr_kbuf_free(d->role.kernels, &d->pair_recv[i]);
+    }
+    if (d->role.kernels) {
+        mr_kbuf_free(d->role.kernels, &d->h_host);
+        mr_kbuf_free(d->role.kernels, &d->out_host);
+    }
+    free(d->pair_idx);
+    free(d->pair_send);
+    free(d->pair_recv);
+    free(d->pair_posted);
+    free(d->pair_ranks);
+    free(d->slot_scratch);
     free(d->rows_per_rank);
     free(d->route);
     free(d->alive);

@@ -138,6 +138,9 @@ def main():
                     help="latent KV rows on every rank and in generate")
     ap.add_argument("--ep-plane", default="ucx", choices=["ucx", "nccl"],
                     help="prefill wide-EP rows over UCX or NCCL (nccl: one GPU per prefill rank)")
+    ap.add_argument("--route-plane", default="ucx", choices=["ucx", "nccl"],
+                    help="decode -> expert rows over UCX or NCCL pairs (pairs on one GPU stay "
+                         "on UCX)")
     ap.add_argument("--hot-experts", default="",
                     help="synthesize with these experts persistently hot (moerun synth)")
     ap.add_argument("--rebalance-period", type=float, default=0.0,
@@ -196,7 +199,8 @@ def main():
                   "--block-tokens", str(args.block_tokens),
                   "--max-batch-tokens", str(args.max_batch_tokens), "--attn", args.attn,
                   "--backend", args.backend, "--precision", args.precision,
-                  "--ep-plane", args.ep_plane, "--kv-dtype", args.kv_dtype]
+                  "--ep-plane", args.ep_plane, "--route-plane", args.route_plane,
+                  "--kv-dtype", args.kv_dtype]
         if args.rebalance_period > 0:
             common += ["--rebalance-period", str(args.rebalance_period),
                        "--load-report-period", str(args.rebalance_period / 4)]
@@ -281,7 +285,8 @@ def main():
         summary = json.load(open(sum_path))
         config = summary.get("config", {})
         want_config = {"backend": args.backend, "weights": args.precision,
-                       "kv_dtype": args.kv_dtype, "ep_plane": args.ep_plane, "attn": args.attn}
+                       "kv_dtype": args.kv_dtype, "ep_plane": args.ep_plane,
+                       "route_plane": args.route_plane, "attn": args.attn}
         for key, value in want_config.items():
             if config.get(key) != value:
                 print(f"FAIL: summary config {key} = {config.get(key)!r}, ran with {value!r}")

@@ -316,14 +316,18 @@ def check_kv_pool_too_big(args, work):
 def check_nccl_needs_cuda(args, work):
     """--ep-plane nccl with prefill ranks on the cpu backend: both prefill
     ranks fail at start-up naming the reason (NCCL needs --backend cuda),
-    every request ends with an error, the launcher exits 1 (no hang)."""
-    r, results, took = run_launcher(args, work, ["--prefill", "2", "--decode", "1", "--expert",
-                                                 "1", "--ep-plane", "nccl"], 120)
-    failures = startup_failure(r, results, took)
-    lines = [x for x in r.stderr.splitlines()
-             if "prefill" in x and "--ep-plane nccl needs --backend cuda" in x]
-    if len(lines) < 2:
-        failures.append(f"{len(lines)} prefill ranks named the reason, expected 2")
+    every request ends with an error, the launcher exits 1 (no hang). The
+    same for --route-plane nccl and the decode rank."""
+    failures = []
+    for flag, role, want in (("--ep-plane", "prefill", 2), ("--route-plane", "decode", 1)):
+        r, results, took = run_launcher(args, work, ["--prefill", "2", "--decode", "1",
+                                                     "--expert", "1", flag, "nccl"], 120)
+        failures += [f"{flag} nccl: {x}" for x in startup_failure(r, results, took)]
+        lines = [x for x in r.stderr.splitlines()
+                 if role in x and f"{flag} nccl needs --backend cuda" in x]
+        if len(lines) < want:
+            failures.append(f"{flag} nccl: {len(lines)} {role} ranks named the reason, "
+                            f"expected {want}")
     return failures
 
 
