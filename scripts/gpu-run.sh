@@ -39,7 +39,8 @@
 #      cluster     tests/cluster/check_cluster.py --backend cuda, 1P1D1E and
 #                  2P1D2E, all ranks sharing the GPU, vs generate on cpu; the
 #                  sampled requests on the decode rank's GPU sampler; and
-#                  --ep-plane nccl (refused on one shared GPU, with a message)
+#                  --ep-plane nccl (refused on one shared GPU, with a message);
+#                  --route-plane nccl 1P2D2E (pairs on one GPU refused: UCX, same tokens)
 #      transport   moerun bench transport --staged cuda (GPU->host->UCX->GPU)
 #      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
 #      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE), fp32
@@ -196,6 +197,8 @@ run() {
       --build "$bin" --source . --layout 1,2,2 --backend cuda --no-logits --sampled
     step "cluster nccl ep plane" "$out/cluster.log" 300 python3 tests/cluster/check_faults.py \
       --build "$bin" --source . nccl-ep-on-gpus
+    step "cluster route plane nccl" "$out/cluster.log" 400 python3 tests/cluster/check_cluster.py \
+      --build "$bin" --source . --layout 1,2,2 --backend cuda --route-plane nccl
   fi
   if has transport; then
     MOERUN_BENCH_TRANSPORT_BIN="$bin/bench/moerun-bench-transport" \
