@@ -60,6 +60,10 @@ int mr_inject_garbage(mr_role *r, int n_each)
             tp_role role = tp_peer_info(r->tp, dst)->role;
             if (role == TP_ROLE_EXPERT || role == TP_ROLE_DECODE)
                 sent += send_bad_placement(r, dst, role); /* valid frame, hostile table */
+            if (role == TP_ROLE_EXPERT) { /* the --route-plane nccl messages */
+                sent += tp_send(r->tp, dst, MSG_ROUTE_NCCL_ID, buf, 100) == MR_OK; /* short */
+                sent += tp_send(r->tp, dst, MSG_DISPATCH_IDS, buf, 100) == MR_OK;  /* bad magic */
+            }
         }
     }
     free(buf);
