@@ -98,9 +98,9 @@ static mr_status post_pair(decode_state *d, int r, const float *h, int n_slots)
     k->copy(idx, host, sizeof(int32_t) * 2 * (size_t)n, MR_COPY_H2D);
     k->gather_rows(h, MR_WT_F32, D, idx, 0, n, D, send);
     MR_TRY(k->check()); /* NCCL reads `send` on the pair's own stream */
-    np_xfer x[2] = {{.peer = 1, .send = true, .buf = send, .bytes = bytes},
-                    {.peer = 1, .send = false, .buf = recv, .bytes = bytes}};
-    return np_post(mr_route_pair(&d->pairs, r), x, 2);
+    np_xfer x[2] = {{.send = true, .buf = send, .bytes = bytes},
+                    {.send = false, .buf = recv, .bytes = bytes}};
+    return mr_route_pair_post(&d->role, &d->pairs, r, x, 2);
 }
 
 /* One dispatch per destination rank with rows. h is host memory for the
@@ -113,7 +113,7 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, con
     *n_pending = 0;
     for (int r = 0; r < n_ranks; r++) {
         if (d->rows_per_rank[r] == 0) continue;
-        const bool nccl = mr_route_pair(&d->pairs, r) != NULL;
+        const bool nccl = mr_route_pairs_has(&d->pairs, r);
         const int kind = nccl ? MSG_DISPATCH_IDS : MSG_DISPATCH;
         size_t size = 0;
         uint8_t *buf = mr_bulk_pack_routed(kind, layer, d->step, nccl ? NULL : h_host, D, K,
@@ -143,9 +143,9 @@ static void release_dispatches(decode_state *d)
     const int n_ranks = tp_size(d->role.tp);
     for (int r = 0; r < n_ranks; r++) {
         if (d->pair_posted && d->pair_posted[r]) {
-            bool done = false;
-            np_plane *pl = mr_route_pair(&d->pairs, r);
-            if (pl && (np_test(pl, &done) != MR_OK || !done))
+            bool idle = false;
+            if (mr_route_pairs_has(&d->pairs, r) &&
+                (mr_route_pair_idle(&d->role, &d->pairs, r, &idle) != MR_OK || !idle))
                 mr_route_pairs_drop(&d->pairs, r, "a layer failed with its rows in flight");
             d->pair_posted[r] = false;
         }
@@ -162,7 +162,7 @@ static void release_dispatches(decode_state *d)
 }
 
 /* Wait for every NCCL pair's group, then scatter its rows to their slots. */
-static mr_status finish_pairs(decode_state *d, float *expert_out)
+static mr_status finish_pairs(decode_state *d, int layer, float *expert_out)
 {
     const mr_kernels *k = d->role.kernels;
     const int D = d->role.model.cfg.hidden_size, n_ranks = tp_size(d->role.tp);
@@ -170,8 +170,15 @@ static mr_status finish_pairs(decode_state *d, float *expert_out)
     for (int r = 0; r < n_ranks; r++)
         if (d->pair_posted[r]) ranks[m++] = r;
     if (m == 0) return MR_OK;
-    MR_TRY(mr_route_pairs_wait(&d->role, &d->pairs, ranks, m,
-                               2.0 * d->role.opts.heartbeat_timeout_s));
+    mr_status st = mr_route_pairs_wait(&d->role, &d->pairs, ranks, m,
+                                       2.0 * d->role.opts.heartbeat_timeout_s);
+    for (int i = 0; st != MR_OK && i < m; i++)
+        if (!tp_peer_alive(d->role.tp, ranks[i])) { /* name it as every lost-rank error does */
+            char why[512];
+            snprintf(why, sizeof why, "%s", mr_last_error());
+            return mr_fail(MR_EPEER, "lost expert rank %d (layer %d): %s", ranks[i], layer, why);
+        }
+    MR_TRY(st);
     for (int i = 0; i < m; i++) {
         const int r = ranks[i], n = d->rows_per_rank[r];
         const int32_t *slots = (const int32_t *)d->pair_idx[r].p + n;
@@ -197,7 +204,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
     /* host views of h and expert_out for the UCX destinations */
     bool any_ucx = false;
     for (int r = 0; r < n_ranks; r++)
-        any_ucx |= d->rows_per_rank[r] > 0 && !mr_route_pair(&d->pairs, r);
+        any_ucx |= d->rows_per_rank[r] > 0 && !mr_route_pairs_has(&d->pairs, r);
     const float *h_host = h;
     float *out_host = expert_out;
     if (st == MR_OK && d->moe.backend_io && any_ucx) {
@@ -223,7 +230,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
         }
         const bool awaited = m.src >= 0 && m.src < n_ranks && d->rows_per_rank[m.src] > 0 &&
                              !answered[m.src];
-        const bool nccl = awaited && mr_route_pair(&d->pairs, m.src) != NULL;
+        const bool nccl = awaited && mr_route_pairs_has(&d->pairs, m.src);
         const bool answer = m.type == (nccl ? MSG_COMBINE_IDS : MSG_COMBINE);
         if (answer && awaited) {
             st = take_combine(d, &m, layer, n_slots, out_host);
@@ -234,6 +241,8 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
             d->alive[m.src] = false;
             if (awaited) st = mr_fail(MR_EPEER, "lost expert rank %d (layer %d)", m.src, layer);
             mr_msgq_push(&d->role.deferred, &m); /* the main loop handles it too */
+        } else if (m.type == MSG_PAIR_ROWS) { /* a test pair's rows, early */
+            mr_route_pairs_deliver(&d->role, &d->pairs, &m);
         } else if (m.type == MSG_COMBINE || m.type == MSG_COMBINE_IDS) {
             MR_DEBUG("stale combine from rank %d dropped", m.src);
             tp_msg_free(&m);
@@ -246,7 +255,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
      * scattered over it */
     if (st == MR_OK && d->moe.backend_io && any_ucx)
         k->copy(expert_out, out_host, sizeof(float) * (size_t)n_slots * D, MR_COPY_H2D);
-    if (st == MR_OK && d->pairs.n_nccl > 0) st = finish_pairs(d, expert_out);
+    if (st == MR_OK && d->pairs.n_pairs > 0) st = finish_pairs(d, layer, expert_out);
     if (st != MR_OK) { /* keep this layer's error, not a flush's */
         char why[1024];
         snprintf(why, sizeof why, "%s", mr_last_error());

@@ -115,7 +115,7 @@ mr_status dec_setup(decode_state *d)
                          .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};
     MR_TRY(mr_role_create_engine(r, &eo, &d->engine));
-    if (r->opts.route_nccl) MR_TRY(mr_route_pairs_offer(r, &d->pairs));
+    if (r->opts.route_pairs) MR_TRY(mr_route_pairs_offer(r, &d->pairs));
     MR_TRY(announce_pool(d));
     MR_TRY(mr_role_send_ready(r, mr_kv_pool_free_blocks(d->pool), mr_kv_pool_total_blocks(d->pool)));
     MR_INFO("ready: KV pool %d blocks x %d tokens (%.1f MB of %s rows), %d expert ranks",

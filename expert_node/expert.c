@@ -163,12 +163,11 @@ static void move_pair_rows(expert_state *x, served *sv, int n, float *rows, bool
     for (int j = 0; j < n; j++) {
         if (!sv[j].nccl || sv[j].lost) continue;
         const int src = x->batch[sv[j].i].src;
-        np_plane *pl = mr_route_pair(&x->pairs, src);
-        np_xfer xf = {.peer = 0, .send = send, .buf = rows + (size_t)sv[j].at * D,
+        np_xfer xf = {.send = send, .buf = rows + (size_t)sv[j].at * D,
                       .bytes = sizeof(float) * (size_t)sv[j].v.hdr.n_rows * D};
-        if (!pl || np_post(pl, &xf, 1) != MR_OK) {
+        if (mr_route_pair_post(&x->role, &x->pairs, src, &xf, 1) != MR_OK) {
             MR_WARN("layer %d rows %s decode rank %d: %s", sv[j].v.hdr.layer,
-                    send ? "to" : "from", src, pl ? mr_last_error() : "no NCCL pair");
+                    send ? "to" : "from", src, mr_last_error());
             sv[j].lost = true;
         }
     }
@@ -316,6 +315,8 @@ static void handle_message(expert_state *x, tp_msg *m)
         if (m->src == x->role.coordinator) x->role.shutdown = true;
     } else if (m->type == MSG_ROUTE_NCCL_ID) {
         mr_route_pairs_answer(&x->role, &x->pairs, m);
+    } else if (m->type == MSG_PAIR_ROWS) {
+        mr_route_pairs_deliver(&x->role, &x->pairs, m);
     } else if (m->type == MSG_DISPATCH || m->type == MSG_DISPATCH_IDS) {
         mr_bulk_view v;
         if (mr_bulk_view_of(m->data, m->len, m->type, cfg->hidden_size, cfg->num_hidden_layers,
@@ -323,7 +324,7 @@ static void handle_message(expert_state *x, tp_msg *m)
             mr_role_reject(&x->role);
             return;
         }
-        if (m->type == MSG_DISPATCH_IDS && !mr_route_pair(&x->pairs, m->src)) {
+        if (m->type == MSG_DISPATCH_IDS && !mr_route_pairs_has(&x->pairs, m->src)) {
             mr_fail(MR_EPROTO, "dispatch over NCCL from rank %d, which has no NCCL pair here",
                     m->src);
             mr_role_reject(&x->role);

@@ -37,6 +37,7 @@ enum {
     MSG_ROUTE_NCCL_ACK = 23,  /* expert → decode: pair accepted, or refused and why */
     MSG_DISPATCH_IDS = 24,    /* decode → expert: a dispatch whose rows follow over the pair */
     MSG_COMBINE_IDS = 25,     /* expert → decode: its answer's slots; rows follow over the pair */
+    MSG_PAIR_ROWS = 26,       /* --route-plane test-pairs: a pair's rows as a message (raw floats) */
 };
 
 /* MSG_ROUTE_NCCL_ID body: the pair's NCCL id (NP_ID_BYTES) and where the
@@ -47,6 +48,8 @@ enum {
 typedef struct mr_route_pair_hello {
     unsigned char nccl_id[128];
     char identity[MR_ROUTE_IDENTITY_MAX];
+    uint8_t test_pairs;   /* --route-plane test-pairs: rows as MSG_PAIR_ROWS, no NCCL */
+    uint8_t pad[7];
 } mr_route_pair_hello;
 typedef struct mr_route_pair_ack {
     uint8_t accepted;

@@ -47,7 +47,9 @@ const char *mr_role_opts_usage(void)
            "                           one GPU per prefill rank)\n"
            "  --route-plane ucx|nccl   decode -> expert rows: UCX via host memory (default),\n"
            "                           or NCCL between each decode/expert pair on distinct\n"
-           "                           GPUs (--backend cuda; pairs sharing a GPU use UCX)\n"
+           "                           GPUs (--backend cuda; pairs sharing a GPU use UCX);\n"
+           "                           test-pairs: the pairs' schedule with their rows as\n"
+           "                           UCX messages, on any backend (test hook)\n"
            "  --kv-blocks N            decode KV pool size in blocks (default 256)\n"
            "  --block-tokens N         tokens per KV block (default 16)\n"
            "  --max-batch-tokens N     prefill token budget per iteration (default 256)\n"
@@ -103,7 +105,11 @@ mr_status mr_role_opts_parse(int argc, char **argv, mr_role_opts *o)
         }
         else if (!strcmp(f, "--kv-dtype")) MR_TRY(mr_parse_dtype(f, v, &o->kv_dtype));
         else if (!strcmp(f, "--ep-plane")) MR_TRY(parse_plane(f, v, &o->ep_nccl));
-        else if (!strcmp(f, "--route-plane")) MR_TRY(parse_plane(f, v, &o->route_nccl));
+        else if (!strcmp(f, "--route-plane")) {
+            o->route_test_pairs = !strcmp(v, "test-pairs");
+            if (o->route_test_pairs) o->route_pairs = true;
+            else MR_TRY(parse_plane(f, v, &o->route_pairs));
+        }
         else if (!strcmp(f, "--kv-blocks")) MR_TRY(mr_parse_int(f, v, 1, 1 << 24, &o->kv_blocks));
         else if (!strcmp(f, "--block-tokens")) MR_TRY(mr_parse_int(f, v, 1, 4096, &o->block_tokens));
         else if (!strcmp(f, "--max-batch-tokens"))
@@ -148,7 +154,9 @@ cJSON *mr_role_opts_json(const mr_role_opts *o)
     cJSON_AddStringToObject(j, "weights", o->bf16 ? "bf16" : "fp32");
     cJSON_AddStringToObject(j, "kv_dtype", mr_wtype_name(o->kv_dtype));
     cJSON_AddStringToObject(j, "ep_plane", o->ep_nccl ? "nccl" : "ucx");
-    cJSON_AddStringToObject(j, "route_plane", o->route_nccl ? "nccl" : "ucx");
+    cJSON_AddStringToObject(j, "route_plane", o->route_test_pairs ? "test-pairs"
+                                              : o->route_pairs    ? "nccl"
+                                                                  : "ucx");
     cJSON_AddStringToObject(j, "attn", o->attn == MR_ATTN_NAIVE ? "naive" : "absorb");
     cJSON_AddNumberToObject(j, "kv_blocks", o->kv_blocks);
     cJSON_AddNumberToObject(j, "block_tokens", o->block_tokens);

@@ -24,7 +24,8 @@ typedef struct mr_role_opts {
     bool bf16;                    /* --precision bf16 (bf16 weight matrices; default fp32) */
     mr_wtype kv_dtype;            /* --kv-dtype: latent KV cache rows fp32 (default) or bf16 */
     bool ep_nccl;                 /* --ep-plane nccl: prefill wide-EP rows over NCCL (default ucx) */
-    bool route_nccl;              /* --route-plane nccl: decode<->expert rows over NCCL pairs */
+    bool route_pairs;             /* --route-plane nccl|test-pairs: decode<->expert pairs */
+    bool route_test_pairs;        /* test-pairs: the pairs' rows as UCX messages (test hook) */
     int kv_blocks;                /* decode: blocks in the KV pool */
     int block_tokens;             /* tokens per KV block (all roles must agree) */
     int max_batch_tokens;         /* prefill: token budget per iteration */

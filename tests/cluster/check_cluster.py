@@ -138,9 +138,9 @@ def main():
                     help="latent KV rows on every rank and in generate")
     ap.add_argument("--ep-plane", default="ucx", choices=["ucx", "nccl"],
                     help="prefill wide-EP rows over UCX or NCCL (nccl: one GPU per prefill rank)")
-    ap.add_argument("--route-plane", default="ucx", choices=["ucx", "nccl"],
+    ap.add_argument("--route-plane", default="ucx", choices=["ucx", "nccl", "test-pairs"],
                     help="decode -> expert rows over UCX or NCCL pairs (pairs on one GPU stay "
-                         "on UCX)")
+                         "on UCX); test-pairs: the pairs' schedule with rows as UCX messages")
     ap.add_argument("--hot-experts", default="",
                     help="synthesize with these experts persistently hot (moerun synth)")
     ap.add_argument("--rebalance-period", type=float, default=0.0,

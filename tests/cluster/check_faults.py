@@ -9,7 +9,7 @@
       valid requests complete, every rank rejected the frames and kept serving,
       and the launcher exits non-zero (some requests failed).
 
-  check_faults.py --build B --source S kill-expert|kill-decode
+  check_faults.py --build B --source S kill-expert|kill-decode|kill-expert-test-pairs
       SIGKILL one expert (or decode) rank while many requests are running.
       Expect: nothing hangs — the launcher exits non-zero within a bound, every
       request has a result, completed or ending with an error naming the lost
@@ -99,7 +99,7 @@ def kill_one(exe, work):
     return int(pids[0])
 
 
-def check_kill(args, work, role):
+def check_kill(args, work, role, extra=()):
     synth(args.build, os.path.join(work, "model"))
     req = os.path.join(work, "req.jsonl")
     with open(req, "w") as f:
@@ -109,7 +109,7 @@ def check_kill(args, work, role):
     out, summ = os.path.join(work, "out.jsonl"), os.path.join(work, "summary.json")
     cmd = [os.path.join(args.source, "launch", "moerun-cluster"), "--prefill", "1", "--decode", "2",
            "--expert", "2", "--model", os.path.join(work, "model"), "--requests", req,
-           "--out", out, "--summary", summ, "--heartbeat-timeout", "10"]
+           "--out", out, "--summary", summ, "--heartbeat-timeout", "10"] + list(extra)
     log = open(os.path.join(work, "launcher.log"), "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launcher_env(args.build))
     exe = {"expert": "moerun-expert", "decode": "moerun-decode"}[role]
@@ -379,6 +379,9 @@ CHECKS = {
     "kill-expert": lambda args, work: check_kill(args, work, "expert"),
     "kill-decode": lambda args, work: check_kill(args, work, "decode"),
     "kill-expert-recover": check_kill_recover,
+    # the same over --route-plane test-pairs: a pair whose peer died is dropped
+    "kill-expert-test-pairs": lambda args, work: check_kill(args, work, "expert",
+                                                            ["--route-plane", "test-pairs"]),
     "no-gpu": check_no_gpu,
     "nccl-needs-cuda": check_nccl_needs_cuda,
     "slow-startup": check_slow_startup,
