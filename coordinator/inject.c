@@ -63,6 +63,7 @@ int mr_inject_garbage(mr_role *r, int n_each)
             if (role == TP_ROLE_EXPERT) { /* the --route-plane nccl messages */
                 sent += tp_send(r->tp, dst, MSG_ROUTE_NCCL_ID, buf, 100) == MR_OK; /* short */
                 sent += tp_send(r->tp, dst, MSG_DISPATCH_IDS, buf, 100) == MR_OK;  /* bad magic */
+                sent += tp_send(r->tp, dst, MSG_PAIR_ROWS, buf, 100) == MR_OK;     /* no pair */
             }
         }
     }

@@ -77,9 +77,9 @@ def check_bad_input(args, work):
     summary = json.load(open(summ))
     n_ranks = 1 + 2 + 1 + 2
     # 3 malformed frames to every rank, plus a hostile Placement table to each
-    # decode (1) and expert (2) rank, plus a short pair offer and a bad
-    # MSG_DISPATCH_IDS to each expert rank (2)
-    want_rejected = 3 * n_garbage * (n_ranks - 1) + n_garbage * (1 + 2) + 2 * n_garbage * 2
+    # decode (1) and expert (2) rank, plus a short pair offer, a bad
+    # MSG_DISPATCH_IDS and pair rows without a pair to each expert rank (2)
+    want_rejected = 3 * n_garbage * (n_ranks - 1) + n_garbage * (1 + 2) + 3 * n_garbage * 2
     if summary.get("frames_rejected", 0) < want_rejected:
         failures.append(f"frames_rejected {summary.get('frames_rejected')} < {want_rejected}")
     if summary.get("dead_ranks"):
