@@ -338,8 +338,7 @@ static void cap_print_assumptions(const cap_report *r)
            "per GPU\n", 100 * d->mem_util, d->decode_max_batch, d->prefill_chunk_tokens);
     printf("layer time = max(bytes / HBM, FLOPs / peak, all-to-all / links); comm overlaps "
            "compute; balanced experts (EPLB); decode sized for the mean rate\n");
-    printf("not modeled: MTP, prefix cache, kernel and message latency, activation traffic, the KV "
-           "transfer prefill -> decode\n");
+    printf("not modeled: MTP, prefix cache, kernel and message latency, activation traffic\n");
 }
 
 static cJSON *cap_json_prefill(const cap_report *r)

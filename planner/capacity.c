@@ -72,10 +72,13 @@ static void attention_work(const mr_cap_model *m, const mr_cap_batch *b, mr_cap_
     w->hbm_bytes = attn * weight_scale_bytes(m) +
                    b->kv_rows * mr_config_latent_dim(c) * m->dep.kv_bytes;
     w->gemm_flops = 2.0 * T * attn;
-    if (b->phase == MR_CAP_DECODE) /* absorbed: scores over C + R, values over C */
+    if (b->phase == MR_CAP_DECODE) { /* absorbed: scores over C + R, values over C */
         w->bf16_flops = H * pairs * (4.0 * C + 2.0 * R);
-    else /* expanded per head: QK over nope + rope, PV over v_head */
+    } else { /* expanded per head: QK over nope + rope, PV over v_head */
         w->bf16_flops = 2.0 * H * pairs * (nope + R) + 2.0 * H * pairs * vd;
+        /* every prompt token's latent KV row leaves for its decode node */
+        w->net_bytes = T * mr_config_latent_dim(c) * m->dep.kv_bytes;
+    }
 }
 
 void mr_cap_layer_work(const mr_cap_model *m, int ep_gpus, bool moe, const mr_cap_batch *b,
@@ -104,11 +107,11 @@ void mr_cap_layer_work(const mr_cap_model *m, int ep_gpus, bool moe, const mr_ca
     const double gpn = m->hw.gpus_per_node < ep_gpus ? m->hw.gpus_per_node : ep_gpus;
     if (b->phase == MR_CAP_DECODE) {
         w->nvlink_bytes = T * K * (gpn - 1.0) / G * copy;
-        w->net_bytes = T * K * (G - gpn) / G * copy;
+        w->net_bytes += T * K * (G - gpn) / G * copy;
     } else {
         const double nodes = G / gpn;
         w->nvlink_bytes = T * K * (gpn - 1.0) / gpn * copy;
-        w->net_bytes = T * (nodes - 1.0) * (1.0 - pow(1.0 - 1.0 / nodes, K)) * copy;
+        w->net_bytes += T * (nodes - 1.0) * (1.0 - pow(1.0 - 1.0 / nodes, K)) * copy;
     }
 }
 
@@ -213,7 +216,7 @@ void mr_cap_afd_layer_work(const mr_cap_model *m, int attn_gpus, int expert_gpus
     attn->hbm_bytes += E * D * 2.0 /* router, bf16 */ + shared * ws;
     attn->bf16_flops += 2.0 * T * E * D;
     attn->gemm_flops += 2.0 * T * shared;
-    attn->net_bytes = T * mr_cap_afd_net_bytes_per_token(m);
+    attn->net_bytes += T * mr_cap_afd_net_bytes_per_token(m);
 
     /* the expert GPUs see every attention GPU's tokens, K rows each */
     const double tokens = (double)attn_gpus * T, rows = tokens * K / expert_gpus;

@@ -38,7 +38,9 @@
  *    the ones on other nodes cross the scale-out network. Prefill (DeepEP
  *    normal style): a token crosses the network once per remote node that
  *    holds one of its experts, (n−1)·(1 − (1 − 1/n)^K) nodes expected of n;
- *    every copy that leaves its GPU crosses NVLink once.
+ *    every copy that leaves its GPU crosses NVLink once. Prefill also sends
+ *    every prompt token's latent KV row of the layer to its decode node over
+ *    the same network (kv_lora + rope values in the KV dtype).
  *  - Attention: decode is MLA absorbed into the latent (per token:
  *    H·ctx·(4·kv_lora + 2·rope) bf16 FLOPs and ctx latent rows read);
  *    prefill expands K/V per head (2·H·ctx·(nope + rope + v_head) FLOPs per
@@ -48,8 +50,9 @@
  *    takes up to prefill_chunk_tokens prompt tokens (first the rest of the
  *    request it is in the middle of, then new requests from the queue head;
  *    a request stays on the GPU that started it); a chunk takes the cost
- *    model's time. TTFT = end of the request's last chunk − arrival (no KV
- *    transfer, no first decode step). A GPU's EP peers are assumed to be as
+ *    model's time. TTFT = end of the request's last chunk − arrival (the
+ *    KV transfer's bandwidth is in the chunk's network term; no first
+ *    decode step). A GPU's EP peers are assumed to be as
  *    busy as itself (lockstep, balanced), which overstates a lone request's
  *    expert FLOPs and so is conservative.
  *  - Decode: output tokens per second demanded = arrival rate × mean output

@@ -121,6 +121,9 @@ static void test_tiny_layer_bytes_and_flops_equal_hand_computed(void **state)
     mr_cap_layer_work(&m, 1, false, &b, &w);
     assert_near(w.bf16_flops, 2 * 2 * 6 * 3 + 2 * 2 * 6 * 2, 1e-12);
     assert_near(w.gemm_flops, 2 * 3 * (74 + 96), 1e-12);
+    /* each prompt token's latent KV row (3 values, bf16) goes to a decode node */
+    assert_near(w.net_bytes, 3 * 3 * 2, 1e-12);
+    assert_near(w.nvlink_bytes, 0, 1e-12);
 }
 
 static void test_all_to_all_volume_per_layer_equals_hand_computed(void **state)
@@ -138,9 +141,11 @@ static void test_all_to_all_volume_per_layer_equals_hand_computed(void **state)
     b.phase = MR_CAP_PREFILL;
     mr_cap_layer_work(&m, 16, true, &b, &w);
     assert_near(w.nvlink_bytes, 10 * 2 * 7.0 / 8 * copy, 1e-12);
-    assert_near(w.net_bytes, 10 * 1 * (1 - 0.25) * copy, 1e-12); /* once per remote node hit */
+    const double kv_out = 10 * 3 * 2; /* prompt tokens' latent KV rows to decode (bf16) */
+    assert_near(w.net_bytes, 10 * 1 * (1 - 0.25) * copy + kv_out, 1e-12); /* once per remote node hit */
     mr_cap_layer_work(&m, 16, false, &b, &w);
-    assert_near(w.nvlink_bytes + w.net_bytes, 0, 1e-12); /* dense layers do not all-to-all */
+    assert_near(w.nvlink_bytes, 0, 1e-12); /* dense layers do not all-to-all */
+    assert_near(w.net_bytes, kv_out, 1e-12);
 }
 
 static void test_roofline_takes_the_slowest_of_memory_math_and_links(void **state)
