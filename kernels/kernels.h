@@ -231,7 +231,9 @@ typedef struct mr_kernels {
      * row_start[n_groups]. Every expert has the same dim and inter. Results
      * equal one expert_ffn per group (cpu does exactly that); cuda issues the
      * gate and up GEMMs of all groups as one grouped GEMM, one SwiGLU over
-     * all rows, and the down GEMMs as a second grouped GEMM.
+     * all rows, and the down GEMMs as a second grouped GEMM (fp32 weights
+     * and precision; cuBLAS's grouped GEMM has no BF16 -> FP32 form, so
+     * bf16 runs one cublasGemmEx per group).
      * experts and row_start are host memory. scratch: 2 * n_rows * inter. */
     void (*experts_grouped)(const mr_expert_w *experts, int n_groups, const int32_t *row_start,
                             const float *x, float *out, float *scratch);

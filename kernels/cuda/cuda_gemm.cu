@@ -220,14 +220,42 @@ static mr_status grouped_ptrs(size_t n, const void **host, const void ***dev)
     return MR_OK;
 }
 
+/* Type combinations cublasGemmGroupedBatchedEx refused with
+ * CUBLAS_STATUS_NOT_SUPPORTED, one bit per (ab_type, compute type): its
+ * documented table has BF16 inputs only with a BF16 C and no
+ * COMPUTE_32F_FAST_16BF, so BF16 weights (FP32 C) and
+ * MR_CUDA_PRECISION_BF16 are expected to take the per-problem path after
+ * one refused call. */
+static unsigned grouped_refused;
+
+static unsigned grouped_key(cudaDataType ab_type, cublasComputeType_t compute)
+{
+    return 1u << ((ab_type == CUDA_R_16BF ? 2u : 0u) + (compute != CUBLAS_COMPUTE_32F ? 1u : 0u));
+}
+
+/* problems[i] as one cu_gemm_rm_typed each */
+static mr_status grouped_gemm_loop(int n_probs, const int *rows, int n, int k,
+                                   const void *const *a, const void *const *w, float *const *c,
+                                   cudaDataType ab_type)
+{
+    for (int i = 0; i < n_probs; i++)
+        MR_TRY(cu_gemm_rm_typed(false, true, rows[i], n, k, 1.0f, a[i], k, 0, w[i], k, 0, ab_type,
+                                0.0f, c[i], n, 0, 1));
+    return MR_OK;
+}
+
 /* problems[i]: C_i(rows_i, n) = A_i(rows_i, k) · W_i(n, k)ᵀ, row-major, A and
  * W both of type ab_type, as one cublasGemmGroupedBatchedEx with one group
  * per problem (rows differ). Should this cuBLAS refuse the type combination
- * (CUBLAS_STATUS_NOT_SUPPORTED), the problems run as one GEMM each. */
+ * (CUBLAS_STATUS_NOT_SUPPORTED), the problems run as one GEMM each, now and
+ * in every later call with that combination. */
 static mr_status grouped_gemm_rm(int n_probs, const int *rows, int n, int k, const void *const *a,
                                  const void *const *w, float *const *c, cudaDataType ab_type)
 {
     if (n_probs == 0) return MR_OK;
+    const cublasComputeType_t compute = cu_compute_type(ab_type);
+    const unsigned key = grouped_key(ab_type, compute);
+    if (grouped_refused & key) return grouped_gemm_loop(n_probs, rows, n, k, a, w, c, ab_type);
     const size_t np = (size_t)n_probs;
     cublasOperation_t *ta = (cublasOperation_t *)malloc(np * sizeof *ta);
     cublasOperation_t *tb = (cublasOperation_t *)malloc(np * sizeof *tb);
@@ -265,12 +293,10 @@ static mr_status grouped_gemm_rm(int n_probs, const int *rows, int n, int k, con
         int *ldc = m_arr; /* ldc = n for every problem, the same as m_arr */
         cublasStatus_t err = cublasGemmGroupedBatchedEx(
             cu_blas(), ta, tb, m_arr, n_arr, k_arr, alpha, dev, ab_type, lda, dev + np, ab_type,
-            ldb, beta, (void *const *)(dev + 2 * np), CUDA_R_32F, ldc, n_probs, gsize,
-            cu_compute_type(ab_type));
+            ldb, beta, (void *const *)(dev + 2 * np), CUDA_R_32F, ldc, n_probs, gsize, compute);
         if (err == CUBLAS_STATUS_NOT_SUPPORTED) {
-            for (size_t i = 0; i < np && st == MR_OK; i++)
-                st = cu_gemm_rm_typed(false, true, rows[i], n, k, 1.0f, a[i], k, 0, w[i], k, 0,
-                                      ab_type, 0.0f, c[i], n, 0, 1);
+            grouped_refused |= key;
+            st = grouped_gemm_loop(n_probs, rows, n, k, a, w, c, ab_type);
         } else if (err != CUBLAS_STATUS_SUCCESS) {
             st = cu_fail_cublas(err, "cublasGemmGroupedBatchedEx", __FILE__, __LINE__);
         }

@@ -29,8 +29,16 @@
 #define MAX_C_PER_LANE 32 /* kv_lora <= 1024 */
 #define MAX_R_PER_LANE 4  /* rope_dim <= 128 */
 
+/* 1024 threads per block: left unbounded, ptxas gives this kernel 107
+ * registers (q and acc alone are 64 floats per lane), and 1024 x 112 is more
+ * than a block's 64K registers, so every launch would fail with
+ * cudaErrorLaunchOutOfResources. The bound caps it at 64 registers (ptxas
+ * -v, sm_90: 164 bytes of spill stores). The other way out, 16 heads per
+ * block (512 threads, 108 registers, no spills, the latent read twice as
+ * often), is for a GPU session to measure against this one. */
 template <typename T>
-__global__ void mla_decode_paged_kernel(const float *q_lat, const float *q_pe, int q_pe_ld,
+__global__ void __launch_bounds__(HEADS_PER_BLOCK * 32)
+    mla_decode_paged_kernel(const float *q_lat, const float *q_pe, int q_pe_ld,
                                         int q_pe_hstride, const int32_t *seq, int n_heads,
                                         int C, int R, const T *kv, const int32_t *rows,
                                         int row_base, float scale, float *out_lat)

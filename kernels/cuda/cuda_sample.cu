@@ -33,15 +33,17 @@ typedef struct sample_job {
 static cu_growbuf jobs_buf, keys_buf, vals_buf, offsets_buf, temp_buf;
 
 __global__ void sample_scale_kernel(const float *logits, int vocab, const sample_job *jobs,
-                                    float *keys, int32_t *ids)
+                                    int n_jobs, float *keys, int32_t *ids)
 {
-    const sample_job *j = &jobs[blockIdx.y];
-    const float *row = logits + (size_t)j->row * (size_t)vocab;
-    float *k = keys + (size_t)blockIdx.y * (size_t)vocab;
-    int32_t *v = ids + (size_t)blockIdx.y * (size_t)vocab;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vocab; i += gridDim.x * blockDim.x) {
-        k[i] = row[i] / j->temperature + 0.0f; /* IEEE division; −0 → +0 */
-        v[i] = i;
+    for (int y = blockIdx.y; y < n_jobs; y += gridDim.y) { /* gridDim.y <= 65535 */
+        const sample_job *j = &jobs[y];
+        const float *row = logits + (size_t)j->row * (size_t)vocab;
+        float *k = keys + (size_t)y * (size_t)vocab;
+        int32_t *v = ids + (size_t)y * (size_t)vocab;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vocab; i += gridDim.x * blockDim.x) {
+            k[i] = row[i] / j->temperature + 0.0f; /* IEEE division; −0 → +0 */
+            v[i] = i;
+        }
     }
 }
 
@@ -147,8 +149,9 @@ static mr_status sample_rows_impl(const float *logits, int n_rows, int vocab,
     int32_t *ids_in = (int32_t *)vals_buf.p, *ids_out = ids_in + elems;
     int *offsets = (int *)offsets_buf.p;
     const dim3 grid(cu_grid_1d((size_t)vocab, 256) < 64 ? cu_grid_1d((size_t)vocab, 256) : 64,
-                    (unsigned)n_jobs);
-    sample_scale_kernel<<<grid, 256, 0, cu_stream()>>>(logits, vocab, jobs, keys_in, ids_in);
+                    (unsigned)(n_jobs < 65535 ? n_jobs : 65535));
+    sample_scale_kernel<<<grid, 256, 0, cu_stream()>>>(logits, vocab, jobs, n_jobs, keys_in,
+                                                       ids_in);
     CU_LAUNCH_TRY();
     sample_offsets_kernel<<<cu_grid_1d((size_t)n_jobs + 1, 256), 256, 0, cu_stream()>>>(
         n_jobs, vocab, offsets);

@@ -40,8 +40,9 @@
 /* GEMM precision of the CUDA backend (matmul, expert_ffn, mla_*):
  *  FP32: fp32 inputs and products, fp32 accumulation (cuBLAS COMPUTE_32F,
  *        default math mode: no TF32). The default.
- *  BF16: inputs rounded to bfloat16 by cuBLAS, fp32 accumulation
- *        (COMPUTE_32F_FAST_16BF, tensor cores); arrays stay fp32.
+ *  BF16: inputs down-converted by cuBLAS (COMPUTE_32F_FAST_16BF: bfloat16
+ *        or TF32, cuBLAS's choice), fp32 accumulation, tensor cores; arrays
+ *        stay fp32.
  * Element-wise ops, softmax and the router are fp32 in both modes. */
 typedef enum mr_cuda_precision {
     MR_CUDA_PRECISION_FP32 = 0,

@@ -221,8 +221,52 @@ static void check_sample(gt_ctx *t, int n_rows, int n)
     gt_case_end(t);
 }
 
+/* Rows whose pick is decided by the tie order alone (random rows almost never
+ * land on a planted tie): all logits equal (a stable sort keeps id order, so
+ * u = 0.5 picks id ~n/2), only ids 1 (-0.0) and 2 (+0.0) finite (p = 0.5
+ * each: u = 0.25 picks id 1, as the CPU sees them equal), and 7-way ties cut
+ * by top-k inside a tie. */
+static void check_sample_ties(gt_ctx *t, int n)
+{
+    enum { N_ROWS = 3 };
+    float *x = gt_host(t, (size_t)N_ROWS * n);
+    mr_sample_row *rows = (mr_sample_row *)gt_host(t, N_ROWS * sizeof(mr_sample_row) / 4 + 1);
+    for (int i = 0; i < n; i++) {
+        x[i] = 1.0f;
+        x[(size_t)n + i] = -INFINITY;
+        x[2 * (size_t)n + i] = (float)(i % 7);
+    }
+    x[(size_t)n + 1] = -0.0f;
+    x[(size_t)n + 2] = 0.0f;
+    for (int r = 0; r < N_ROWS; r++) {
+        rows[r].temperature = 1.0f;
+        rows[r].top_p = 1.0f;
+        rows[r].top_k = 0;
+        rows[r].pad = 0;
+    }
+    rows[0].u = 0.5;
+    rows[1].u = 0.25;
+    rows[2].u = 0.7;
+    rows[2].top_k = 10;
+    int32_t want[N_ROWS], got[N_ROWS];
+    float *dx = gt_upload(t, x, (size_t)N_ROWS * n * sizeof(float));
+    int32_t *dout = gt_dev_alloc(t, sizeof got);
+    t->cpu->sample_rows(x, N_ROWS, n, rows, want);
+    t->gpu->sample_rows(dx, N_ROWS, n, rows, dout);
+    gt_download(t, got, dout, sizeof got);
+    char what[128], detail[128];
+    snprintf(what, sizeof what, "sample_rows vocab=%d: exact ties and -0/+0 decide the pick", n);
+    snprintf(detail, sizeof detail, "gpu %d %d %d, cpu %d %d %d", got[0], got[1], got[2], want[0],
+             want[1], want[2]);
+    gt_check_backend(t, what);
+    gt_check_true(t, what, memcmp(got, want, sizeof got) == 0, detail);
+    gt_case_end(t);
+}
+
 void gt_test_sample_rows(gt_ctx *t)
 {
+    check_sample_ties(t, 257);
+    check_sample_ties(t, 129280);
     check_sample(t, 1, 1);
     check_sample(t, 10, 257);
     check_sample(t, 64, 129280); /* DeepSeek-V3 vocabulary, a decode batch */
