@@ -26,6 +26,7 @@ typedef struct expert_state {
     int n_batch, cap_batch;
     ex_prepare prepare;      /* a re-placement PREPARE loading in the background */
     mr_kbuf rows_in, rows_out; /* backend memory: the rows of the layer being served */
+    mr_kbuf rows_stage;      /* staging host memory of those rows (non-host backends) */
     mr_route_pairs pairs;    /* --route-plane nccl: NCCL pairs with decode ranks */
 } expert_state;
 
@@ -181,10 +182,11 @@ static void move_pair_rows(expert_state *x, served *sv, int n, float *rows, bool
     free(ranks);
 }
 
-/* The answer to one dispatch: MSG_COMBINE with its rows copied out of the
- * backend (UCX), or MSG_COMBINE_IDS (slots only) whose rows follow over the
- * pair. Zero rows when the pass failed or its rows were lost. */
-static uint8_t *answer_of(expert_state *x, const served *s, const float *out, bool ok,
+/* The answer to one dispatch: MSG_COMBINE with its rows (from out_host,
+ * the layer's output rows in host memory) for UCX, or MSG_COMBINE_IDS
+ * (slots only) whose rows follow over the pair. Zero rows when the pass
+ * failed or its rows were lost. */
+static uint8_t *answer_of(expert_state *x, const served *s, const float *out_host, bool ok,
                           size_t *size)
 {
     const int D = x->role.model.cfg.hidden_size;
@@ -198,8 +200,7 @@ static uint8_t *answer_of(expert_state *x, const served *s, const float *out, bo
     mr_bulk_init(reply, kind, s->v.hdr.layer, n, D, s->v.hdr.seq, &slots, NULL, &rows);
     if (n > 0) memcpy(slots, s->v.slots, sizeof(int32_t) * (size_t)n);
     if (n > 0 && rows)
-        x->role.kernels->copy(rows, out + (size_t)s->at * D, sizeof(float) * (size_t)n * D,
-                              MR_COPY_D2H);
+        memcpy(rows, out_host + (size_t)s->at * D, sizeof(float) * (size_t)n * D);
     return reply;
 }
 
@@ -227,8 +228,16 @@ static void serve_layer(expert_state *x, int layer)
     }
     ints = malloc(sizeof(int32_t) * 2 * (size_t)(total + 1));
     mr_status st = sv && replies && ints ? MR_OK : mr_fail(MR_ENOMEM, "out of memory");
-    float *in = mr_kbuf_reserve(k, &x->rows_in, sizeof(float) * (size_t)(total ? total : 1) * D, &st);
-    float *out = mr_kbuf_reserve(k, &x->rows_out, sizeof(float) * (size_t)(total ? total : 1) * D, &st);
+    const size_t bytes = sizeof(float) * (size_t)(total ? total : 1) * D;
+    float *in = mr_kbuf_reserve(k, &x->rows_in, bytes, &st);
+    float *out = mr_kbuf_reserve(k, &x->rows_out, bytes, &st);
+    /* UCX-carried rows go through one staging image of the layer's rows on a
+     * non-host backend: one copy each way, from and to pinned memory */
+    bool any_ucx = false;
+    for (int j = 0; j < n; j++) any_ucx |= !sv[j].nccl;
+    float *stage = !k->host_memory && any_ucx ? mr_kbuf_reserve_host(k, &x->rows_stage, bytes, &st)
+                                               : NULL;
+    float *rows_host = stage ? stage : in; /* where UCX rows are assembled */
     if (st != MR_OK) {
         MR_ERROR("expert: layer %d, %d rows: %s", layer, total, mr_last_error());
         goto done;
@@ -242,9 +251,11 @@ static void serve_layer(expert_state *x, int layer)
             x->load[(size_t)layer * cfg->n_routed_experts + v->experts[q]]++;
         }
         if (!sv[j].nccl)
-            k->copy(in + (size_t)sv[j].at * D, v->rows, sizeof(float) * (size_t)v->hdr.n_rows * D,
-                    MR_COPY_H2D);
+            memcpy(rows_host + (size_t)sv[j].at * D, v->rows,
+                   sizeof(float) * (size_t)v->hdr.n_rows * D);
     }
+    /* (before any pair receives into `in`: this copy covers every row) */
+    if (stage) k->copy(in, stage, sizeof(float) * (size_t)total * D, MR_COPY_H2D);
     double t0 = mr_now();
     move_pair_rows(x, sv, n, in, false);
     x->role.transfer_s += mr_now() - t0;
@@ -256,10 +267,15 @@ static void serve_layer(expert_state *x, int layer)
     x->role.tokens_processed += (uint64_t)total;
     x->load_dirty = true;
     if (st != MR_OK) MR_WARN("layer %d: %s", layer, mr_last_error());
+    const float *out_host = out;
+    if (stage && st == MR_OK) {
+        k->copy(stage, out, sizeof(float) * (size_t)total * D, MR_COPY_D2H);
+        out_host = stage;
+    }
     for (int j = 0; j < n; j++) {
         const int dst = x->batch[sv[j].i].src;
         size_t size = 0;
-        replies[j] = answer_of(x, &sv[j], out, st == MR_OK, &size);
+        replies[j] = answer_of(x, &sv[j], out_host, st == MR_OK, &size);
         double ts = mr_now();
         /* zero-copy: replies[j] stays ours until the flush below */
         if (!replies[j] || tp_send_nocopy(x->role.tp, dst, sv[j].nccl ? MSG_COMBINE_IDS : MSG_COMBINE,
@@ -412,6 +428,7 @@ int main(int argc, char **argv)
     if (x.role.kernels) {
         mr_kbuf_free(x.role.kernels, &x.rows_in);
         mr_kbuf_free(x.role.kernels, &x.rows_out);
+        mr_kbuf_free(x.role.kernels, &x.rows_stage);
     }
     free(x.load);
     mr_placement_free(&x.placement);
