@@ -111,21 +111,35 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, con
     const mr_config *cfg = &d->role.model.cfg;
     const int D = cfg->hidden_size, K = cfg->num_experts_per_tok, n_ranks = tp_size(d->role.tp);
     *n_pending = 0;
+    /* every pair's buffers before the first post: growing one (cudaFree +
+     * cudaMalloc) may synchronize the device, i.e. wait for the groups
+     * already posted on the other pairs */
+    for (int r = 0; r < n_ranks; r++) {
+        if (d->rows_per_rank[r] == 0 || !mr_route_pairs_has(&d->pairs, r)) continue;
+        const size_t n = (size_t)d->rows_per_rank[r];
+        mr_status st = MR_OK;
+        mr_kbuf_reserve(d->role.kernels, &d->pair_idx[r], sizeof(int32_t) * 2 * n, &st);
+        mr_kbuf_reserve(d->role.kernels, &d->pair_send[r], sizeof(float) * n * D, &st);
+        mr_kbuf_reserve(d->role.kernels, &d->pair_recv[r], sizeof(float) * n * D, &st);
+        if (st != MR_OK) return st;
+    }
     for (int r = 0; r < n_ranks; r++) {
         if (d->rows_per_rank[r] == 0) continue;
         const bool nccl = mr_route_pairs_has(&d->pairs, r);
         const int kind = nccl ? MSG_DISPATCH_IDS : MSG_DISPATCH;
+        mr_status st = MR_OK;
+        if (nccl) { /* before the ids leave: the expert rank waits for rows it was told of */
+            st = post_pair(d, r, h, n_slots);
+            d->pair_posted[r] = st == MR_OK;
+            if (st != MR_OK) return mr_fail_prefix(st, "dispatch to expert rank %d: ", r);
+        }
         size_t size = 0;
         uint8_t *buf = mr_bulk_pack_routed(kind, layer, d->step, nccl ? NULL : h_host, D, K,
                                            expert_ids, d->route, n_slots, r, &size);
         if (!buf) return mr_fail(MR_ENOMEM, "dispatch: out of memory");
         /* zero-copy: buf stays ours until release_dispatches() flushed it */
         d->send_bufs[r] = buf;
-        mr_status st = tp_send_nocopy(d->role.tp, r, (uint16_t)kind, buf, size);
-        if (st == MR_OK && nccl) {
-            st = post_pair(d, r, h, n_slots);
-            d->pair_posted[r] = st == MR_OK;
-        }
+        st = tp_send_nocopy(d->role.tp, r, (uint16_t)kind, buf, size);
         if (st != MR_OK) return mr_fail_prefix(st, "dispatch to expert rank %d: ", r);
         (*n_pending)++;
     }
@@ -138,9 +152,27 @@ static mr_status send_dispatches(decode_state *d, int layer, const float *h, con
  * is still posted after a failed layer is dropped: its buffers would be
  * written behind our back, and its order with the expert rank is lost (that
  * rank's rows go over UCX from now on). */
-static void release_dispatches(decode_state *d)
+static void release_dispatches(decode_state *d, const bool *answered)
 {
     const int n_ranks = tp_size(d->role.tp);
+    /* a failed layer: a pair whose expert rank answered (its rows follow over
+     * the pair whatever became of the layer here) finishes first, instead of
+     * being dropped for good; the wait drops those that do not finish, one
+     * deadline for all */
+    int *ranks = d->pair_ranks, m = 0;
+    for (int r = 0; answered && d->pair_posted && r < n_ranks; r++)
+        if (d->pair_posted[r] && answered[r] && mr_route_pairs_has(&d->pairs, r)) ranks[m++] = r;
+    const double until = mr_now() + 2.0 * d->role.opts.heartbeat_timeout_s;
+    while (m > 0) {
+        const double left = until - mr_now();
+        if (mr_route_pairs_wait(&d->role, &d->pairs, ranks, m, left > 0 ? left : 0) == MR_OK) break;
+        MR_WARN("%s", mr_last_error()); /* that pair was dropped; wait on for the others */
+        int k = 0;
+        for (int i = 0; i < m; i++)
+            if (mr_route_pairs_has(&d->pairs, ranks[i])) ranks[k++] = ranks[i];
+        if (k == m) break;
+        m = k;
+    }
     for (int r = 0; r < n_ranks; r++) {
         if (d->pair_posted && d->pair_posted[r]) {
             bool idle = false;
@@ -225,7 +257,16 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
                              "%.0f s", layer, pending, deadline - t0);
                 break;
             }
-            tp_wait(d->role.tp, 0.05);
+            /* the pairs' groups move on meanwhile: an ordered post issues its
+             * receives once its sends are enqueued (np_post_ordered) */
+            bool moving = false;
+            for (int r = 0; r < n_ranks; r++) {
+                bool idle = true;
+                if (d->pair_posted[r] && mr_route_pairs_has(&d->pairs, r) &&
+                    mr_route_pair_idle(&d->role, &d->pairs, r, &idle) == MR_OK && !idle)
+                    moving = true; /* an error shows again in finish_pairs */
+            }
+            tp_wait(d->role.tp, moving ? 0.0002 : 0.05);
             continue;
         }
         const bool awaited = m.src >= 0 && m.src < n_ranks && d->rows_per_rank[m.src] > 0 &&
@@ -234,7 +275,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
         const bool answer = m.type == (nccl ? MSG_COMBINE_IDS : MSG_COMBINE);
         if (answer && awaited) {
             st = take_combine(d, &m, layer, n_slots, out_host);
-            answered[m.src] = true;
+            answered[m.src] = st == MR_OK; /* rows follow over a pair only after a good answer */
             pending--;
             tp_msg_free(&m);
         } else if (m.type == TP_MSG_PEER_DEAD) {
@@ -250,7 +291,6 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
             mr_msgq_push(&d->role.deferred, &m);
         }
     }
-    free(answered);
     /* the UCX answers' rows first (whole slots image), then the pairs' rows
      * scattered over it */
     if (st == MR_OK && d->moe.backend_io && any_ucx)
@@ -259,11 +299,12 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
     if (st != MR_OK) { /* keep this layer's error, not a flush's */
         char why[1024];
         snprintf(why, sizeof why, "%s", mr_last_error());
-        release_dispatches(d);
+        release_dispatches(d, answered);
         st = mr_fail(st, "%s", why);
     } else {
-        release_dispatches(d);
+        release_dispatches(d, answered);
     }
+    free(answered);
     d->moe_wait_s += mr_now() - t0;
     return st;
 }

@@ -157,10 +157,15 @@ static void move_pair_rows(expert_state *x, served *sv, int n, float *rows, bool
         for (int j = 0; j < n; j++) sv[j].lost |= sv[j].nccl;
         return;
     }
-    const double timeout = 2.0 * x->role.opts.heartbeat_timeout_s;
+    /* one deadline for the whole phase: a stuck pair must not hold the other
+     * decode ranks' rows longer than one timeout */
+    const double until = mr_now() + 2.0 * x->role.opts.heartbeat_timeout_s;
     int m = nccl_ranks(x, sv, n, ranks);
-    if (m > 0 && !send && mr_route_pairs_wait(&x->role, &x->pairs, ranks, m, timeout) != MR_OK)
-        MR_WARN("layer rows: %s", mr_last_error()); /* not ready: the post below fails */
+    for (int j = 0; !send && j < m; j++) { /* ready, pair by pair: one failing leaves the others */
+        const double left = until - mr_now();
+        if (mr_route_pairs_wait(&x->role, &x->pairs, &ranks[j], 1, left > 0 ? left : 0) != MR_OK)
+            MR_WARN("layer rows: %s", mr_last_error()); /* dropped: the post below fails */
+    }
     for (int j = 0; j < n; j++) {
         if (!sv[j].nccl || sv[j].lost) continue;
         const int src = x->batch[sv[j].i].src;
@@ -174,7 +179,9 @@ static void move_pair_rows(expert_state *x, served *sv, int n, float *rows, bool
     }
     m = nccl_ranks(x, sv, n, ranks);
     for (int j = 0; m > 0 && j < m; j++) { /* wait pair by pair: a failure names its rank */
-        if (mr_route_pairs_wait(&x->role, &x->pairs, &ranks[j], 1, timeout) == MR_OK) continue;
+        const double left = until - mr_now();
+        if (mr_route_pairs_wait(&x->role, &x->pairs, &ranks[j], 1, left > 0 ? left : 0) == MR_OK)
+            continue;
         MR_WARN("%s", mr_last_error());
         for (int q = 0; q < n; q++)
             if (sv[q].nccl && x->batch[sv[q].i].src == ranks[j]) sv[q].lost = true;
@@ -340,6 +347,10 @@ static void handle_message(expert_state *x, tp_msg *m)
             mr_role_reject(&x->role);
             return;
         }
+        if (m->type == MSG_DISPATCH && mr_route_pairs_has(&x->pairs, m->src))
+            /* a decode rank only does that once its side of the pair is gone
+             * (dropped, or never ready): abort ours too (NCCL: every member aborts) */
+            mr_route_pairs_drop(&x->pairs, m->src, "its decode rank sends rows over UCX now");
         if (m->type == MSG_DISPATCH_IDS && !mr_route_pairs_has(&x->pairs, m->src)) {
             mr_fail(MR_EPROTO, "dispatch over NCCL from rank %d, which has no NCCL pair here",
                     m->src);

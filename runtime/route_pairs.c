@@ -206,7 +206,7 @@ mr_status mr_route_pair_post(mr_role *r, mr_route_pairs *p, int rank, const np_x
         peer[i] = x[i];
         peer[i].peer = q->peer_member;
     }
-    mr_status st = np_post(q->nccl, peer, n);
+    mr_status st = np_post_ordered(q->nccl, peer, n); /* sends, then receives: as the expert */
     free(peer);
     return st;
 }

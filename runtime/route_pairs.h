@@ -6,8 +6,10 @@
  * expert A receiving from decode 1 then 2 while expert B receives from 2
  * then 1 deadlocks). Instead every (decode, expert) pair gets a two-member
  * communicator with its own stream: within a pair the order is fixed (the
- * decode rank posts "send dispatch rows, receive combine rows" as one group,
- * the expert "receive" then, after computing, "send"), and pairs never wait
+ * decode rank posts "send dispatch rows" then "receive combine rows" as two
+ * groups (np_post_ordered), mirroring the expert's "receive" then, after
+ * computing, "send": NCCL connects each direction lazily, at the first group
+ * that uses it, on both members at once), and pairs never wait
  * on each other. The routes (slots, expert ids) still travel over the
  * control transport first (MSG_DISPATCH_IDS / MSG_COMBINE_IDS), so each side
  * knows every size before a row moves.
@@ -66,7 +68,7 @@ void mr_route_pairs_answer(mr_role *r, mr_route_pairs *p, const tp_msg *m);
 /* Whether rows to/from `rank` go over a pair (else over UCX messages). */
 bool mr_route_pairs_has(const mr_route_pairs *p, int rank);
 
-/* Post one group of transfers on the pair with `rank` (np_post's contract:
+/* Post the transfers on the pair with `rank` (np_post_ordered's contract:
  * backend memory, valid until done; np_xfer.peer is ignored — the peer is
  * the pair's other member). */
 mr_status mr_route_pair_post(mr_role *r, mr_route_pairs *p, int rank, const np_xfer *x, int n);

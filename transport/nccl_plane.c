@@ -20,6 +20,8 @@ struct np_plane {
     bool broken;               /* aborted after a failure: every call fails fast */
     bool pending;              /* a posted group not yet reported done (np_test) */
     bool ready;                /* communicator creation finished (np_ready) */
+    np_xfer *later;            /* np_post_ordered: the receives, issued once the sends are enqueued */
+    int n_later;
     char why[256];
     void (*progress)(void *);  /* called while waiting (np_set_progress) */
     void *progress_ctx;
@@ -39,6 +41,7 @@ static mr_status fail_nccl(ncclResult_t r, const char *what)
 
 static mr_status fail_cuda(cudaError_t e, const char *what)
 {
+    (void)cudaGetLastError(); /* reported here: not again by the backend's next launch check */
     return mr_fail(MR_EIO, "NCCL plane: %s: %s: %s", what, cudaGetErrorName(e),
                    cudaGetErrorString(e));
 }
@@ -71,6 +74,9 @@ static void plane_break(np_plane *p)
     p->broken = true;
     if (p->comm) ncclCommAbort(p->comm);
     p->comm = NULL;
+    free(p->later);
+    p->later = NULL;
+    p->n_later = 0;
 }
 
 /* Wait until the communicator leaves ncclInProgress (non-blocking init and
@@ -96,6 +102,10 @@ mr_status np_create_start(const np_id *id, int n_members, int member, int device
     *out = NULL;
     if (n_members < 1 || member < 0 || member >= n_members)
         return mr_fail(MR_EINVAL, "NCCL plane: member %d of %d", member, n_members);
+    const char *blocking = getenv("NCCL_COMM_BLOCKING"); /* overrides config.blocking */
+    if (blocking && strtol(blocking, NULL, 0) == 1)
+        return mr_fail(MR_EINVAL, "NCCL plane: NCCL_COMM_BLOCKING=%s makes NCCL calls block "
+                       "(creation would wait for every member inside NCCL); unset it", blocking);
     np_plane *p = calloc(1, sizeof *p);
     if (!p) return mr_fail(MR_ENOMEM, "NCCL plane: out of memory");
     p->device = device;
@@ -172,23 +182,43 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
     return st;
 }
 
-mr_status np_post(np_plane *p, const np_xfer *x, int n)
+/* One group of x's transfers: all of them (only < 0), only the sends (1) or
+ * only the receives (0). */
+static ncclResult_t issue_group(np_plane *p, const np_xfer *x, int n, int only)
 {
-    if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
-    if (p->pending) return mr_fail(MR_EINVAL, "NCCL plane: a group is still pending");
-    if (!p->ready) return mr_fail(MR_EINVAL, "NCCL plane: the communicator is still being created");
-    for (int i = 0; i < n; i++)
-        if (x[i].peer < 0 || x[i].peer >= p->n_members || (x[i].bytes && !x[i].buf))
-            return mr_fail(MR_EINVAL, "NCCL exchange: transfer %d: peer %d of %d, %zu bytes at %p",
-                           i, x[i].peer, p->n_members, x[i].bytes, x[i].buf);
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n && r == ncclSuccess; i++) {
-        if (x[i].bytes == 0) continue;
+        if (x[i].bytes == 0 || (only >= 0 && x[i].send != (only == 1))) continue;
         r = x[i].send ? ncclSend(x[i].buf, x[i].bytes, ncclInt8, x[i].peer, p->comm, p->stream)
                       : ncclRecv(x[i].buf, x[i].bytes, ncclInt8, x[i].peer, p->comm, p->stream);
     }
     ncclResult_t end = ncclGroupEnd();
-    if (r == ncclSuccess) r = end;
+    return r == ncclSuccess ? end : r;
+}
+
+static mr_status post(np_plane *p, const np_xfer *x, int n, bool ordered)
+{
+    if (p->broken) return mr_fail(MR_EPEER, "NCCL plane is down: %s", p->why);
+    if (p->pending) return mr_fail(MR_EINVAL, "NCCL plane: a group is still pending");
+    if (!p->ready) return mr_fail(MR_EINVAL, "NCCL plane: the communicator is still being created");
+    int n_send = 0, n_recv = 0;
+    for (int i = 0; i < n; i++) {
+        if (x[i].peer < 0 || x[i].peer >= p->n_members || (x[i].bytes && !x[i].buf) ||
+            (ordered && x[i].peer == p->member))
+            return mr_fail(MR_EINVAL, "NCCL exchange: transfer %d: peer %d of %d, %zu bytes at %p",
+                           i, x[i].peer, p->n_members, x[i].bytes, x[i].buf);
+        if (x[i].bytes && x[i].send) n_send++;
+        else if (x[i].bytes) n_recv++;
+    }
+    int only = -1;
+    if (ordered && n_send > 0 && n_recv > 0) { /* receives follow once the sends are enqueued */
+        p->later = malloc(sizeof *p->later * (size_t)n);
+        if (!p->later) return mr_fail(MR_ENOMEM, "NCCL plane: out of memory");
+        memcpy(p->later, x, sizeof *p->later * (size_t)n);
+        p->n_later = n;
+        only = 1;
+    }
+    ncclResult_t r = issue_group(p, x, n, only);
     if (r != ncclSuccess && r != ncclInProgress) {
         mr_status st = fail_nccl(r, "group");
         plane_break(p);
@@ -196,6 +226,16 @@ mr_status np_post(np_plane *p, const np_xfer *x, int n)
     }
     p->pending = true;
     return MR_OK;
+}
+
+mr_status np_post(np_plane *p, const np_xfer *x, int n)
+{
+    return post(p, x, n, false);
+}
+
+mr_status np_post_ordered(np_plane *p, const np_xfer *x, int n)
+{
+    return post(p, x, n, true);
 }
 
 mr_status np_test(np_plane *p, bool *done)
@@ -212,12 +252,24 @@ mr_status np_test(np_plane *p, bool *done)
     mr_status st = MR_OK;
     if (r != ncclSuccess) st = fail_nccl(r, "ncclCommGetAsyncError");
     else if (state != ncclSuccess && state != ncclInProgress) st = fail_nccl(state, "exchange");
-    if (st == MR_OK && state == ncclSuccess) {
+    if (st == MR_OK && state == ncclSuccess && p->later) {
+        /* the sends are enqueued: now the receives, behind them on the stream */
+        ncclResult_t g = issue_group(p, p->later, p->n_later, 0);
+        free(p->later);
+        p->later = NULL;
+        p->n_later = 0;
+        if (g != ncclSuccess && g != ncclInProgress) st = fail_nccl(g, "group (receives)");
+    } else if (st == MR_OK && state == ncclSuccess) {
         cudaError_t e = cudaStreamQuery(p->stream);
         if (e == cudaSuccess) {
             p->pending = false;
             *done = true;
-        } else if (e != cudaErrorNotReady) {
+        } else if (e == cudaErrorNotReady) {
+            /* not an error, but the runtime keeps it as this thread's last
+             * error: the backend's next launch check (cudaGetLastError)
+             * would report it as its own failure */
+            (void)cudaGetLastError();
+        } else {
             st = fail_cuda(e, "cudaStreamQuery");
         }
     }
@@ -268,5 +320,6 @@ void np_destroy(np_plane *p)
         }
     }
     if (p->stream) cudaStreamDestroy(p->stream);
+    free(p->later);
     free(p);
 }

@@ -81,6 +81,16 @@ mr_status np_exchange(np_plane *plane, const np_xfer *xfers, int n, double timeo
  * is MR_EINVAL). Buffers must stay valid until done. */
 mr_status np_post(np_plane *plane, const np_xfer *xfers, int n);
 
+/* The same with the sends and the receives as two groups, in that order, on
+ * the plane's stream (the receives are issued by np_test once the sends are
+ * enqueued): for a peer that posts its matching receive, then later its
+ * sends, as separate groups. NCCL sets up a pair's connections lazily, per
+ * direction, at the first group that uses them, and only launches a group
+ * once all its connections are up; one fused send+receive group facing a
+ * receive-only group would wait for a connection the peer only sets up after
+ * that receive completed. No transfer to the caller itself. */
+mr_status np_post_ordered(np_plane *plane, const np_xfer *xfers, int n);
+
 /* Non-blocking: *done = true when the pending group (if any) completed.
  * An NCCL or CUDA error fails (and aborts the plane). No deadline here: the
  * caller owns the clock and calls np_abort when its deadline passes. */

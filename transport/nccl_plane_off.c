@@ -64,6 +64,11 @@ mr_status np_post(np_plane *plane, const np_xfer *xfers, int n)
     return off();
 }
 
+mr_status np_post_ordered(np_plane *plane, const np_xfer *xfers, int n)
+{
+    return np_post(plane, xfers, n);
+}
+
 mr_status np_test(np_plane *plane, bool *done)
 {
     (void)plane;

@@ -117,6 +117,11 @@ int main(void)
         check(np_post(plane, &lonely, 1) == MR_EINVAL, "posting while a group is pending is MR_EINVAL");
         st = np_test(plane, &done);
         check(st == MR_OK && !done, "the unmatched receive is not done");
+        /* a backend kernel after a not-ready poll: np_test must not leave
+         * cudaErrorNotReady behind as this thread's last CUDA error */
+        mr_kernels_cuda_clear_status();
+        k->add((float *)dst[1], (const float *)src[1], 1024);
+        check(k->check() == MR_OK, "a backend kernel launched after a not-ready np_test succeeds");
         np_abort(plane, "test: peer declared dead");
         st = np_test(plane, &done);
         check(st == MR_EPEER && strstr(mr_last_error(), "peer declared dead") != NULL,
