@@ -22,16 +22,21 @@
 #    Packages: OpenBLAS (libopenblas0-pthread + libgfortran5, libquadmath0),
 #    cJSON (libcjson1), protobuf-c (libprotobuf-c1), Open MPI (libopenmpi3,
 #    libhwloc15, libpmix2, libevent-*-2.1-7, libfabric1, libibverbs1,
-#    librdmacm1, libpsm2-2, libpsm-infinipath1), UCX (libucx0), cmocka
-#    (libcmocka0). The GPU test and bench need only OpenBLAS and cJSON; the
-#    rest lets the other binaries load (running mpirun there is not attempted).
+#    librdmacm1, libpsm2-2, libpsm-infinipath1, openmpi-bin/-common, libnuma1,
+#    libudev1, libmunge2, libnl-3/-route-3, ibverbs-providers, libatomic1),
+#    UCX (libucx0, ucx-utils; libgomp1 for ucx_perftest), cmocka (libcmocka0).
+#    Checked 2026-12-07 in a mount namespace that hides every system library
+#    a CUDA container lacks (ldd -r of every packed ELF: nothing unresolved;
+#    cpu/devsim clusters ran through the packed mpirun).
 # 2. On the GPU machine (device tool: carry [".gpu-pack.tar.xz"]), repo root:
 #      bash scripts/gpu-run.sh run [ARCHIVE] [--quick] [--only STAGES]
 #    Unpacks to /tmp/moerun-gpu-pack (once per archive), sets LD_LIBRARY_PATH,
-#    relocates the packed Open MPI (OPAL_PREFIX) and UCX (UCX_MODULE_DIR),
-#    sets MOERUN_REQUIRE_GPU=1 (no GPU = FAIL, never a skip) and runs the
-#    stages (comma list; default all; each command must fit the device tool's
-#    10 minutes, so split long sessions with --only):
+#    relocates the packed Open MPI (OPAL_PREFIX, its packed mca-params),
+#    PMIx (its component path) and UCX (UCX_MODULE_DIR), sets
+#    MOERUN_REQUIRE_GPU=1 (no GPU = FAIL, never a skip) and runs the stages
+#    (comma list; default all). The device tool kills a command at 600 s:
+#    steps stop starting (the last is shortened) at GPU_RUN_BUDGET_S (570),
+#    so the summary always prints; split a session with --only:
 #      tests       test_gpu_ops OP for every op (+ --bf16 GEMM ops), NCCL plane
 #      engine      tests/engine/check_backend.py: generate --backend cuda vs cpu
 #                  (fp32: same tokens greedy and sampled, logits within 1e-3;
@@ -45,8 +50,9 @@
 #      bench-gpu   moerun-bench-gpu (MLA decode, grouped experts)
 #      bench-layer moerun bench layer at DeepSeek-V3 shapes (1 dense + 1 MoE), fp32
 #      bench-layer-bf16  the same with --precision bf16 --kv-dtype bf16 (as served)
-#    Writes env.txt and one log per stage to $OUT (default ./gpu-run-out)
-#    and prints a summary. Exit 0 only when every step passed.
+#    Writes env.txt and one log per stage to $OUT (default ./gpu-run-out;
+#    JSON results folded into their stage's log: the tool returns <= 8
+#    files) and prints a summary. Exit 0 only when every step passed.
 set -euo pipefail
 
 die() { echo "gpu-run: $*" >&2; exit 1; }
@@ -55,7 +61,8 @@ die() { echo "gpu-run: $*" >&2; exit 1; }
 pack_pkgs=(libopenblas0-pthread libgfortran5 libquadmath0 libcjson1 libprotobuf-c1
   libopenmpi3 libhwloc15 libpmix2 libevent-core-2.1-7 libevent-pthreads-2.1-7
   libfabric1 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libucx0 libcmocka0
-  openmpi-bin openmpi-common ucx-utils)
+  openmpi-bin openmpi-common ucx-utils
+  libnuma1 libudev1 libmunge2 libnl-3-200 libnl-route-3-200 ibverbs-providers libgomp1 libatomic1)
 
 pack() {
   local builddir=${1:-build-cuda} archive=${2:-.gpu-pack.tar.xz}
@@ -87,6 +94,8 @@ pack() {
       die "package $p: no .deb in /var/cache/apt/archives and not installed"
     fi
   done
+  # SONAME link Debian makes with update-alternatives (postinst), not in the .deb
+  ln -sf libpsm_infinipath.so.1.16 "$stage/lib/usr/lib/libpsm1/libpsm_infinipath.so.1"
   # keep Open MPI's help texts (its error messages), drop the rest of share/
   find "$stage/lib/usr/share" -mindepth 1 -maxdepth 1 ! -name openmpi -exec rm -rf {} +
   # the real model config for `moerun bench layer` (../shared is not carried)
@@ -123,12 +132,17 @@ run() {
     esac
     shift
   done
+  local s
+  for s in ${stages//,/ }; do # a typo would run nothing and exit 0
+    [[ ",$all_stages," == *",$s,"* ]] || die "unknown stage '$s' (stages: $all_stages)"
+  done
   [ -f "$archive" ] || die "no archive $archive (make it with: bash scripts/gpu-run.sh pack)"
   local out=${OUT:-./gpu-run-out} pack=/tmp/moerun-gpu-pack
   mkdir -p "$out"
   if [ ! -f "$pack/MANIFEST" ] || [ "$archive" -nt "$pack/MANIFEST" ]; then
     rm -rf "$pack" && mkdir -p "$pack"
     tar -C "$pack" -xJf "$archive"
+    touch "$pack/MANIFEST" # tar keeps the pack-time mtime: else every run re-extracts
   fi
   local libdirs
   libdirs=$(find "$pack/lib" -name '*.so*' -printf '%h\n' | sort -u | tr '\n' ':')
@@ -145,6 +159,12 @@ run() {
   # the packed Open MPI and UCX, relocated (OPAL_PREFIX; tried on the build
   # machine with the system copies hidden in a mount namespace)
   export OPAL_PREFIX="$pack/lib/usr" UCX_MODULE_DIR="$pack/lib/usr/lib/x86_64-linux-gnu/ucx"
+  # PMIx ignores OPAL_PREFIX: its components (pcompress, prm) live at a compiled-in path.
+  # Open MPI's sysconfdir (/etc/openmpi) is not relocated either: read the packed
+  # Debian defaults (pml ^ucx, mtl ^ofi, btl ^uct,openib,ofi) as on the build machine.
+  export PMIX_MCA_mca_base_component_path="$pack/lib/usr/lib/x86_64-linux-gnu/pmix2/lib/pmix"
+  export OMPI_MCA_mca_base_param_files="$pack/lib/etc/openmpi/openmpi-mca-params.conf"
+  export PYTHONUNBUFFERED=1 # a step killed by timeout keeps its Python output
   ln -sf orterun "$pack/lib/usr/bin/mpirun"
   export PATH="$pack/lib/usr/bin:$PATH"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -157,20 +177,30 @@ run() {
     nvidia-smi || echo "nvidia-smi failed"
     nvcc --version 2>&1 | tail -n 2 || true
     python3 --version || true
+    ldd --version | head -n 1 || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-    echo "--- unresolved libraries (ldd), none expected"
-    for b in "$tests" "$bin/moerun" "$bin/bench/gpu/moerun-bench-gpu" "$bin/decode_node/moerun-decode"; do
-      ldd "$b" | grep "not found" | sed "s|^|$(basename "$b"): |" || true
+    echo "--- unresolved libraries and symbols (ldd -r), none expected"
+    find "$bin" "$pack/lib/usr/bin" -type f -perm -u+x | while read -r b; do
+      ldd -r "$b" 2>&1 | grep -E "not found|undefined symbol" | sed "s|^|$(basename "$b"): |" || true
     done
+    echo "--- mpirun smoke test (dlopen'ed MCA/PMIx components), expect 2 lines"
+    timeout -k 5 60 mpirun --oversubscribe -np 2 uname -n 2>&1 || echo "mpirun smoke test failed"
   } >"$out/env.txt" 2>&1
   head -n 60 "$out/env.txt"
 
   local failed=() passed=0
+  # the device tool kills a command at 600 s: stop starting steps (and shorten the
+  # last one) so the summary is always printed; GPU_RUN_BUDGET_S=seconds overrides
+  local deadline=$((SECONDS + ${GPU_RUN_BUDGET_S:-570}))
   step() { # step NAME LOG TIMEOUT CMD...: run, append to LOG, count
-    local name=$1 log=$2 limit=$3 rc=0
+    local name=$1 log=$2 limit=$3 rc=0 left=$((deadline - SECONDS))
     shift 3
+    if [ "$left" -lt 30 ]; then
+      echo "$name: skipped (${left}s left of the budget)"; failed+=("$name (skipped: budget)"); return 0
+    fi
+    [ "$limit" -le $((left - 15)) ] || limit=$((left - 15))
     echo "=== $name: $*" >>"$log"
-    timeout "$limit" "$@" >>"$log" 2>&1 || rc=$?
+    timeout -k 10 "$limit" "$@" >>"$log" 2>&1 || rc=$?
     echo "=== exit $rc" >>"$log"
     echo "$name: exit $rc"
     if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else failed+=("$name (exit $rc)"); fi
@@ -221,6 +251,12 @@ run() {
       --json "$out/bench-layer-bf16.json"
   fi
 
+  # the device tool returns at most 8 files from $OUT: fold each JSON into its .txt
+  local j
+  for j in "$out"/*.json; do
+    [ -f "$j" ] || continue
+    { echo "--- ${j##*/}"; cat "$j"; } >>"${j%.json}.txt" && rm -f "$j"
+  done
   echo "--- summary ($stages)"
   echo "steps: $passed passed, ${#failed[@]} failed (logs in $out)"
   for f in "${failed[@]}"; do echo "  FAILED: $f"; done
