@@ -232,9 +232,30 @@ static void tp_handle_events(tp_ctx *ctx)
     }
 }
 
+/* This rank stayed out of the transport for over half the heartbeat
+ * timeout (a long compute step): its peers hear nothing meanwhile and will
+ * declare it dead once the silence passes the timeout. Say so here, where
+ * the cause is: the first time, then for a gap half again as long as the
+ * last one reported, or a minute later. */
+static void note_busy_gap(tp_ctx *ctx, double now)
+{
+    const double gap = ctx->last_health > 0 ? now - ctx->last_health : 0;
+    ctx->last_health = now;
+    if (gap <= 0.5 * ctx->opts.heartbeat_timeout_s) return;
+    if (ctx->gap_warned > 0 && gap < 1.5 * ctx->gap_warned && now - ctx->gap_warned_at < 60.0)
+        return;
+    ctx->gap_warned = gap;
+    ctx->gap_warned_at = now;
+    MR_WARN("tp: rank %d did not service its transport for %.1f s (a step that long sends "
+            "no heartbeats; peers declare a rank dead after %.1f s of silence: raise "
+            "--heartbeat-timeout for steps this long)", ctx->rank, gap,
+            ctx->opts.heartbeat_timeout_s);
+}
+
 void tp_health_step(tp_ctx *ctx)
 {
     double now = mr_now();
+    note_busy_gap(ctx, now);
     if (now >= ctx->next_proc_check) {
         ctx->next_proc_check = now + TP_PROC_CHECK_S;
         tp_check_processes(ctx);
@@ -249,9 +270,9 @@ void tp_health_step(tp_ctx *ctx)
         if (r == ctx->rank || !tp_link_alive(ctx, r)) continue;
         double silent = now - ctx->links[r].last_heard;
         if (silent > ctx->opts.heartbeat_timeout_s) {
-            char why[96];
-            snprintf(why, sizeof why, "silent for %.2f s (heartbeat_timeout_s %.2f)", silent,
-                     ctx->opts.heartbeat_timeout_s);
+            char why[160];
+            snprintf(why, sizeof why, "silent for %.2f s (heartbeat_timeout_s %.2f; hung, or "
+                     "busy in one step longer than that)", silent, ctx->opts.heartbeat_timeout_s);
             tp_declare_dead(ctx, r, why);
             continue;
         }

@@ -143,6 +143,8 @@ struct tp_ctx {
 
     bool pending_events;  /* an error callback or FIN awaits the main loop */
     double next_heartbeat;
+    double last_health;      /* when tp_health_step last ran (a gap = this rank was busy) */
+    double gap_warned_at, gap_warned;  /* the last busy-gap warning: when, how long a gap */
     long busy_nap_ns;          /* back-off while the worker cannot be armed (tp_progress.c) */
 
     tp_rkey *rkeys;
