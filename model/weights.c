@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <unistd.h>
 #include "../common/aligned.h"
 
 #define WT_NAME_MAX 192
@@ -407,6 +409,52 @@ static uint64_t rand_next(uint64_t *s)
     return *s * 0x2545f4914f6cdd1dull;
 }
 
+/* One tensor of mr_weights_random: its buffer, length, kind and offset into
+ * the shared block (drawn in plan order, so the values do not depend on how
+ * many threads fill). */
+typedef struct rand_job {
+    float *buf;
+    size_t n, offset;
+    float scale;
+    int kind; /* 0 norm, 1 score bias, 2 linear/embedding */
+} rand_job;
+
+typedef struct rand_fill {
+    const float *block;
+    rand_job *jobs;
+    size_t n_jobs, next; /* next: taken with __atomic_fetch_add */
+} rand_fill;
+
+static void rand_fill_one(const float *block, const rand_job *j)
+{
+    float *buf = j->buf;
+    const size_t n = j->n;
+    if (j->kind == 0) { /* RMSNorm weights: near 1 */
+        for (size_t i = 0; i < n; i++) buf[i] = 1.0f + 0.1f * block[i % RANDOM_BLOCK_FLOATS];
+    } else if (j->kind == 1) {
+        for (size_t i = 0; i < n; i++) buf[i] = 0.01f * block[i % RANDOM_BLOCK_FLOATS];
+    } else { /* linear layers: uniform +-1/sqrt(fan_in), embeddings +-1 */
+        for (size_t i = 0; i < n;) {
+            size_t at = (j->offset + i) % RANDOM_BLOCK_FLOATS;
+            size_t len = RANDOM_BLOCK_FLOATS - at < n - i ? RANDOM_BLOCK_FLOATS - at : n - i;
+            for (size_t q = 0; q < len; q++) buf[i + q] = j->scale * block[at + q];
+            i += len;
+        }
+    }
+}
+
+/* Worker: fills tensors until none is left (first touch of tens of GB is
+ * page-fault bound, ~0.3-0.8 GB/s per thread in a Firecracker guest). */
+static void *rand_fill_worker(void *arg)
+{
+    rand_fill *f = arg;
+    for (;;) {
+        size_t i = __atomic_fetch_add(&f->next, 1, __ATOMIC_RELAXED);
+        if (i >= f->n_jobs) return NULL;
+        rand_fill_one(f->block, &f->jobs[i]);
+    }
+}
+
 mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out)
 {
     wt_plan plan = {0};
@@ -415,10 +463,12 @@ mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out
     memset(out, 0, sizeof *out);
     mr_status status = plan_build(cfg, NULL, NULL, &w, &plan);
     float *block = status == MR_OK ? malloc(RANDOM_BLOCK_FLOATS * sizeof(float)) : NULL;
-    if (status == MR_OK && !block) status = mr_fail(MR_ENOMEM, "weights: out of memory");
+    rand_job *jobs = status == MR_OK ? calloc(plan.n_specs + 1, sizeof *jobs) : NULL;
+    if (status == MR_OK && (!block || !jobs)) status = mr_fail(MR_ENOMEM, "weights: out of memory");
     uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 1;
     for (size_t i = 0; block && i < RANDOM_BLOCK_FLOATS; i++)
         block[i] = (float)((double)(rand_next(&rng) >> 40) / (double)(1u << 23) - 1.0);
+    /* allocate and plan every tensor (offsets drawn in plan order), then fill in parallel */
     for (size_t i = 0; i < plan.n_specs && status == MR_OK; i++) {
         const wt_spec *spec = &plan.specs[i];
         size_t n = (size_t)spec->shape[0] * (size_t)(spec->ndim == 2 ? spec->shape[1] : 1);
@@ -428,24 +478,33 @@ mr_status mr_weights_random(const mr_config *cfg, uint64_t seed, mr_weights *out
                              spec->name, n);
             break;
         }
-        if (strstr(spec->name, "norm")) { /* RMSNorm weights: near 1 */
-            for (size_t j = 0; j < n; j++) buf[j] = 1.0f + 0.1f * block[j % RANDOM_BLOCK_FLOATS];
+        rand_job *j = &jobs[i];
+        j->buf = buf;
+        j->n = n;
+        if (strstr(spec->name, "norm")) {
+            j->kind = 0;
         } else if (strstr(spec->name, "e_score_correction_bias")) {
-            for (size_t j = 0; j < n; j++) buf[j] = 0.01f * block[j % RANDOM_BLOCK_FLOATS];
-        } else { /* linear layers: uniform ±1/sqrt(fan_in), embeddings ±1 */
-            float scale = spec->ndim == 2 && !strstr(spec->name, "embed_tokens")
-                              ? 1.0f / sqrtf((float)spec->shape[1]) : 1.0f;
-            size_t offset = (size_t)(rand_next(&rng) % RANDOM_BLOCK_FLOATS);
-            for (size_t j = 0; j < n;) {
-                size_t at = (offset + j) % RANDOM_BLOCK_FLOATS;
-                size_t len = RANDOM_BLOCK_FLOATS - at < n - j ? RANDOM_BLOCK_FLOATS - at : n - j;
-                for (size_t q = 0; q < len; q++) buf[j + q] = scale * block[at + q];
-                j += len;
-            }
+            j->kind = 1;
+        } else {
+            j->kind = 2;
+            j->scale = spec->ndim == 2 && !strstr(spec->name, "embed_tokens")
+                           ? 1.0f / sqrtf((float)spec->shape[1]) : 1.0f;
+            j->offset = (size_t)(rand_next(&rng) % RANDOM_BLOCK_FLOATS);
         }
-        spec_store(spec, buf);
+        spec_store(spec, buf); /* owned by w from here: freed with it on failure */
         w.n_bytes += (uint64_t)n * sizeof *buf;
     }
+    if (status == MR_OK) {
+        rand_fill f = {block, jobs, plan.n_specs, 0};
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        int n_threads = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus, started = 0;
+        pthread_t tid[16];
+        for (int t = 1; t < n_threads; t++, started++)
+            if (pthread_create(&tid[started], NULL, rand_fill_worker, &f) != 0) break;
+        rand_fill_worker(&f); /* this thread too; fewer threads only make it slower */
+        for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    }
+    free(jobs);
     free(block);
     free(plan.specs);
     if (status != MR_OK) {

@@ -53,8 +53,14 @@ CASES = [  # preset, dtype, attn, prompt, new tokens
 ]
 
 
-def run(cmd):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def run(cmd, timeout=120):
+    """A hang (a tiny model takes seconds) fails its case instead of eating the
+    GPU session's step budget (gpu-run.sh gives the whole check 400 s)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout} s: "
+                                           + " ".join(cmd))
 
 
 def prompt_ids(spec):

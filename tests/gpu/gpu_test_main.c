@@ -182,6 +182,7 @@ static int no_gpu(const char *why)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a hang killed by gpu-run's timeout keeps the checks so far */
     if (argc < 2 || argc > 3) return usage(argv[0]);
     bool bf16 = false;
     if (argc == 3) {
