@@ -45,10 +45,10 @@ __global__ void __launch_bounds__(HEADS_PER_BLOCK * 32)
 {
     extern __shared__ float tile[]; /* (TILE, C + R) */
     const int lat = C + R;
-    const int token = seq[3 * blockIdx.x], off = seq[3 * blockIdx.x + 1];
-    const int n_ctx = seq[3 * blockIdx.x + 2];
+    const int token = seq[3 * blockIdx.y], off = seq[3 * blockIdx.y + 1];
+    const int n_ctx = seq[3 * blockIdx.y + 2];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int h = blockIdx.y * HEADS_PER_BLOCK + warp;
+    const int h = blockIdx.x * HEADS_PER_BLOCK + warp;
     const bool active = h < n_heads;
     const int nc = C / 32, nr = (R + 31) / 32;
 
@@ -142,9 +142,9 @@ __global__ void mla_decode_tc_kernel(const float *q_lat, const float *q_pe, int 
     using namespace nvcuda;
     extern __shared__ __align__(128) unsigned char tc_smem[];
     const int lat = C + R, ld = lat + TC_PAD, ldp = TC_TILE + TC_PAD;
-    const int token = seq[3 * blockIdx.x], off = seq[3 * blockIdx.x + 1];
-    const int n_ctx = seq[3 * blockIdx.x + 2];
-    const int h0 = blockIdx.y * TC_HEADS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int token = seq[3 * blockIdx.y], off = seq[3 * blockIdx.y + 1];
+    const int n_ctx = seq[3 * blockIdx.y + 2];
+    const int h0 = blockIdx.x * TC_HEADS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     /* carve (each size a multiple of 32 bytes, see TC_PAD) */
     __nv_bfloat16 *qs = (__nv_bfloat16 *)tc_smem;      /* (TC_HEADS, ld)  queries */
     __nv_bfloat16 *ks = qs + TC_HEADS * ld;             /* (TC_TILE, ld)   context tile */
@@ -249,7 +249,7 @@ static mr_status launch_tc(const float *q_lat, const float *q_pe, int q_pe_ld, i
     const size_t smem = tc_smem_bytes(C, R);
     CUDA_TRY(cudaFuncSetAttribute(mla_decode_tc_kernel<T>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)n_tok, (unsigned)((n_heads + TC_HEADS - 1) / TC_HEADS));
+    const dim3 grid((unsigned)((n_heads + TC_HEADS - 1) / TC_HEADS), (unsigned)n_tok);
     mla_decode_tc_kernel<T><<<grid, TC_WARPS * 32, smem, cu_stream()>>>(
         q_lat, q_pe, q_pe_ld, q_pe_hstride, seq, n_heads, C, R, kv, rows, row_base, scale,
         out_lat);
@@ -264,6 +264,12 @@ static mr_status mla_decode_paged_impl(const float *q_lat, const float *q_pe, in
                                        float scale, float *out_lat)
 {
     if (n_tok <= 0) return MR_OK;
+    /* grid (head groups, tokens): blocks go out x-fastest, so one token's head
+     * groups run side by side and share its latent rows in L2 (tokens-fastest
+     * would spread them over waves and re-read the rows from HBM) */
+    if (n_tok > 65535)
+        return mr_fail(MR_EINVAL, "cuda mla_decode_paged: %d decode tokens in one call (at most "
+                       "65535, the grid's y limit)", n_tok);
     if (cu_precision() == MR_CUDA_PRECISION_BF16 && n_heads > 0 && C > 0 && C % 16 == 0 &&
         R % 16 == 0 && tc_smem_bytes(C, R) <= 200u * 1024u) {
         if (kv_type == MR_WT_BF16)
@@ -278,7 +284,8 @@ static mr_status mla_decode_paged_impl(const float *q_lat, const float *q_pe, in
                        "<= %d), rope %d (<= %d) not supported", n_heads, C,
                        32 * MAX_C_PER_LANE, R, 32 * MAX_R_PER_LANE);
     const size_t smem = sizeof(float) * TILE * (size_t)(C + R);
-    const dim3 grid((unsigned)n_tok, (unsigned)((n_heads + HEADS_PER_BLOCK - 1) / HEADS_PER_BLOCK));
+    const dim3 grid((unsigned)((n_heads + HEADS_PER_BLOCK - 1) / HEADS_PER_BLOCK),
+                    (unsigned)n_tok);
     if (kv_type == MR_WT_BF16)
         mla_decode_paged_kernel<<<grid, HEADS_PER_BLOCK * 32, smem, cu_stream()>>>(
             q_lat, q_pe, q_pe_ld, q_pe_hstride, seq, n_heads, C, R, (const __nv_bfloat16 *)kv,
