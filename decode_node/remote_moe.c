@@ -9,11 +9,11 @@
  *          host memory (staged from/to the backend on a GPU);
  *   NCCL — with a pair to that rank (--route-plane nccl, distinct GPUs):
  *          MSG_DISPATCH_IDS / MSG_COMBINE_IDS carry slots and expert ids
- *          only; the rows are gathered on the GPU and move as one
- *          ncclSend + ncclRecv group on the pair, then are scattered into
- *          place on the GPU.
+ *          only; the rows are gathered on the GPU, sent, and the answers
+ *          received on the pair (np_post_ordered: sends, then receives),
+ *          then scattered into place on the GPU.
  * On a backend whose memory is not host memory the engine hands h and
- * expert_out over in backend memory (mr_moe_exec.backend_io) and this file
+ * expert_out over in backend memory (model/engine.h) and this file
  * does the staging the UCX destinations need. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +79,7 @@ static mr_status route_slots(decode_state *d, int layer, int n_slots, const int3
 }
 
 /* Rows to rank r over its NCCL pair: gather them on the backend (token
- * s / K of each slot s sent), post send + receive as one group. The slot
+ * s / K of each slot s sent), post the send, then the receive. The slot
  * list stays in the pair's index buffer for the scatter afterwards. */
 static mr_status post_pair(decode_state *d, int r, const float *h, int n_slots)
 {
@@ -160,7 +160,7 @@ static void release_dispatches(decode_state *d, const bool *answered)
      * being dropped for good; the wait drops those that do not finish, one
      * deadline for all */
     int *ranks = d->pair_ranks, m = 0;
-    for (int r = 0; answered && d->pair_posted && r < n_ranks; r++)
+    for (int r = 0; answered && r < n_ranks; r++)
         if (d->pair_posted[r] && answered[r] && mr_route_pairs_has(&d->pairs, r)) ranks[m++] = r;
     const double until = mr_now() + 2.0 * d->role.opts.heartbeat_timeout_s;
     while (m > 0) {
@@ -174,10 +174,10 @@ static void release_dispatches(decode_state *d, const bool *answered)
         m = k;
     }
     for (int r = 0; r < n_ranks; r++) {
-        if (d->pair_posted && d->pair_posted[r]) {
+        if (d->pair_posted[r]) {
             bool idle = false;
             if (mr_route_pairs_has(&d->pairs, r) &&
-                (mr_route_pair_idle(&d->role, &d->pairs, r, &idle) != MR_OK || !idle))
+                (mr_route_pair_idle(&d->pairs, r, &idle) != MR_OK || !idle))
                 mr_route_pairs_drop(&d->pairs, r, "a layer failed with its rows in flight");
             d->pair_posted[r] = false;
         }
@@ -239,7 +239,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
         any_ucx |= d->rows_per_rank[r] > 0 && !mr_route_pairs_has(&d->pairs, r);
     const float *h_host = h;
     float *out_host = expert_out;
-    if (st == MR_OK && d->moe.backend_io && any_ucx) {
+    if (st == MR_OK && !k->host_memory && any_ucx) {
         float *hh = mr_kbuf_reserve_host(k, &d->h_host, sizeof(float) * (size_t)n_tokens * D, &st);
         out_host = mr_kbuf_reserve_host(k, &d->out_host, sizeof(float) * (size_t)n_slots * D, &st);
         if (st == MR_OK) k->copy(hh, h, sizeof(float) * (size_t)n_tokens * D, MR_COPY_D2H);
@@ -263,7 +263,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
             for (int r = 0; r < n_ranks; r++) {
                 bool idle = true;
                 if (d->pair_posted[r] && mr_route_pairs_has(&d->pairs, r) &&
-                    mr_route_pair_idle(&d->role, &d->pairs, r, &idle) == MR_OK && !idle)
+                    mr_route_pair_idle(&d->pairs, r, &idle) == MR_OK && !idle)
                     moving = true; /* an error shows again in finish_pairs */
             }
             tp_wait(d->role.tp, moving ? 0.0002 : 0.05);
@@ -293,7 +293,7 @@ mr_status dec_remote_moe(void *ctx, int layer, const float *h, int n_tokens,
     }
     /* the UCX answers' rows first (whole slots image), then the pairs' rows
      * scattered over it */
-    if (st == MR_OK && d->moe.backend_io && any_ucx)
+    if (st == MR_OK && !k->host_memory && any_ucx)
         k->copy(expert_out, out_host, sizeof(float) * (size_t)n_slots * D, MR_COPY_H2D);
     if (st == MR_OK && d->pairs.n_pairs > 0) st = finish_pairs(d, layer, expert_out);
     if (st != MR_OK) { /* keep this layer's error, not a flush's */

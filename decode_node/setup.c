@@ -110,7 +110,6 @@ mr_status dec_setup(decode_state *d)
     d->pool = d->kv.pool;
     d->moe.run = dec_remote_moe;
     d->moe.ctx = d;
-    d->moe.backend_io = !r->kernels->host_memory; /* remote_moe.c stages for UCX itself */
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &d->moe,
                          .between_layers = mr_role_service, .between_layers_ctx = r};

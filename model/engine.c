@@ -27,7 +27,7 @@ struct mr_engine {
 
     /* host side of one forward (staging memory, pinned on cuda): indices and
      * RoPE tables to upload, router results and staged rows to download */
-    mr_kbuf idx_host, cs_host, gw_host, h_host, eo_host, ids_host;
+    mr_kbuf idx_host, cs_host, gw_host, ids_host;
     /* this forward's sequence runs and index layout (see forward_prepare) */
     struct seq_run { int first, n, n_ctx, ctx_off; } *runs;
     int n_runs, runs_cap;
@@ -103,7 +103,6 @@ mr_status mr_engine_create(const mr_config *cfg, const mr_weights *weights,
     } else {
         e->moe.run = local_moe_run;
         e->moe.ctx = e;
-        e->moe.backend_io = true;
     }
     e->wtype = opts ? opts->weight_type : MR_WT_F32;
     if (!e->k->host_memory || e->wtype != MR_WT_F32) {
@@ -170,8 +169,7 @@ void mr_engine_destroy(mr_engine *e)
                        &e->mlp_scratch, &e->routed, &e->idx, &e->logits, &e->greedy_ids,
                        &e->dec_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mr_kbuf_free(k, bufs[i]);
-    mr_kbuf *host_bufs[] = {&e->idx_host, &e->cs_host, &e->gw_host, &e->h_host, &e->eo_host,
-                            &e->ids_host};
+    mr_kbuf *host_bufs[] = {&e->idx_host, &e->cs_host, &e->gw_host, &e->ids_host};
     for (size_t i = 0; i < sizeof host_bufs / sizeof host_bufs[0]; i++)
         mr_kbuf_free(k, host_bufs[i]);
     mr_expert_ws_free(k, &e->experts);
@@ -316,15 +314,13 @@ static mr_status attention_block(mr_engine *e, int layer, int T)
 
 /* ---- feed-forward -------------------------------------------------------- */
 
-/* Routed experts through e->moe: rows in backend memory when the exec takes
- * them there (local experts) or the backend's memory is host memory; else
- * staged through host buffers. */
+/* Routed experts through e->moe: rows in backend memory, the router's
+ * results copied to host memory for it. */
 static mr_status run_routed(mr_engine *e, int layer, int T, const float *xn, const float *gw,
                             float *eo)
 {
     const mr_kernels *k = e->k;
-    const int D = e->cfg->hidden_size, K = e->cfg->num_experts_per_tok;
-    const size_t n_slots = (size_t)T * K;
+    const size_t n_slots = (size_t)T * e->cfg->num_experts_per_tok;
     const int32_t *ids = e->gate_ids.p;
     const float *gw_host = gw;
     mr_status st = MR_OK;
@@ -337,16 +333,7 @@ static mr_status run_routed(mr_engine *e, int layer, int T, const float *xn, con
         ids = ih;
         gw_host = wh;
     }
-    if (k->host_memory || e->moe.backend_io)
-        return e->moe.run(e->moe.ctx, layer, xn, T, ids, gw_host, eo);
-    float *hh = mr_kbuf_reserve_host(k, &e->h_host, sizeof(float) * (size_t)T * D, &st);
-    float *oh = mr_kbuf_reserve_host(k, &e->eo_host, sizeof(float) * n_slots * D, &st);
-    if (st != MR_OK) return st;
-    k->copy(hh, xn, sizeof(float) * (size_t)T * D, MR_COPY_D2H);
-    MR_TRY(k->check());
-    MR_TRY(e->moe.run(e->moe.ctx, layer, hh, T, ids, gw_host, oh));
-    k->copy(eo, oh, sizeof(float) * n_slots * D, MR_COPY_H2D);
-    return MR_OK;
+    return e->moe.run(e->moe.ctx, layer, xn, T, ids, gw_host, eo);
 }
 
 static mr_status ffn_block(mr_engine *e, int layer, int T)

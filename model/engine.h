@@ -31,9 +31,9 @@
  * pool's storage must be that memory too (mr_kv_pool_create_in over k->alloc;
  * the engine addresses KV rows by index, mr_kv_seq_row_index), and per
  * forward the engine uploads only token ids, row indices and RoPE tables and
- * downloads only the logits (plus router results and, for a remote
- * mr_moe_exec, the routed rows). The cpu path runs the same code with no
- * copies, so the CPU tests cover the engine's data movement.
+ * downloads only the logits (plus the router results an mr_moe_exec gets).
+ * The cpu path runs the same code with no copies, so the CPU tests cover the
+ * engine's data movement.
  *
  * Ownership: the engine borrows cfg, weights (host memory) and kernels (they
  * must outlive it) and owns its scratch and backend copies. One engine per
@@ -58,14 +58,12 @@ typedef enum { MR_ATTN_ABSORB, MR_ATTN_NAIVE } mr_attn_mode;
  * h(n, D): normed hidden states; expert_ids/weights(n, K) from the router.
  * Must write expert_out(n, K, D): row (t, k) = expert_ids[t,k]'s FFN of h[t]
  * (unweighted). Returns MR_OK or an error with its message set.
- * expert_ids and weights are host memory. h and expert_out are host memory
- * (the engine stages them when its backend's memory is not host memory),
- * or backend memory when backend_io is set (the engine's local experts). */
+ * expert_ids and weights are host memory; h and expert_out are the
+ * backend's memory (an exec that moves rows elsewhere stages what it needs). */
 typedef struct mr_moe_exec {
     mr_status (*run)(void *ctx, int layer, const float *h, int n_tokens,
                      const int32_t *expert_ids, const float *weights, float *expert_out);
     void *ctx;
-    bool backend_io;
 } mr_moe_exec;
 
 typedef struct mr_engine_opts {

@@ -14,7 +14,7 @@
  *      came, so no further route is needed) and scatters the answers into
  *      the engine's expert_out rows.
  * Rows stay in backend memory throughout (the engine hands h and expert_out
- * over in backend memory: mr_moe_exec.backend_io). Ranks with no tokens take
+ * over in backend memory, model/engine.h). Ranks with no tokens take
  * part too (prefill.c joins an iteration when a peer's EP message for it
  * shows up), so the exchange never waits for a rank that is idle. */
 #include <stdlib.h>

@@ -351,7 +351,6 @@ static mr_status setup(prefill_state *p)
     p->pool = p->kv.pool;
     p->moe.run = pf_ep_moe;
     p->moe.ctx = p;
-    p->moe.backend_io = true;
     MR_TRY(pf_plane_open(p));
     mr_engine_opts eo = {.kernels = r->kernels, .weight_type = mr_role_weight_type(r),
                          .attn = r->opts.attn, .moe = &p->moe,

@@ -47,7 +47,7 @@ typedef struct prefill_state {
     int my_index;
     uint64_t iter;                  /* iterations completed by every prefill rank */
     mr_msgq ep_pending;             /* EP messages not consumed yet */
-    mr_moe_exec moe;                /* backend_io: rows stay in backend memory */
+    mr_moe_exec moe;                /* rows stay in backend memory */
     double ep_wait_s;
     bool ep_broken;                 /* a prefill peer died (or NCCL failed): EP cannot continue */
     mr_kbuf ep_rows, ep_idx;        /* backend: one layer's rows out/in/answers, gather indices */

@@ -226,9 +226,8 @@ static mr_status pair_idle(mr_route_pair *q, bool *idle)
     return ready ? np_test(q->nccl, idle) : MR_OK;
 }
 
-mr_status mr_route_pair_idle(mr_role *r, mr_route_pairs *p, int rank, bool *idle)
+mr_status mr_route_pair_idle(mr_route_pairs *p, int rank, bool *idle)
 {
-    (void)r;
     mr_route_pair *q = pair_of(p, rank);
     if (!q) return mr_fail(MR_EPEER, "no route pair with rank %d", rank);
     return pair_idle(q, idle);

@@ -82,7 +82,7 @@ mr_status mr_route_pairs_wait(mr_role *r, mr_route_pairs *p, const int *ranks, i
                               double timeout_s);
 
 /* Non-blocking: *idle = true when the pair with `rank` has no group pending. */
-mr_status mr_route_pair_idle(mr_role *r, mr_route_pairs *p, int rank, bool *idle);
+mr_status mr_route_pair_idle(mr_route_pairs *p, int rank, bool *idle);
 
 /* A MSG_PAIR_ROWS message (test pairs) arrived in a role's loop: hand it to
  * its pair (rows for a posted receive, or kept until one is posted). A
