@@ -2,7 +2,6 @@
  * Contract in ep_plane.h. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/log.h"
 #include "common/timer.h"
@@ -137,27 +136,14 @@ mr_status pf_plane_open(prefill_state *p)
     const int device = mr_backend_local_rank() % n_dev;
     np_id id;
     MR_TRY(share_nccl_id(p, &id));
-    /* not np_create: its wait would not service the transport, and a member
-     * still loading can take longer than heartbeat_timeout_s / 2 to join */
-    mr_status st = np_create_start(&id, p->n_prefill, p->my_index, device, &p->nccl);
-    const double deadline = mr_now() + 2.0 * p->role.opts.heartbeat_timeout_s;
-    for (bool ready = false; st == MR_OK && !ready;) {
-        st = np_ready(p->nccl, &ready);
-        if (st != MR_OK || ready) break;
-        if (mr_now() > deadline)
-            st = mr_fail(MR_EPEER, "NCCL communicator creation: not every prefill rank joined "
-                         "within %.1f s", 2.0 * p->role.opts.heartbeat_timeout_s);
-        mr_role_service(&p->role); /* heartbeats while the members join */
-        struct timespec ts = {0, 100000};
-        nanosleep(&ts, NULL);
-    }
-    if (st != MR_OK) {
-        np_destroy(p->nccl); /* not ready: aborted */
-        p->nccl = NULL;
+    /* heartbeats while the members join (one still loading can take longer
+     * than heartbeat_timeout_s / 2) and while every exchange waits */
+    mr_status st = np_create(&id, p->n_prefill, p->my_index, device,
+                             2.0 * p->role.opts.heartbeat_timeout_s, mr_role_service, &p->role,
+                             &p->nccl);
+    if (st != MR_OK)
         return mr_fail_prefix(st, "--ep-plane nccl (prefill ranks need one GPU each; "
                                   "--ep-plane ucx works with shared GPUs): ");
-    }
-    np_set_progress(p->nccl, mr_role_service, &p->role); /* heartbeats while waiting */
     MR_INFO("wide EP rows over NCCL: member %d of %d on GPU %d", p->my_index, p->n_prefill,
             device);
     return MR_OK;

@@ -156,10 +156,11 @@ mr_status np_ready(np_plane *p, bool *ready)
 }
 
 mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
-                    np_plane **out)
+                    void (*progress)(void *ctx), void *ctx, np_plane **out)
 {
     MR_TRY(np_create_start(id, n_members, member, device, out));
     np_plane *p = *out;
+    np_set_progress(p, progress, ctx);
     const double deadline = mr_now() + timeout_s;
     mr_status st = MR_OK;
     for (;;) {
@@ -172,6 +173,7 @@ mr_status np_create(const np_id *id, int n_members, int member, int device, doub
                          timeout_s);
             break;
         }
+        if (p->progress) p->progress(p->progress_ctx);
         nap();
     }
     if (st != MR_OK) {

@@ -56,9 +56,10 @@ bool np_available(void);
 mr_status np_make_id(np_id *out);
 
 /* Join the plane as `member` of n_members on CUDA device `device`; waits for
- * all members up to timeout_s. */
+ * all members up to timeout_s, calling progress(ctx) (may be NULL) while it
+ * waits; the plane keeps it as its np_set_progress hook. */
 mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
-                    np_plane **out);
+                    void (*progress)(void *ctx), void *ctx, np_plane **out);
 
 /* The same without waiting: the communicator is created in the background
  * (NCCL's non-blocking init), so a rank can join several planes at once in

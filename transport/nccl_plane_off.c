@@ -18,8 +18,10 @@ mr_status np_make_id(np_id *out)
 }
 
 mr_status np_create(const np_id *id, int n_members, int member, int device, double timeout_s,
-                    np_plane **out)
+                    void (*progress)(void *ctx), void *ctx, np_plane **out)
 {
+    (void)progress;
+    (void)ctx;
     (void)id;
     (void)n_members;
     (void)member;

@@ -37,7 +37,7 @@ int main(void)
     np_id id;
     np_plane *plane = NULL;
     mr_status st = np_make_id(&id);
-    if (st == MR_OK) st = np_create(&id, 1, 0, 0, 60.0, &plane);
+    if (st == MR_OK) st = np_create(&id, 1, 0, 0, 60.0, NULL, NULL, &plane);
     check(st == MR_OK, "one-member plane created");
     if (st != MR_OK) {
         printf("  %s\n", mr_last_error());
@@ -92,7 +92,7 @@ int main(void)
 
     /* 4: the two halves (np_post / np_test / np_abort) on a fresh plane */
     st = np_make_id(&id);
-    if (st == MR_OK) st = np_create(&id, 1, 0, 0, 60.0, &plane);
+    if (st == MR_OK) st = np_create(&id, 1, 0, 0, 60.0, NULL, NULL, &plane);
     check(st == MR_OK, "second one-member plane created");
     if (st == MR_OK) {
         k->copy(dst[2], src[0], 1, MR_COPY_D2D); /* dirty the destination */
